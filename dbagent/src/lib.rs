@@ -1,0 +1,1 @@
+//! sipcraft dbagent.

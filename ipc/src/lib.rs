@@ -1,0 +1,1 @@
+//! sipcraft IPC: wire types, framing codec and local-socket transport.

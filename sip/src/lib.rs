@@ -1,0 +1,1 @@
+//! SIP messages (RFC 3261): parsing, printing and typed header access, with no I/O.
