@@ -1,0 +1,1 @@
+//! Transaction state machines (RFC 3261 §17).
