@@ -1,1 +1,15 @@
-//! sipcraft IPC: wire types, framing codec and local-socket transport.
+//! sipcraft IPC: the contract between the processes of one sipcraft instance.
+//!
+//! - [`codec`]: frames (`u32` little-endian length, postcard body), no I/O.
+//! - [`wire`]: every message type, one enum per direction, in an envelope.
+//! - [`state`]: the replicated state and its reducer, the same code in every process.
+//! - [`conn`]: framed connections over local sockets (Unix sockets, Windows named pipes).
+
+pub mod codec;
+pub mod conn;
+pub mod state;
+pub mod wire;
+
+pub use interprocess::local_socket::tokio::Listener;
+
+pub use wire::PROTOCOL_VERSION;

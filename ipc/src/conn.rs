@@ -1,0 +1,152 @@
+//! Framed connections over local sockets: Unix domain sockets on Unix, named pipes on
+//! Windows, both through `interprocess`. This is the only part of the crate that does I/O.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use interprocess::local_socket::tokio::{prelude::*, Listener, Stream};
+use interprocess::local_socket::ListenerOptions;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+
+use crate::codec::{self, CodecError, Decoder, MAX_FRAME};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("could not listen on {path}")]
+    Listen { path: PathBuf, #[source] source: io::Error },
+    #[error("could not connect to {path}")]
+    Connect { path: PathBuf, #[source] source: io::Error },
+    #[error("could not read from peer")]
+    Read(#[source] io::Error),
+    #[error("could not write to peer")]
+    Write(#[source] io::Error),
+    #[error("bad frame from peer")]
+    Frame(#[from] CodecError),
+}
+
+/// The endpoint of a local socket in `runtime_dir` (`bus`, `control`).
+///
+/// On Unix this is the file `runtime_dir/NAME.sock`. On Windows it is a named pipe whose name
+/// is derived from the runtime directory, so two instances with different directories coexist.
+pub fn endpoint(runtime_dir: &Path, name: &str) -> PathBuf {
+    #[cfg(unix)]
+    {
+        runtime_dir.join(format!("{name}.sock"))
+    }
+    #[cfg(windows)]
+    {
+        let mut tag: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in runtime_dir.to_string_lossy().bytes() {
+            tag = (tag ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        PathBuf::from(format!(r"\\.\pipe\sipcraft-{tag:016x}-{name}"))
+    }
+}
+
+fn name_of(path: &Path) -> io::Result<interprocess::local_socket::Name<'_>> {
+    use interprocess::local_socket::GenericFilePath;
+    path.to_fs_name::<GenericFilePath>()
+}
+
+/// The reading side of a local-socket connection.
+pub type Reader = FrameReader<ReadHalf<Stream>>;
+/// The writing side of a local-socket connection.
+pub type Writer = FrameWriter<WriteHalf<Stream>>;
+
+/// Starts listening at `path`, replacing a stale socket file left by a dead process.
+pub fn listen(path: &Path) -> Result<Listener, ConnError> {
+    let err = |source| ConnError::Listen { path: path.to_owned(), source };
+    #[cfg(unix)]
+    if path.exists() {
+        std::fs::remove_file(path).map_err(err)?;
+    }
+    let name = name_of(path).map_err(err)?;
+    ListenerOptions::new().name(name).create_tokio().map_err(err)
+}
+
+/// Accepts one connection.
+pub async fn accept(listener: &Listener) -> io::Result<(Reader, Writer)> {
+    let stream = listener.accept().await?;
+    Ok(split(stream))
+}
+
+/// Connects to the listener at `path`.
+pub async fn connect(path: &Path) -> Result<(Reader, Writer), ConnError> {
+    let err = |source| ConnError::Connect { path: path.to_owned(), source };
+    let name = name_of(path).map_err(err)?;
+    let stream = Stream::connect(name).await.map_err(err)?;
+    Ok(split(stream))
+}
+
+fn split(stream: Stream) -> (Reader, Writer) {
+    let (rx, tx) = tokio::io::split(stream);
+    (FrameReader::new(rx), FrameWriter::new(tx))
+}
+
+/// Reads whole frames from a byte stream.
+#[derive(Debug)]
+pub struct FrameReader<R> {
+    inner: R,
+    decoder: Decoder,
+    chunk: Box<[u8]>,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(inner: R) -> Self {
+        FrameReader { inner, decoder: Decoder::new(MAX_FRAME), chunk: vec![0; 64 * 1024].into() }
+    }
+
+    /// The next message; `Ok(None)` when the peer closed the connection cleanly.
+    pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ConnError> {
+        loop {
+            if let Some(msg) = self.decoder.next()? {
+                return Ok(Some(msg));
+            }
+            let n = self.inner.read(&mut self.chunk).await.map_err(ConnError::Read)?;
+            if n == 0 {
+                return Ok(None);
+            }
+            self.decoder.push(&self.chunk[..n])?;
+        }
+    }
+}
+
+/// Writes whole frames to a byte stream.
+#[derive(Debug)]
+pub struct FrameWriter<W> {
+    inner: W,
+    buf: Vec<u8>,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    pub fn new(inner: W) -> Self {
+        FrameWriter { inner, buf: Vec::new() }
+    }
+
+    pub async fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), ConnError> {
+        self.buf.clear();
+        codec::encode_into(msg, &mut self.buf, MAX_FRAME)?;
+        self.inner.write_all(&self.buf).await.map_err(ConnError::Write)?;
+        Ok(())
+    }
+
+    /// Encodes a message and queues it, to be written by [`FrameWriter::flush`].
+    pub fn queue<T: Serialize>(&mut self, msg: &T) -> Result<(), ConnError> {
+        codec::encode_into(msg, &mut self.buf, MAX_FRAME)?;
+        Ok(())
+    }
+
+    /// Writes everything queued.
+    pub async fn flush(&mut self) -> Result<(), ConnError> {
+        self.inner.write_all(&self.buf).await.map_err(ConnError::Write)?;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn queued(&self) -> usize {
+        self.buf.len()
+    }
+}

@@ -1,0 +1,310 @@
+//! Replicated state: extensions and registrations (bindings).
+//!
+//! Every process keeps a [`Replica`] and changes it only through [`Replica::apply`], so the
+//! same reducer runs everywhere. The supervisor numbers updates; a process that sees a gap in
+//! the numbers asks for a snapshot instead of guessing.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+use sipcraft_config::{Extension, Transport};
+
+/// One registered contact of an extension (RFC 3261 §10).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Binding {
+    /// The address of record: the extension number.
+    pub aor: String,
+    /// Identity of the binding within its AOR: `+sip.instance` and `reg-id` when the phone
+    /// sent them (RFC 5626), else the contact URI.
+    pub key: String,
+    /// The Contact URI as the phone sent it.
+    pub contact: String,
+    /// Where the REGISTER came from (after NAT): requests to the phone go here.
+    pub source: SocketAddr,
+    pub transport: Transport,
+    /// The worker that holds the flow (the connection, for TCP).
+    pub owner: String,
+    /// The connection within the owner, for connection-oriented transports.
+    pub connection: Option<u64>,
+    pub instance: Option<String>,
+    pub reg_id: Option<u32>,
+    pub user_agent: Option<String>,
+    /// Call-ID and CSeq of the REGISTER that made this binding: a refresh with the same
+    /// Call-ID must carry a higher CSeq.
+    pub call_id: String,
+    pub cseq: u32,
+    /// q-value times 1000 (0..=1000), when given.
+    pub q: Option<u16>,
+    /// Absolute expiry, milliseconds since the Unix epoch, so every replica expires the
+    /// binding at the same moment without talking.
+    pub expires_at_ms: u64,
+}
+
+/// A change to the replicated state. Append variants only: postcard encodes by position.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Update {
+    /// The whole extension set from its source (config file or database).
+    ExtensionsReplaced(Vec<Extension>),
+    ExtensionUpserted(Extension),
+    ExtensionDeleted(String),
+    BindingUpserted(Binding),
+    BindingRemoved { aor: String, key: String },
+    /// Every binding of an AOR removed (`Contact: *`, or the extension was deleted).
+    BindingsCleared { aor: String },
+}
+
+/// Part of a snapshot. A snapshot is sent as parts so no frame grows with the state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SnapshotPart {
+    Extensions(Vec<Extension>),
+    Bindings(Vec<Binding>),
+}
+
+/// Items per snapshot part.
+pub const SNAPSHOT_CHUNK: usize = 512;
+
+/// A process's copy of the replicated state.
+#[derive(Debug, Default, Clone)]
+pub struct Replica {
+    /// Number of the last update applied (the generation).
+    seq: u64,
+    extensions: HashMap<String, Extension>,
+    bindings: HashMap<String, Vec<Binding>>,
+}
+
+/// An update arrived out of order: the receiver must resync from a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("update {got} arrived after {have}: expected {}", have + 1)]
+pub struct Gap {
+    pub have: u64,
+    pub got: u64,
+}
+
+impl Replica {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The number of the last update applied.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Applies update number `seq`. An update already applied is ignored; one that skips a
+    /// number is refused with [`Gap`].
+    pub fn apply(&mut self, seq: u64, update: &Update) -> Result<(), Gap> {
+        if seq <= self.seq {
+            return Ok(());
+        }
+        if seq != self.seq + 1 {
+            return Err(Gap { have: self.seq, got: seq });
+        }
+        self.reduce(update);
+        self.seq = seq;
+        Ok(())
+    }
+
+    /// Applies an update without numbering: for the process that numbers them (the
+    /// supervisor) and for a worker's own change before the numbered copy comes back.
+    pub fn apply_local(&mut self, update: &Update) {
+        self.reduce(update);
+    }
+
+    /// Sets the generation after an unnumbered apply (the supervisor numbers updates).
+    pub fn set_seq(&mut self, seq: u64) {
+        self.seq = seq;
+    }
+
+    fn reduce(&mut self, update: &Update) {
+        match update {
+            Update::ExtensionsReplaced(all) => {
+                self.extensions = all.iter().map(|e| (e.number.clone(), e.clone())).collect();
+                let extensions = &self.extensions;
+                self.bindings.retain(|aor, _| extensions.contains_key(aor));
+            }
+            Update::ExtensionUpserted(ext) => {
+                self.extensions.insert(ext.number.clone(), ext.clone());
+            }
+            Update::ExtensionDeleted(number) => {
+                self.extensions.remove(number);
+                self.bindings.remove(number);
+            }
+            Update::BindingUpserted(binding) => {
+                let list = self.bindings.entry(binding.aor.clone()).or_default();
+                match list.iter_mut().find(|b| b.key == binding.key) {
+                    Some(existing) => *existing = binding.clone(),
+                    None => list.push(binding.clone()),
+                }
+            }
+            Update::BindingRemoved { aor, key } => {
+                if let Some(list) = self.bindings.get_mut(aor) {
+                    list.retain(|b| &b.key != key);
+                    if list.is_empty() {
+                        self.bindings.remove(aor);
+                    }
+                }
+            }
+            Update::BindingsCleared { aor } => {
+                self.bindings.remove(aor);
+            }
+        }
+    }
+
+    pub fn extension(&self, number: &str) -> Option<&Extension> {
+        self.extensions.get(number)
+    }
+
+    pub fn extension_count(&self) -> usize {
+        self.extensions.len()
+    }
+
+    /// Bindings of `aor` that have not expired at `now_ms`.
+    pub fn bindings(&self, aor: &str, now_ms: u64) -> impl Iterator<Item = &Binding> {
+        self.bindings
+            .get(aor)
+            .into_iter()
+            .flatten()
+            .filter(move |b| b.expires_at_ms > now_ms)
+    }
+
+    /// Count of bindings, expired ones not yet purged included.
+    pub fn binding_count(&self) -> usize {
+        self.bindings.values().map(Vec::len).sum()
+    }
+
+    /// Drops bindings that expired at or before `now_ms`. Every process does this on its
+    /// own; it changes nothing another process could observe, since lookups ignore them.
+    pub fn purge_expired(&mut self, now_ms: u64) -> usize {
+        let before = self.binding_count();
+        self.bindings.retain(|_, list| {
+            list.retain(|b| b.expires_at_ms > now_ms);
+            !list.is_empty()
+        });
+        before - self.binding_count()
+    }
+
+    /// The whole state as snapshot parts, to rebuild with [`Replica::from_snapshot`].
+    pub fn snapshot(&self) -> Vec<SnapshotPart> {
+        let extensions: Vec<Extension> = self.extensions.values().cloned().collect();
+        let bindings: Vec<Binding> = self.bindings.values().flatten().cloned().collect();
+        let mut parts: Vec<SnapshotPart> = extensions
+            .chunks(SNAPSHOT_CHUNK)
+            .map(|c| SnapshotPart::Extensions(c.to_vec()))
+            .collect();
+        parts.extend(bindings.chunks(SNAPSHOT_CHUNK).map(|c| SnapshotPart::Bindings(c.to_vec())));
+        parts
+    }
+
+    /// Rebuilds a replica from snapshot parts taken at generation `seq`.
+    pub fn from_snapshot<'a>(seq: u64, parts: impl IntoIterator<Item = &'a SnapshotPart>) -> Self {
+        let mut replica = Replica { seq, ..Replica::default() };
+        for part in parts {
+            replica.absorb(part);
+        }
+        replica
+    }
+
+    /// Adds one snapshot part to a replica being rebuilt.
+    pub fn absorb(&mut self, part: &SnapshotPart) {
+        match part {
+            SnapshotPart::Extensions(list) => {
+                for e in list {
+                    self.extensions.insert(e.number.clone(), e.clone());
+                }
+            }
+            SnapshotPart::Bindings(list) => {
+                for b in list {
+                    self.reduce(&Update::BindingUpserted(b.clone()));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sipcraft_config::Secret;
+
+    fn ext(number: &str) -> Extension {
+        Extension {
+            number: number.into(),
+            name: None,
+            secret: Secret::Password("pw".into()),
+            enabled: true,
+        }
+    }
+
+    pub(crate) fn binding(aor: &str, key: &str, expires_at_ms: u64) -> Binding {
+        Binding {
+            aor: aor.into(),
+            key: key.into(),
+            contact: format!("sip:{aor}@127.0.0.1:5070"),
+            source: "127.0.0.1:5070".parse().unwrap(),
+            transport: Transport::Udp,
+            owner: "udp-0".into(),
+            connection: None,
+            instance: None,
+            reg_id: None,
+            user_agent: Some("test".into()),
+            call_id: "c1".into(),
+            cseq: 1,
+            q: None,
+            expires_at_ms,
+        }
+    }
+
+    #[test]
+    fn numbered_updates_apply_in_order_and_gaps_are_refused() {
+        let mut r = Replica::new();
+        r.apply(1, &Update::ExtensionUpserted(ext("1001"))).unwrap();
+        r.apply(1, &Update::ExtensionDeleted("1001".into())).unwrap(); // duplicate: ignored
+        assert!(r.extension("1001").is_some());
+        assert_eq!(r.apply(3, &Update::ExtensionDeleted("1001".into())), Err(Gap { have: 1, got: 3 }));
+        assert_eq!(r.seq(), 1);
+    }
+
+    #[test]
+    fn bindings_upsert_by_key_and_expire_by_absolute_time() {
+        let mut r = Replica::new();
+        r.apply_local(&Update::ExtensionUpserted(ext("1001")));
+        r.apply_local(&Update::BindingUpserted(binding("1001", "a", 1000)));
+        r.apply_local(&Update::BindingUpserted(binding("1001", "b", 2000)));
+        r.apply_local(&Update::BindingUpserted(binding("1001", "a", 3000)));
+        assert_eq!(r.binding_count(), 2);
+        let live: Vec<_> = r.bindings("1001", 2500).map(|b| b.key.as_str()).collect();
+        assert_eq!(live, vec!["a"]);
+        assert_eq!(r.purge_expired(2500), 1);
+        r.apply_local(&Update::BindingRemoved { aor: "1001".into(), key: "a".into() });
+        assert_eq!(r.binding_count(), 0);
+    }
+
+    #[test]
+    fn deleting_an_extension_drops_its_bindings() {
+        let mut r = Replica::new();
+        r.apply_local(&Update::ExtensionsReplaced(vec![ext("1001"), ext("1002")]));
+        r.apply_local(&Update::BindingUpserted(binding("1001", "a", 1000)));
+        r.apply_local(&Update::BindingUpserted(binding("1002", "a", 1000)));
+        r.apply_local(&Update::ExtensionDeleted("1001".into()));
+        r.apply_local(&Update::ExtensionsReplaced(vec![ext("1003")]));
+        assert_eq!(r.binding_count(), 0);
+        assert_eq!(r.extension_count(), 1);
+    }
+
+    #[test]
+    fn snapshot_round_trip_in_chunks() {
+        let mut r = Replica::new();
+        let exts: Vec<_> = (0..1200).map(|i| ext(&format!("{}", 1000 + i))).collect();
+        r.apply_local(&Update::ExtensionsReplaced(exts));
+        for i in 0..700 {
+            r.apply_local(&Update::BindingUpserted(binding(&format!("{}", 1000 + i), "k", 10)));
+        }
+        let parts = r.snapshot();
+        assert_eq!(parts.len(), 3 + 2);
+        let copy = Replica::from_snapshot(42, &parts);
+        assert_eq!(copy.seq(), 42);
+        assert_eq!(copy.extension_count(), 1200);
+        assert_eq!(copy.binding_count(), 700);
+    }
+}
