@@ -1,81 +1,115 @@
 //! sipcraft configuration.
 //!
-//! The pipeline is: TOML text -> [`file`] structs (unknown keys rejected) -> one validated
-//! [`Config`] -> the slice each process role needs. The supervisor is the only process that
-//! reads the file; children receive their slice over the bus, so every process of one
-//! generation runs on the same validated configuration.
+//! The pipeline is: TOML text -> a tree that remembers every key's line (module `tree`) ->
+//! file structs that reject unknown keys (`file`) -> one validated [`Config`] (`validate`) ->
+//! the slice each process role needs ([`WorkerConfig`], [`DbAgentConfig`]). The supervisor is
+//! the only process that reads the file; children receive their slice over the bus, so every
+//! process of one generation runs on the same validated configuration.
+//!
+//! Checking never stops at the first problem: a key with the wrong type or an unknown name is
+//! reported and dropped, and checking goes on, so `sipcraft config check` lists everything
+//! wrong with a file at once, each with its key and line ([`Problem`]). Only a TOML syntax
+//! error, after which nothing can be read reliably, is reported alone.
+//!
+//! The file format is documented by the shipped example, `examples/sipcraft.toml`.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+#![forbid(unsafe_code)]
 
-use serde::{Deserialize, Serialize};
+mod de;
+mod file;
+mod model;
+mod problem;
+mod reload;
+mod sections;
+mod slice;
+mod tree;
+mod validate;
 
-/// A validated configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Config {
-    pub server: Server,
-    pub listen: Vec<Listen>,
-    pub extensions: Vec<Extension>,
-    pub database: Option<Database>,
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use model::{
+    AuthAlgorithm, Config, Database, Extension, Listen, LogLevel, Secret, Server, Transport,
+};
+pub use problem::{Problem, Problems};
+pub use reload::{apply_live, restart_needed};
+pub use sections::{IpNet, IpNetError, Limits, Proxy, Registrar, Security, Supervisor};
+pub use slice::{DbAgentConfig, WorkerConfig, WorkerSpec};
+pub use validate::{MAX_RUNTIME_DIR_BYTES, MAX_WORKERS};
+
+use crate::problem::Collector;
+
+/// Checking stops after this many problems: past it, the file is more wrong than right.
+pub const MAX_PROBLEMS: usize = 200;
+
+/// Reads and validates the config file at `path`.
+///
+/// Relative `server.runtime_dir` and `server.state_dir` are resolved against the directory
+/// of `path` (made absolute from the current directory if `path` is relative), so a config
+/// works the same from any working directory.
+pub fn load(path: &Path) -> Result<Config, Problems> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Problems(vec![Problem {
+            key: String::new(),
+            line: None,
+            message: format!("cannot read the config file: {e}"),
+            file: path.to_path_buf(),
+        }])
+    })?;
+    parse(&text, path)
 }
 
-/// `[server]`
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Server {
-    /// SIP domain served, and the digest realm.
-    pub domain: String,
-    /// Control and IPC sockets live here (created with mode 0700).
-    pub runtime_dir: PathBuf,
-    /// Extension cache file and write journal live here.
-    pub state_dir: PathBuf,
-}
-
-/// Transport of a `[[listen]]` entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Transport {
-    Udp,
-    Tcp,
-}
-
-impl Transport {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
+/// Validates config text; `origin` is the file it came from, named in problems and used to
+/// resolve relative directories as [`load`] does.
+pub fn parse(text: &str, origin: &Path) -> Result<Config, Problems> {
+    let mut root = tree::parse(text).map_err(|e| {
+        Problems(vec![Problem {
+            key: String::new(),
+            line: e.line,
+            message: format!("TOML syntax error: {}", e.message),
+            file: origin.to_path_buf(),
+        }])
+    })?;
+    let lines = tree::line_map(&root);
+    let mut c = Collector::new(origin, &lines);
+    // Fill the file structs; each failing key is reported, dropped, and the rest tried again.
+    let file = loop {
+        match file::FileConfig::deserialize(de::NodeDe(&root)) {
+            Ok(file) => break file,
+            Err(e) => {
+                c.push(tree::path_string(&e.path), e.line, e.friendly_message());
+                if c.len() >= MAX_PROBLEMS {
+                    c.push(
+                        String::new(),
+                        None,
+                        format!("too many problems, stopped after {MAX_PROBLEMS}"),
+                    );
+                    return Err(c.finish().expect_err("problems were recorded"));
+                }
+                if !tree::remove(&mut root, &e.path) {
+                    return Err(c.finish().expect_err("problems were recorded"));
+                }
+            }
         }
-    }
+    };
+    let config = validate::validate(file, &base_dir(origin), &mut c);
+    c.finish().map(|()| config)
 }
 
-/// `[[listen]]`, with `workers = "auto"` already resolved to a number.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Listen {
-    pub transport: Transport,
-    pub address: SocketAddr,
-    pub workers: usize,
+/// Every problem in the file at `path`; empty means it is valid. For `sipcraft config check`.
+pub fn check_file(path: &Path) -> Vec<Problem> {
+    load(path).err().map(Problems::into_vec).unwrap_or_default()
 }
 
-/// `[[extension]]`
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Extension {
-    pub number: String,
-    pub name: Option<String>,
-    pub secret: Secret,
-    pub enabled: bool,
-}
-
-/// How an extension's digest secret is stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Secret {
-    Password(String),
-    /// Precomputed HA1 values (hex), `MD5(user:realm:password)` / `SHA-256(...)`.
-    Ha1 {
-        md5: Option<String>,
-        sha256: Option<String>,
-    },
-}
-
-/// `[database]`
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Database {
-    pub url: String,
+/// The absolute directory holding `origin`.
+fn base_dir(origin: &Path) -> PathBuf {
+    let absolute = std::path::absolute(origin).unwrap_or_else(|_| origin.to_path_buf());
+    absolute
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
 }

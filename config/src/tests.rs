@@ -1,0 +1,537 @@
+//! Pipeline tests: text in, `Config` or every problem out.
+
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+const MINIMAL: &str = r#"
+[server]
+domain = "pbx.example.test"
+runtime_dir = "/run/sipcraft"
+state_dir = "/var/lib/sipcraft"
+
+[[listen]]
+transport = "udp"
+address = "127.0.0.1:5060"
+workers = 1
+
+[[extension]]
+number = "1001"
+password = "x"
+"#;
+
+fn origin() -> &'static Path {
+    Path::new("/etc/sipcraft/sipcraft.toml")
+}
+
+fn problems(text: &str) -> Vec<Problem> {
+    parse(text, origin())
+        .expect_err("config should be rejected")
+        .into_vec()
+}
+
+/// The problem at `key`, failing with the full list if there is none.
+fn at<'a>(problems: &'a [Problem], key: &str) -> &'a Problem {
+    problems
+        .iter()
+        .find(|p| p.key == key)
+        .unwrap_or_else(|| panic!("no problem at {key}: {problems:#?}"))
+}
+
+fn example_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sipcraft.toml")
+}
+
+#[test]
+fn shipped_example_is_valid() {
+    let config = load(&example_path()).unwrap_or_else(|p| panic!("{p}"));
+    let repo =
+        std::path::absolute(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")).unwrap();
+    assert_eq!(config.server.domain, "pbx.example.test");
+    assert_eq!(config.server.runtime_dir, repo.join("../run/runtime"));
+    assert_eq!(config.server.state_dir, repo.join("../run/state"));
+    let listen: Vec<_> = config
+        .listen
+        .iter()
+        .map(|l| (l.transport, l.address.to_string(), l.workers))
+        .collect();
+    assert_eq!(
+        listen,
+        [
+            (Transport::Udp, "127.0.0.1:5060".to_string(), 2),
+            (Transport::Tcp, "127.0.0.1:5060".to_string(), 1)
+        ]
+    );
+    let numbers: Vec<_> = config
+        .extensions
+        .iter()
+        .map(|e| e.number.as_str())
+        .collect();
+    assert_eq!(numbers, ["1001", "1002", "1003"]);
+    let carol = &config.extensions[2];
+    assert!(matches!(&carol.secret, Secret::Ha1 { md5: Some(h), sha256: None } if h.len() == 32));
+    assert_eq!(
+        carol.challenge_algorithms(&config.registrar),
+        [AuthAlgorithm::Md5]
+    );
+    assert_eq!(
+        config.extensions[1].challenge_algorithms(&config.registrar),
+        [AuthAlgorithm::Sha256, AuthAlgorithm::Md5]
+    );
+    assert!(config.database.is_none());
+    // The example documents the defaults: keep the two in step.
+    assert_eq!(config.registrar, Registrar::default());
+    assert_eq!(config.security, Security::default());
+    assert_eq!(config.limits, Limits::default());
+    assert_eq!(config.proxy, Proxy::default());
+    assert_eq!(config.supervisor, Supervisor::default());
+    assert!(check_file(&example_path()).is_empty());
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let config = parse(MINIMAL, origin()).unwrap_or_else(|p| panic!("{p}"));
+    assert_eq!(config.server.log_level, LogLevel::Info);
+    assert!(!config.server.node_name.is_empty());
+    assert!(config.extensions[0].enabled);
+    assert_eq!(config.extensions[0].auth_algorithms, None);
+    assert_eq!(config.registrar, Registrar::default());
+    assert_eq!(config.supervisor, Supervisor::default());
+}
+
+#[test]
+fn unknown_keys_are_rejected_everywhere_with_key_and_line() {
+    let text = "bogus_top = 1\n\
+                [server]\n\
+                domain = \"pbx.example.test\"\n\
+                runtime_dir = \"/run/s\"\n\
+                state_dir = \"/var/lib/s\"\n\
+                colour = \"blue\"\n\
+                [[listen]]\n\
+                transport = \"udp\"\n\
+                address = \"127.0.0.1:5060\"\n\
+                port = 5060\n\
+                [[extension]]\n\
+                number = \"1001\"\n\
+                password = \"x\"\n\
+                passwd = \"y\"\n";
+    let p = problems(text);
+    assert_eq!(p.len(), 4, "{p:#?}");
+    for (key, line) in [
+        ("bogus_top", 1),
+        ("server.colour", 6),
+        ("listen[0].port", 10),
+        ("extension[0].passwd", 14),
+    ] {
+        let problem = at(&p, key);
+        assert_eq!(problem.line, Some(line), "{problem}");
+        let name = key.rsplit('.').next().unwrap();
+        assert!(
+            problem
+                .message
+                .starts_with(&format!("unknown key `{name}`")),
+            "{problem}"
+        );
+    }
+    // Sorted by line, one per line of output.
+    let lines: Vec<_> = p.iter().map(|p| p.line).collect();
+    assert_eq!(lines, [Some(1), Some(6), Some(10), Some(14)]);
+}
+
+#[test]
+fn bad_address_reads_well() {
+    let text = MINIMAL.replace("127.0.0.1:5060", "0.0.0.0:99999");
+    let p = problems(&text);
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert_eq!(
+        p[0].to_string(),
+        "/etc/sipcraft/sipcraft.toml:9: listen[0].address: \"0.0.0.0:99999\" is not a socket \
+         address (expected IP:port)"
+    );
+}
+
+#[test]
+fn duplicate_extension_names_both_lines() {
+    let text = format!("{MINIMAL}\n[[extension]]\nnumber = \"1002\"\npassword = \"y\"\n\n[[extension]]\nnumber = \"1001\"\npassword = \"z\"\n");
+    let p = problems(&text);
+    assert_eq!(p.len(), 1, "{p:#?}");
+    let dup = at(&p, "extension[2].number");
+    assert_eq!(dup.line, Some(21));
+    assert_eq!(
+        dup.message,
+        "\"1001\" is already used by extension[0] (line 13)"
+    );
+}
+
+#[test]
+fn every_problem_is_reported_together() {
+    let text = r#"
+[server]
+domain = ""
+runtime_dir = "/run/s"
+state_dir = 7
+
+[[listen]]
+transport = "tls"
+address = "127.0.0.1:5060"
+workers = 0
+
+[[listen]]
+transport = "udp"
+address = "127.0.0.1:5070"
+
+[[listen]]
+transport = "udp"
+address = "127.0.0.1:5070"
+workers = "many"
+
+[[extension]]
+number = "1001"
+password = "x"
+ha1_md5 = "00112233445566778899aabbccddeeff"
+
+[[extension]]
+number = "1002"
+
+[[extension]]
+number = "1003"
+ha1_md5 = "abc"
+ha1_sha256 = "zz"
+
+[registrar]
+min_expires = 600
+max_expires = 60
+auth_algorithms = ["MD5", "SHA1"]
+
+[security]
+trusted_ips = ["10.0.0.1/8", "nope"]
+
+[supervisor]
+crash_loop_restarts = 0
+"#;
+    let p = problems(text);
+    let expect = [
+        ("server.domain", 3, "must not be empty"),
+        (
+            "server.state_dir",
+            5,
+            "invalid type: integer `7`, expected a string",
+        ),
+        (
+            "listen[0].transport",
+            8,
+            "\"tls\" is not supported yet (expected udp or tcp)",
+        ),
+        (
+            "listen[0].workers",
+            10,
+            "0 is out of range (expected 1..=256 or \"auto\")",
+        ),
+        (
+            "listen[2].workers",
+            19,
+            "invalid value: string \"many\", expected a number of workers or \"auto\"",
+        ),
+        (
+            "listen[2].address",
+            18,
+            "udp 127.0.0.1:5070 is already listened on by listen[1] (line 12)",
+        ),
+        (
+            "extension[0]",
+            21,
+            "has both password and ha1_md5/ha1_sha256: give one or the other",
+        ),
+        ("extension[1]", 26, "has no secret: set password"),
+        (
+            "extension[2].ha1_md5",
+            31,
+            "must be 32 hex digits (MD5 of \"number:domain:password\"), found 3 characters",
+        ),
+        ("extension[2].ha1_sha256", 32, "must be 64 hex digits"),
+        (
+            "registrar.max_expires",
+            36,
+            "min_expires (600) is above max_expires (60)",
+        ),
+        (
+            "registrar.auth_algorithms[1]",
+            37,
+            "\"SHA1\" is not a digest algorithm",
+        ),
+        (
+            "security.trusted_ips[0]",
+            40,
+            "\"10.0.0.1/8\" has bits set past the prefix length (did you mean 10.0.0.0/8?)",
+        ),
+        (
+            "security.trusted_ips[1]",
+            40,
+            "\"nope\" is not an IP address",
+        ),
+        (
+            "supervisor.crash_loop_restarts",
+            43,
+            "0 is out of range (expected 1..=1000)",
+        ),
+    ];
+    for (key, line, start) in expect {
+        let problem = at(&p, key);
+        assert_eq!(problem.line, Some(line), "{problem}");
+        assert!(problem.message.starts_with(start), "{problem}");
+    }
+    assert_eq!(p.len(), expect.len(), "{p:#?}");
+    // A dropped value is not reported again as missing.
+    assert!(
+        !p.iter().any(|p| p.message.starts_with("missing")),
+        "{p:#?}"
+    );
+    // The error's Display is one problem per line.
+    let shown = Problems(p.clone()).to_string();
+    assert_eq!(shown.lines().count(), p.len());
+}
+
+#[test]
+fn missing_things_are_named() {
+    let p = problems("[[extension]]\nnumber = \"1\"\npassword = \"x\"\n");
+    assert_eq!(
+        at(&p, "server").message,
+        "missing [server] section (domain, runtime_dir, state_dir)"
+    );
+    assert!(at(&p, "listen").message.starts_with("no [[listen]] entry"));
+    let p = problems("[server]\ndomain = \"d\"\n[[listen]]\naddress = \"127.0.0.1:5060\"\n");
+    assert_eq!(at(&p, "server.runtime_dir").line, Some(1));
+    assert!(at(&p, "server.state_dir").message.starts_with("missing: "));
+    assert!(at(&p, "listen[0].transport")
+        .message
+        .starts_with("missing: "));
+    assert_eq!(p.len(), 3, "{p:#?}");
+}
+
+#[test]
+fn syntax_error_is_one_problem_with_its_line() {
+    let text = format!("{MINIMAL}\n[registrar\nmin_expires = 1\n");
+    let p = problems(&text);
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert_eq!(p[0].line, Some(16));
+    assert!(p[0].message.starts_with("TOML syntax error"), "{}", p[0]);
+    assert_eq!(p[0].key, "");
+    // TOML forbids defining a key twice.
+    let p = problems(&format!("{MINIMAL}password = \"again\"\n"));
+    assert_eq!((p.len(), p[0].line), (1, Some(15)), "{p:#?}");
+}
+
+#[test]
+fn auto_workers_is_one_per_cpu() {
+    let cpus = std::thread::available_parallelism()
+        .unwrap()
+        .get()
+        .min(MAX_WORKERS);
+    let text = MINIMAL.replace("workers = 1", "workers = \"auto\"");
+    assert_eq!(parse(&text, origin()).unwrap().listen[0].workers, cpus);
+    let text = MINIMAL.replace("workers = 1\n", "");
+    assert_eq!(parse(&text, origin()).unwrap().listen[0].workers, cpus);
+    let p = problems(&MINIMAL.replace("workers = 1", "workers = 257"));
+    assert!(at(&p, "listen[0].workers")
+        .message
+        .starts_with("257 is out of range"));
+}
+
+#[test]
+fn relative_dirs_resolve_against_the_file() {
+    let text = MINIMAL
+        .replace("/run/sipcraft", "run")
+        .replace("/var/lib/sipcraft", "./state/../state");
+    let config = parse(&text, Path::new("/srv/pbx/conf/sipcraft.toml")).unwrap();
+    assert_eq!(config.server.runtime_dir, Path::new("/srv/pbx/conf/run"));
+    assert_eq!(
+        config.server.state_dir,
+        Path::new("/srv/pbx/conf/state/../state")
+    );
+    // A relative file name is taken from the current directory.
+    let config = parse(&text, Path::new("sipcraft.toml")).unwrap();
+    assert_eq!(
+        config.server.runtime_dir,
+        std::env::current_dir().unwrap().join("run")
+    );
+    // Absolute paths stay as written.
+    let config = parse(MINIMAL, Path::new("/srv/pbx/conf/sipcraft.toml")).unwrap();
+    assert_eq!(config.server.runtime_dir, Path::new("/run/sipcraft"));
+}
+
+#[test]
+fn runtime_dir_must_leave_room_for_socket_names() {
+    let long = format!("/{}", "r".repeat(MAX_RUNTIME_DIR_BYTES));
+    let p = problems(&MINIMAL.replace("/run/sipcraft", &long));
+    assert!(at(&p, "server.runtime_dir").message.contains("108"));
+}
+
+#[test]
+fn database_replaces_file_extensions() {
+    let text = format!("{MINIMAL}\n[database]\nurl = \"postgresql://sip@db/sip\"\n");
+    let p = problems(&text);
+    assert!(at(&p, "extension").message.contains("[database]"), "{p:#?}");
+    let without = MINIMAL.split("[[extension]]").next().unwrap().to_string();
+    let config = parse(
+        &format!("{without}[database]\nurl = \"postgresql://sip@db/sip\"\n"),
+        origin(),
+    )
+    .unwrap();
+    let db = config.database.unwrap();
+    assert_eq!(db.connect_timeout_ms, Database::DEFAULT_CONNECT_TIMEOUT_MS);
+    let p = problems(&format!(
+        "{without}[database]\nurl = \"mysql://u:secret@db/sip\"\n"
+    ));
+    let bad = at(&p, "database.url");
+    assert!(!bad.message.contains("secret"), "{bad}");
+}
+
+#[test]
+fn ha1_only_extension_must_answer_its_own_order() {
+    let text = MINIMAL.replace(
+        "password = \"x\"",
+        "ha1_md5 = \"00112233445566778899AABBCCDDEEFF\"\nauth_algorithms = [\"SHA-256\"]",
+    );
+    let p = problems(&text);
+    assert!(at(&p, "extension[0].auth_algorithms[0]")
+        .message
+        .contains("needs ha1_sha256"));
+    let text = MINIMAL.replace(
+        "password = \"x\"",
+        "ha1_md5 = \"00112233445566778899AABBCCDDEEFF\"",
+    );
+    let config = parse(&text, origin()).unwrap();
+    let Secret::Ha1 { md5: Some(md5), .. } = &config.extensions[0].secret else {
+        panic!("expected an HA1 secret");
+    };
+    assert_eq!(md5, "00112233445566778899aabbccddeeff");
+}
+
+#[test]
+fn restart_needed_names_what_cannot_apply_live() {
+    let old = parse(MINIMAL, origin()).unwrap();
+    let mut new = old.clone();
+    new.extensions[0].enabled = false;
+    new.registrar.max_expires = 600;
+    new.security.ban_time_s = 60;
+    new.limits.max_transactions = 1;
+    new.proxy.ring_timeout_s = 30;
+    new.supervisor.stop_timeout_s = 1;
+    new.server.log_level = LogLevel::Debug;
+    assert!(restart_needed(&old, &new).is_empty());
+
+    new.listen[0].workers = 3;
+    new.listen.push(new.listen[0].clone());
+    new.server.runtime_dir = "/elsewhere".into();
+    new.server.state_dir = "/elsewhere/state".into();
+    new.database = Some(Database {
+        url: "postgresql://db/sip".into(),
+        connect_timeout_ms: 1,
+        statement_timeout_ms: 1,
+    });
+    assert_eq!(
+        restart_needed(&old, &new),
+        [
+            "server.runtime_dir",
+            "server.state_dir",
+            "listen[0]",
+            "listen[1]",
+            "database"
+        ]
+    );
+    let mut newer = new.clone();
+    newer.database.as_mut().unwrap().url = "postgresql://db2/sip".into();
+    newer.database.as_mut().unwrap().statement_timeout_ms = 9;
+    assert_eq!(restart_needed(&new, &newer), ["database.url"]);
+
+    // A reload applies the rest and keeps what needs a restart.
+    newer.server.domain = "other.example".into();
+    let applied = apply_live(&old, newer.clone());
+    assert!(restart_needed(&old, &applied).is_empty());
+    assert_eq!(applied.extensions, newer.extensions);
+    assert_eq!(applied.registrar, newer.registrar);
+    assert_eq!(applied.server.log_level, LogLevel::Debug);
+    assert_eq!(applied.server.domain, old.server.domain);
+    let applied = apply_live(&new, newer.clone());
+    assert_eq!(applied.database.unwrap().statement_timeout_ms, 9);
+}
+
+#[test]
+fn config_and_slices_survive_postcard() {
+    let mut config = load(&example_path()).unwrap();
+    config.security.trusted_ips = vec!["10.0.0.0/8".parse().unwrap(), "::1".parse().unwrap()];
+    let bytes = postcard::to_allocvec(&config).unwrap();
+    assert_eq!(postcard::from_bytes::<Config>(&bytes).unwrap(), config);
+
+    let specs = config.worker_specs();
+    let names: Vec<_> = specs.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["udp-0", "udp-1", "tcp-0"]);
+    let worker = config.worker_config(&specs[2]).unwrap();
+    assert_eq!(worker.listen.transport, Transport::Tcp);
+    let bytes = postcard::to_allocvec(&worker).unwrap();
+    assert_eq!(
+        postcard::from_bytes::<WorkerConfig>(&bytes).unwrap(),
+        worker
+    );
+    let agent = config.dbagent_config();
+    assert_eq!(agent.extensions.len(), 3);
+    let bytes = postcard::to_allocvec(&agent).unwrap();
+    assert_eq!(
+        postcard::from_bytes::<DbAgentConfig>(&bytes).unwrap(),
+        agent
+    );
+}
+
+#[test]
+fn unreadable_file_is_one_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = check_file(&dir.path().join("absent.toml"));
+    assert_eq!(p.len(), 1);
+    assert!(
+        p[0].message.starts_with("cannot read the config file"),
+        "{}",
+        p[0]
+    );
+    let path = dir.path().join("ok.toml");
+    std::fs::write(&path, MINIMAL).unwrap();
+    assert!(check_file(&path).is_empty());
+}
+
+#[test]
+fn cross_checks_name_defaults() {
+    let p = problems(&format!(
+        "{MINIMAL}[supervisor]\nbackoff_initial_ms = 60000\n"
+    ));
+    assert_eq!(
+        at(&p, "supervisor.backoff_initial_ms").message,
+        "backoff_initial_ms (60000) is above backoff_max_ms (30000, the default)"
+    );
+    // An unset default_expires follows the bounds that were set.
+    let config = parse(
+        &format!("{MINIMAL}[registrar]\nmax_expires = 600\n"),
+        origin(),
+    )
+    .unwrap();
+    assert_eq!(config.registrar.default_expires, 600);
+}
+
+#[test]
+fn wrong_shapes_are_type_problems() {
+    let text = MINIMAL.replace("[server]", "[[server]]");
+    let p = problems(&text);
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert_eq!(p[0].key, "server");
+    assert_eq!(p[0].message, "invalid type: array, expected a table");
+    let p = problems(&format!("{MINIMAL}[proxy]\nring_timeout_s = 1.5\n"));
+    assert_eq!(
+        at(&p, "proxy.ring_timeout_s").message,
+        "invalid type: floating point `1.5`, expected a non-negative integer"
+    );
+    let p = problems(&format!(
+        "{MINIMAL}[registrar]\nauth_algorithms = \"MD5\"\n"
+    ));
+    assert_eq!(
+        at(&p, "registrar.auth_algorithms").message,
+        "invalid type: string \"MD5\", expected an array"
+    );
+}

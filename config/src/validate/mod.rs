@@ -1,0 +1,436 @@
+//! File structs -> one validated [`Config`], collecting every problem on the way.
+//!
+//! Each check records its problem and goes on with a stand-in value, so one pass reports
+//! everything; the caller throws the result away if anything was recorded.
+
+mod extension;
+mod sections;
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+
+use crate::file::{DatabaseFile, FileConfig, ListenFile, ServerFile, Workers};
+use crate::model::{Config, Database, Listen, LogLevel, Server, Transport};
+use crate::problem::Collector;
+
+/// Largest `workers` value.
+pub const MAX_WORKERS: usize = 256;
+
+/// Longest `runtime_dir`, in bytes: Unix socket paths must fit in 108 bytes (`sun_path`), and
+/// socket names inside the directory need room too.
+pub const MAX_RUNTIME_DIR_BYTES: usize = 90;
+
+/// Builds the validated config. `base_dir` is the absolute directory of the config file.
+pub(crate) fn validate(file: FileConfig, base_dir: &Path, c: &mut Collector<'_>) -> Config {
+    let server = server(file.server, base_dir, c);
+    let listen = listen(&file.listen, c);
+    let registrar = sections::registrar(&file.registrar, c);
+    let extensions = extension::extensions(&file.extension, &registrar, c);
+    let database = file.database.map(|db| database(db, c));
+    if database.is_some() && !file.extension.is_empty() {
+        c.at(
+            "extension",
+            "[[extension]] entries cannot be combined with [database]: with a database, \
+             extensions come from it; move them there or remove [database]",
+        );
+    }
+    Config {
+        server,
+        listen,
+        extensions,
+        database,
+        registrar,
+        security: sections::security(&file.security, c),
+        limits: sections::limits(&file.limits, c),
+        proxy: sections::proxy(&file.proxy, c),
+        supervisor: sections::supervisor(&file.supervisor, c),
+    }
+}
+
+/// A required key's value, or a "missing" problem (unless the key was already reported,
+/// e.g. dropped for having the wrong type).
+fn required<'v>(
+    c: &mut Collector<'_>,
+    key: &str,
+    value: Option<&'v String>,
+    what: &str,
+) -> Option<&'v str> {
+    if value.is_none() && !c.reported(key) {
+        c.at(key, format!("missing: {what}"));
+    }
+    value.map(String::as_str)
+}
+
+/// A number within `range`, `default` when absent; out of range is a problem.
+fn number(
+    c: &mut Collector<'_>,
+    key: &str,
+    value: Option<u64>,
+    default: u64,
+    range: RangeInclusive<u64>,
+) -> u64 {
+    match value {
+        None => default,
+        Some(v) if range.contains(&v) => v,
+        Some(v) => {
+            c.at(key, out_of_range(v, &range));
+            default
+        }
+    }
+}
+
+/// [`number`] for values kept as `u32` (every range passed fits).
+fn number32(
+    c: &mut Collector<'_>,
+    key: &str,
+    value: Option<u64>,
+    default: u32,
+    range: RangeInclusive<u64>,
+) -> u32 {
+    let v = number(c, key, value, u64::from(default), range);
+    u32::try_from(v).unwrap_or(u32::MAX)
+}
+
+fn out_of_range<T: Display>(v: T, range: &RangeInclusive<T>) -> String {
+    format!(
+        "{v} is out of range (expected {}..={})",
+        range.start(),
+        range.end()
+    )
+}
+
+fn server(file: Option<ServerFile>, base_dir: &Path, c: &mut Collector<'_>) -> Server {
+    // Without the section, one problem says so instead of one per missing key.
+    let present = file.is_some();
+    if !present && !c.reported("server") {
+        c.push(
+            "server".into(),
+            None,
+            "missing [server] section (domain, runtime_dir, state_dir)",
+        );
+    }
+    let file = file.unwrap_or_default();
+    let need = |c: &mut Collector<'_>, key: &str, value: Option<&String>, what: &str| {
+        if present {
+            required(c, key, value, what).map(str::to_string)
+        } else {
+            value.cloned()
+        }
+    };
+    let domain = need(
+        c,
+        "server.domain",
+        file.domain.as_ref(),
+        "the SIP domain served, also the digest realm",
+    );
+    let runtime_dir = need(
+        c,
+        "server.runtime_dir",
+        file.runtime_dir.as_ref(),
+        "directory for control and IPC sockets",
+    );
+    let state_dir = need(
+        c,
+        "server.state_dir",
+        file.state_dir.as_ref(),
+        "directory for the extension cache and write journal",
+    );
+    if let Some(domain) = &domain {
+        check_domain(c, domain);
+    }
+    let runtime_dir = runtime_dir.map_or_else(PathBuf::new, |dir| {
+        let path = directory(c, "server.runtime_dir", &dir, base_dir);
+        let len = path.as_os_str().len();
+        if len > MAX_RUNTIME_DIR_BYTES {
+            c.at(
+                "server.runtime_dir",
+                format!(
+                    "resolves to {} ({len} bytes): keep it under {MAX_RUNTIME_DIR_BYTES} bytes, \
+                     Unix socket paths are limited to 108",
+                    path.display()
+                ),
+            );
+        }
+        path
+    });
+    let state_dir = state_dir.map_or_else(PathBuf::new, |dir| {
+        directory(c, "server.state_dir", &dir, base_dir)
+    });
+    let log_level = match file.log_level.as_deref() {
+        None => LogLevel::default(),
+        Some(s) => s.parse().unwrap_or_else(|()| {
+            c.at(
+                "server.log_level",
+                format!("{s:?} is not a log level (expected error, warn, info, debug or trace)"),
+            );
+            LogLevel::default()
+        }),
+    };
+    let node_name = match file.node_name {
+        Some(name) => {
+            if !is_node_name(&name) {
+                c.at(
+                    "server.node_name",
+                    format!("{name:?} is not a node name (1 to 63 letters, digits, '.', '-', '_')"),
+                );
+            }
+            name
+        }
+        None => host_name(),
+    };
+    Server {
+        domain: domain.unwrap_or_default(),
+        runtime_dir,
+        state_dir,
+        log_level,
+        node_name,
+    }
+}
+
+fn check_domain(c: &mut Collector<'_>, domain: &str) {
+    if domain.trim().is_empty() {
+        c.at("server.domain", "must not be empty");
+        return;
+    }
+    let is_ip = domain.parse::<std::net::IpAddr>().is_ok();
+    let is_name = domain.len() <= 253
+        && domain.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    if !is_ip && !is_name {
+        c.at(
+            "server.domain",
+            format!("{domain:?} is not a domain name or IP address"),
+        );
+    }
+}
+
+/// Resolves a directory from the file: relative paths are taken from `base_dir`.
+fn directory(c: &mut Collector<'_>, key: &str, dir: &str, base_dir: &Path) -> PathBuf {
+    if dir.trim().is_empty() {
+        c.at(key, "must not be empty");
+        return PathBuf::new();
+    }
+    let path: PathBuf = base_dir.join(dir).components().collect();
+    if path.to_str().is_none() {
+        c.at(
+            key,
+            format!(
+                "resolves to {}, which is not valid UTF-8; give an absolute path",
+                path.display()
+            ),
+        );
+    }
+    path
+}
+
+fn is_node_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '-' | '_'))
+}
+
+/// This machine's host name, the default `node_name`.
+fn host_name() -> String {
+    let from_file = |path: &str| std::fs::read_to_string(path).ok();
+    let candidates = [
+        from_file("/proc/sys/kernel/hostname"),
+        from_file("/etc/hostname"),
+        std::env::var("COMPUTERNAME").ok(),
+        std::env::var("HOSTNAME").ok(),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .map(|name| name.trim().to_string())
+        .find(|name| is_node_name(name))
+        .unwrap_or_else(|| "sipcraft".to_string())
+}
+
+fn listen(entries: &[ListenFile], c: &mut Collector<'_>) -> Vec<Listen> {
+    if entries.is_empty() && !c.reported("listen") {
+        c.push(
+            "listen".into(),
+            None,
+            "no [[listen]] entry: at least one socket to serve SIP on is needed",
+        );
+    }
+    let mut out: Vec<Listen> = Vec::new();
+    let mut valid: Vec<(usize, Transport, SocketAddr)> = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let key = format!("listen[{i}]");
+        let transport = required(
+            c,
+            &format!("{key}.transport"),
+            entry.transport.as_ref(),
+            "udp or tcp",
+        )
+        .and_then(|t| match t.parse::<Transport>() {
+            Ok(t) => Some(t),
+            Err(()) => {
+                let why = if matches!(t, "tls" | "ws" | "wss") {
+                    "is not supported yet"
+                } else {
+                    "is not a transport"
+                };
+                c.at(
+                    format!("{key}.transport"),
+                    format!("{t:?} {why} (expected udp or tcp)"),
+                );
+                None
+            }
+        });
+        let address = required(
+            c,
+            &format!("{key}.address"),
+            entry.address.as_ref(),
+            "IP:port to listen on",
+        )
+        .and_then(|a| match a.parse::<SocketAddr>() {
+            Ok(addr) if addr.port() == 0 => {
+                c.at(
+                    format!("{key}.address"),
+                    format!(
+                        "{a:?} has port 0: every worker of an entry binds the same, fixed port"
+                    ),
+                );
+                None
+            }
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                c.at(
+                    format!("{key}.address"),
+                    format!("{a:?} is not a socket address (expected IP:port)"),
+                );
+                None
+            }
+        });
+        let workers = workers(c, &format!("{key}.workers"), entry.workers);
+        let (Some(transport), Some(address)) = (transport, address) else {
+            continue;
+        };
+        for &(j, other_transport, other) in &valid {
+            if other_transport != transport || other.port() != address.port() {
+                continue;
+            }
+            let here = &format!("{key}.address");
+            let there = format!("listen[{j}]{}", line_note(c, &format!("listen[{j}]")));
+            if other.ip() == address.ip() {
+                c.at(
+                    here,
+                    format!("{transport} {address} is already listened on by {there}"),
+                );
+            } else if other.is_ipv4() == address.is_ipv4()
+                && (other.ip().is_unspecified() || address.ip().is_unspecified())
+            {
+                c.at(
+                    here,
+                    format!(
+                        "{transport} {address} overlaps {there} ({other}): an unspecified \
+                         address already covers every address of its family"
+                    ),
+                );
+            }
+        }
+        valid.push((i, transport, address));
+        out.push(Listen {
+            transport,
+            address,
+            workers,
+        });
+    }
+    out
+}
+
+/// ` (line N)` when `key` has a line, for pointing at the other half of a duplicate.
+fn line_note(c: &Collector<'_>, key: &str) -> String {
+    c.line(key)
+        .map(|line| format!(" (line {line})"))
+        .unwrap_or_default()
+}
+
+/// `workers = "auto"` is one per CPU (capped at [`MAX_WORKERS`]); absent means auto.
+fn workers(c: &mut Collector<'_>, key: &str, workers: Option<Workers>) -> usize {
+    match workers {
+        None | Some(Workers::Auto) => std::thread::available_parallelism()
+            .map_or(1, std::num::NonZeroUsize::get)
+            .min(MAX_WORKERS),
+        Some(Workers::Count(n)) => match usize::try_from(n) {
+            Ok(n) if (1..=MAX_WORKERS).contains(&n) => n,
+            _ => {
+                c.at(
+                    key,
+                    format!("{n} is out of range (expected 1..={MAX_WORKERS} or \"auto\")"),
+                );
+                1
+            }
+        },
+    }
+}
+
+fn database(file: DatabaseFile, c: &mut Collector<'_>) -> Database {
+    let url = required(
+        c,
+        "database.url",
+        file.url.as_ref(),
+        "postgresql://user@host/dbname",
+    )
+    .unwrap_or_default()
+    .to_string();
+    let is_postgres = ["postgresql://", "postgres://"]
+        .iter()
+        .any(|scheme| url.starts_with(scheme) && url.len() > scheme.len());
+    if file.url.is_some() && !is_postgres {
+        // The URL itself is not repeated: it may hold a password.
+        c.at(
+            "database.url",
+            "is not a PostgreSQL URL (expected postgresql://user@host/dbname)",
+        );
+    }
+    Database {
+        url,
+        connect_timeout_ms: number(
+            c,
+            "database.connect_timeout_ms",
+            file.connect_timeout_ms,
+            Database::DEFAULT_CONNECT_TIMEOUT_MS,
+            100..=600_000,
+        ),
+        statement_timeout_ms: number(
+            c,
+            "database.statement_timeout_ms",
+            file.statement_timeout_ms,
+            Database::DEFAULT_STATEMENT_TIMEOUT_MS,
+            100..=600_000,
+        ),
+    }
+}
+
+/// Remembers the first entry that used a value, to name both halves of a duplicate.
+pub(crate) struct FirstUse(HashMap<String, usize>);
+
+impl FirstUse {
+    pub(crate) fn new() -> Self {
+        FirstUse(HashMap::new())
+    }
+
+    /// Records `value` for entry `index`; returns the earlier entry's index if already used.
+    pub(crate) fn insert(&mut self, value: &str, index: usize) -> Option<usize> {
+        match self.0.get(value) {
+            Some(first) => Some(*first),
+            None => {
+                self.0.insert(value.to_string(), index);
+                None
+            }
+        }
+    }
+}
