@@ -68,7 +68,10 @@ pub struct Decoder {
 
 impl Decoder {
     pub fn new(max: usize) -> Self {
-        Decoder { buf: Vec::new(), max }
+        Decoder {
+            buf: Vec::new(),
+            max,
+        }
     }
 
     /// Appends received bytes. Fails if the pending frame announces a body over the limit;
@@ -113,7 +116,11 @@ mod tests {
     #[test]
     fn round_trip_across_split_reads() {
         let mut wire = Vec::new();
-        for msg in [Probe::Unit, Probe::Text("ok".into()), Probe::Pair { a: 300, b: true }] {
+        for msg in [
+            Probe::Unit,
+            Probe::Text("ok".into()),
+            Probe::Pair { a: 300, b: true },
+        ] {
             encode_into(&msg, &mut wire, MAX_FRAME).unwrap();
         }
         let mut dec = Decoder::new(MAX_FRAME);
@@ -124,7 +131,14 @@ mod tests {
                 got.push(m);
             }
         }
-        assert_eq!(got, vec![Probe::Unit, Probe::Text("ok".into()), Probe::Pair { a: 300, b: true }]);
+        assert_eq!(
+            got,
+            vec![
+                Probe::Unit,
+                Probe::Text("ok".into()),
+                Probe::Pair { a: 300, b: true }
+            ]
+        );
         assert_eq!(dec.pending(), 0);
     }
 

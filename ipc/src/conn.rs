@@ -15,9 +15,17 @@ use crate::codec::{self, CodecError, Decoder, MAX_FRAME};
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
     #[error("could not listen on {path}")]
-    Listen { path: PathBuf, #[source] source: io::Error },
+    Listen {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("could not connect to {path}")]
-    Connect { path: PathBuf, #[source] source: io::Error },
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("could not read from peer")]
     Read(#[source] io::Error),
     #[error("could not write to peer")]
@@ -57,13 +65,19 @@ pub type Writer = FrameWriter<WriteHalf<Stream>>;
 
 /// Starts listening at `path`, replacing a stale socket file left by a dead process.
 pub fn listen(path: &Path) -> Result<Listener, ConnError> {
-    let err = |source| ConnError::Listen { path: path.to_owned(), source };
+    let err = |source| ConnError::Listen {
+        path: path.to_owned(),
+        source,
+    };
     #[cfg(unix)]
     if path.exists() {
         std::fs::remove_file(path).map_err(err)?;
     }
     let name = name_of(path).map_err(err)?;
-    ListenerOptions::new().name(name).create_tokio().map_err(err)
+    ListenerOptions::new()
+        .name(name)
+        .create_tokio()
+        .map_err(err)
 }
 
 /// Accepts one connection.
@@ -74,7 +88,10 @@ pub async fn accept(listener: &Listener) -> io::Result<(Reader, Writer)> {
 
 /// Connects to the listener at `path`.
 pub async fn connect(path: &Path) -> Result<(Reader, Writer), ConnError> {
-    let err = |source| ConnError::Connect { path: path.to_owned(), source };
+    let err = |source| ConnError::Connect {
+        path: path.to_owned(),
+        source,
+    };
     let name = name_of(path).map_err(err)?;
     let stream = Stream::connect(name).await.map_err(err)?;
     Ok(split(stream))
@@ -95,7 +112,11 @@ pub struct FrameReader<R> {
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(inner: R) -> Self {
-        FrameReader { inner, decoder: Decoder::new(MAX_FRAME), chunk: vec![0; 64 * 1024].into() }
+        FrameReader {
+            inner,
+            decoder: Decoder::new(MAX_FRAME),
+            chunk: vec![0; 64 * 1024].into(),
+        }
     }
 
     /// The next message; `Ok(None)` when the peer closed the connection cleanly.
@@ -104,7 +125,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if let Some(msg) = self.decoder.next()? {
                 return Ok(Some(msg));
             }
-            let n = self.inner.read(&mut self.chunk).await.map_err(ConnError::Read)?;
+            let n = self
+                .inner
+                .read(&mut self.chunk)
+                .await
+                .map_err(ConnError::Read)?;
             if n == 0 {
                 return Ok(None);
             }
@@ -122,14 +147,16 @@ pub struct FrameWriter<W> {
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub fn new(inner: W) -> Self {
-        FrameWriter { inner, buf: Vec::new() }
+        FrameWriter {
+            inner,
+            buf: Vec::new(),
+        }
     }
 
+    /// Writes one message, after anything already queued.
     pub async fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), ConnError> {
-        self.buf.clear();
-        codec::encode_into(msg, &mut self.buf, MAX_FRAME)?;
-        self.inner.write_all(&self.buf).await.map_err(ConnError::Write)?;
-        Ok(())
+        self.queue(msg)?;
+        self.flush().await
     }
 
     /// Encodes a message and queues it, to be written by [`FrameWriter::flush`].
@@ -140,9 +167,13 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 
     /// Writes everything queued.
     pub async fn flush(&mut self) -> Result<(), ConnError> {
-        self.inner.write_all(&self.buf).await.map_err(ConnError::Write)?;
+        let result = self
+            .inner
+            .write_all(&self.buf)
+            .await
+            .map_err(ConnError::Write);
         self.buf.clear();
-        Ok(())
+        result
     }
 
     /// Bytes queued and not yet written.

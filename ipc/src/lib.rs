@@ -5,6 +5,9 @@
 //! - [`state`]: the replicated state and its reducer, the same code in every process.
 //! - [`conn`]: framed connections over local sockets (Unix sockets, Windows named pipes).
 
+#![forbid(unsafe_code)]
+
+pub mod child;
 pub mod codec;
 pub mod conn;
 pub mod state;

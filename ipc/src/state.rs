@@ -49,9 +49,14 @@ pub enum Update {
     ExtensionUpserted(Extension),
     ExtensionDeleted(String),
     BindingUpserted(Binding),
-    BindingRemoved { aor: String, key: String },
+    BindingRemoved {
+        aor: String,
+        key: String,
+    },
     /// Every binding of an AOR removed (`Contact: *`, or the extension was deleted).
-    BindingsCleared { aor: String },
+    BindingsCleared {
+        aor: String,
+    },
 }
 
 /// Part of a snapshot. A snapshot is sent as parts so no frame grows with the state.
@@ -98,7 +103,10 @@ impl Replica {
             return Ok(());
         }
         if seq != self.seq + 1 {
-            return Err(Gap { have: self.seq, got: seq });
+            return Err(Gap {
+                have: self.seq,
+                got: seq,
+            });
         }
         self.reduce(update);
         self.seq = seq;
@@ -192,13 +200,20 @@ impl Replica {
             .chunks(SNAPSHOT_CHUNK)
             .map(|c| SnapshotPart::Extensions(c.to_vec()))
             .collect();
-        parts.extend(bindings.chunks(SNAPSHOT_CHUNK).map(|c| SnapshotPart::Bindings(c.to_vec())));
+        parts.extend(
+            bindings
+                .chunks(SNAPSHOT_CHUNK)
+                .map(|c| SnapshotPart::Bindings(c.to_vec())),
+        );
         parts
     }
 
     /// Rebuilds a replica from snapshot parts taken at generation `seq`.
     pub fn from_snapshot<'a>(seq: u64, parts: impl IntoIterator<Item = &'a SnapshotPart>) -> Self {
-        let mut replica = Replica { seq, ..Replica::default() };
+        let mut replica = Replica {
+            seq,
+            ..Replica::default()
+        };
         for part in parts {
             replica.absorb(part);
         }
@@ -259,9 +274,13 @@ mod tests {
     fn numbered_updates_apply_in_order_and_gaps_are_refused() {
         let mut r = Replica::new();
         r.apply(1, &Update::ExtensionUpserted(ext("1001"))).unwrap();
-        r.apply(1, &Update::ExtensionDeleted("1001".into())).unwrap(); // duplicate: ignored
+        r.apply(1, &Update::ExtensionDeleted("1001".into()))
+            .unwrap(); // duplicate: ignored
         assert!(r.extension("1001").is_some());
-        assert_eq!(r.apply(3, &Update::ExtensionDeleted("1001".into())), Err(Gap { have: 1, got: 3 }));
+        assert_eq!(
+            r.apply(3, &Update::ExtensionDeleted("1001".into())),
+            Err(Gap { have: 1, got: 3 })
+        );
         assert_eq!(r.seq(), 1);
     }
 
@@ -276,7 +295,10 @@ mod tests {
         let live: Vec<_> = r.bindings("1001", 2500).map(|b| b.key.as_str()).collect();
         assert_eq!(live, vec!["a"]);
         assert_eq!(r.purge_expired(2500), 1);
-        r.apply_local(&Update::BindingRemoved { aor: "1001".into(), key: "a".into() });
+        r.apply_local(&Update::BindingRemoved {
+            aor: "1001".into(),
+            key: "a".into(),
+        });
         assert_eq!(r.binding_count(), 0);
     }
 
@@ -298,7 +320,11 @@ mod tests {
         let exts: Vec<_> = (0..1200).map(|i| ext(&format!("{}", 1000 + i))).collect();
         r.apply_local(&Update::ExtensionsReplaced(exts));
         for i in 0..700 {
-            r.apply_local(&Update::BindingUpserted(binding(&format!("{}", 1000 + i), "k", 10)));
+            r.apply_local(&Update::BindingUpserted(binding(
+                &format!("{}", 1000 + i),
+                "k",
+                10,
+            )));
         }
         let parts = r.snapshot();
         assert_eq!(parts.len(), 3 + 2);

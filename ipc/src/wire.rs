@@ -16,6 +16,7 @@ pub const PROTOCOL_VERSION: u32 = 1;
 
 /// What a peer is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     Supervisor,
     Worker,
@@ -47,7 +48,12 @@ pub struct Hello {
 
 impl Hello {
     pub fn new(role: Role, name: impl Into<String>) -> Self {
-        Hello { version: PROTOCOL_VERSION, role, name: name.into(), pid: std::process::id() }
+        Hello {
+            version: PROTOCOL_VERSION,
+            role,
+            name: name.into(),
+            pid: std::process::id(),
+        }
     }
 }
 
@@ -57,17 +63,26 @@ pub enum HelloError {
     #[error("protocol version {got} is not ours ({ours}): the peer runs another sipcraft build")]
     Version { got: u32, ours: u32 },
     #[error("role {got} was expected to be {want}")]
-    Role { got: &'static str, want: &'static str },
+    Role {
+        got: &'static str,
+        want: &'static str,
+    },
 }
 
 /// Checks a peer's hello against what this end accepts.
 pub fn check_hello(hello: &Hello, accept: &[Role]) -> Result<(), HelloError> {
     if hello.version != PROTOCOL_VERSION {
-        return Err(HelloError::Version { got: hello.version, ours: PROTOCOL_VERSION });
+        return Err(HelloError::Version {
+            got: hello.version,
+            ours: PROTOCOL_VERSION,
+        });
     }
     if !accept.contains(&hello.role) {
         let want = accept.first().map_or("none", |r| r.as_str());
-        return Err(HelloError::Role { got: hello.role.as_str(), want });
+        return Err(HelloError::Role {
+            got: hello.role.as_str(),
+            want,
+        });
     }
     Ok(())
 }
@@ -93,13 +108,21 @@ pub enum ToChild {
     /// Hello refused; the connection closes after this.
     Refused(String),
     /// Start of a snapshot at generation `seq`; parts follow, then `SnapshotEnd`.
-    SnapshotBegin { seq: u64 },
+    SnapshotBegin {
+        seq: u64,
+    },
     Snapshot(SnapshotPart),
     SnapshotEnd,
     /// Update number `seq`.
-    Update { seq: u64, update: Update },
+    Update {
+        seq: u64,
+        update: Update,
+    },
     /// A message another process sent to this one.
-    Deliver { from: String, msg: Direct },
+    Deliver {
+        from: String,
+        msg: Direct,
+    },
     /// A new configuration, already validated; apply what can change live.
     Reload(Box<Config>),
     /// Stop taking new work, finish what is in flight, then exit.
@@ -119,7 +142,10 @@ pub enum FromChild {
     /// A change to replicated state, to be numbered and sent to every process.
     Publish(Update),
     /// A message for one other process, by name.
-    Send { to: String, msg: Direct },
+    Send {
+        to: String,
+        msg: Direct,
+    },
     /// A gap was seen: send a fresh snapshot.
     Resync,
 }
@@ -204,6 +230,7 @@ pub struct ChildStatus {
 
 /// Lifecycle state of a child.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ChildState {
     Starting,
     Ready,
@@ -236,8 +263,17 @@ mod tests {
     fn hello_checks_version_and_role() {
         let ok = Hello::new(Role::Worker, "udp-0");
         assert_eq!(check_hello(&ok, &[Role::Worker, Role::DbAgent]), Ok(()));
-        let old = Hello { version: PROTOCOL_VERSION + 1, ..ok.clone() };
-        assert!(matches!(check_hello(&old, &[Role::Worker]), Err(HelloError::Version { .. })));
-        assert!(matches!(check_hello(&ok, &[Role::Control]), Err(HelloError::Role { .. })));
+        let old = Hello {
+            version: PROTOCOL_VERSION + 1,
+            ..ok.clone()
+        };
+        assert!(matches!(
+            check_hello(&old, &[Role::Worker]),
+            Err(HelloError::Version { .. })
+        ));
+        assert!(matches!(
+            check_hello(&ok, &[Role::Control]),
+            Err(HelloError::Role { .. })
+        ));
     }
 }

@@ -14,7 +14,12 @@ fn frame<T: serde::Serialize>(msg: &T) -> Vec<u8> {
 fn hello_frame_is_pinned() {
     let hello = Envelope {
         id: 0,
-        body: FromChild::Hello(Hello { version: 1, role: Role::Worker, name: "udp-0".into(), pid: 300 }),
+        body: FromChild::Hello(Hello {
+            version: 1,
+            role: Role::Worker,
+            name: "udp-0".into(),
+            pid: 300,
+        }),
     };
     assert_eq!(PROTOCOL_VERSION, 1);
     // len=12 | id=0 | variant Hello=0 | version=1 | role Worker=1 | "udp-0" | pid=300 (varint ac 02)
@@ -26,10 +31,19 @@ fn hello_frame_is_pinned() {
 
 #[test]
 fn lifecycle_and_update_frames_are_pinned() {
-    assert_eq!(frame(&Envelope { id: 7, body: FromChild::Ready }), [2, 0, 0, 0, 7, 1]);
+    assert_eq!(
+        frame(&Envelope {
+            id: 7,
+            body: FromChild::Ready
+        }),
+        [2, 0, 0, 0, 7, 1]
+    );
     assert_eq!(frame(&Envelope::new(ToChild::Drain)), [2, 0, 0, 0, 0, 8]);
     assert_eq!(frame(&Envelope::new(ToChild::Stop)), [2, 0, 0, 0, 0, 9]);
-    let update = ToChild::Update { seq: 5, update: Update::ExtensionDeleted("1001".into()) };
+    let update = ToChild::Update {
+        seq: 5,
+        update: Update::ExtensionDeleted("1001".into()),
+    };
     assert_eq!(
         frame(&Envelope::new(update)),
         [9, 0, 0, 0, 0, 5, 5, 2, 4, b'1', b'0', b'0', b'1']
@@ -41,5 +55,11 @@ fn decoder_reads_back_what_was_pinned() {
     let mut dec = Decoder::new(MAX_FRAME);
     dec.push(&[2, 0, 0, 0, 7, 1]).unwrap();
     let got: Envelope<FromChild> = dec.next().unwrap().unwrap();
-    assert_eq!(got, Envelope { id: 7, body: FromChild::Ready });
+    assert_eq!(
+        got,
+        Envelope {
+            id: 7,
+            body: FromChild::Ready
+        }
+    );
 }

@@ -1,0 +1,229 @@
+//! Subcommand plumbing: logging, runtimes, and the `ctl` front end.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use sipcraft_ipc::wire::{ControlRequest, ControlResponse};
+
+#[derive(Args)]
+pub struct CtlArgs {
+    /// The server's configuration file (its runtime_dir holds the control socket).
+    #[arg(short, long, conflicts_with = "socket")]
+    config: Option<PathBuf>,
+    /// The control socket itself.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// Every process: state, pid, uptime, restarts, last exit.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restart one child by name (`udp-0`, `tcp-0`, `dbagent`).
+    Restart { name: String },
+    /// Re-read the configuration and apply what can change live.
+    Reload,
+    /// Refuse new calls and registrations (503) and let in-flight ones finish.
+    Drain,
+    /// Stop the server gracefully.
+    Stop,
+}
+
+#[derive(Args)]
+pub struct ChildArgs {
+    #[arg(long)]
+    name: String,
+    #[arg(long)]
+    bus: PathBuf,
+    #[arg(long)]
+    parent: u32,
+}
+
+#[derive(Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    child: ChildArgs,
+    #[arg(long)]
+    listen: usize,
+    #[arg(long)]
+    fd: Option<i32>,
+}
+
+/// Logs to stderr. Under systemd (JOURNAL_STREAM set) journald adds its own timestamps.
+fn init_logging(role: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let under_journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let _ = if under_journal {
+        builder.without_time().with_ansi(false).try_init()
+    } else {
+        builder.try_init()
+    };
+    let _ = role;
+}
+
+fn report(role: &str, err: &dyn std::error::Error) -> ExitCode {
+    let mut msg = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        msg.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    tracing::error!(role, "{msg}");
+    eprintln!("sipcraft {role}: {msg}");
+    ExitCode::FAILURE
+}
+
+pub fn run_supervisor(config: &Path) -> ExitCode {
+    init_logging("supervisor");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("supervisor")
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(sipcraft_supervisor::run(config.to_owned())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => report("supervisor", &e),
+    }
+}
+
+fn child_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Test hook: a child whose name is in SIPCRAFT_FAULT_EXIT (comma separated) exits with
+/// status 3 as soon as it starts, so tests can drive a real crash loop.
+fn fault_point(name: &str) -> Option<ExitCode> {
+    let list = std::env::var("SIPCRAFT_FAULT_EXIT").ok()?;
+    list.split(',').any(|n| n == name).then(|| {
+        eprintln!("sipcraft {name}: exiting at start (SIPCRAFT_FAULT_EXIT)");
+        ExitCode::from(3)
+    })
+}
+
+pub fn run_worker(args: WorkerArgs) -> ExitCode {
+    use tracing::Instrument;
+    if let Some(code) = fault_point(&args.child.name) {
+        return code;
+    }
+    init_logging("worker");
+    let span = tracing::info_span!("worker", name = %args.child.name);
+    let worker = sipcraft_sipworker::Args {
+        name: args.child.name,
+        bus: args.child.bus,
+        parent: args.child.parent,
+        listen: args.listen,
+        fd: args.fd,
+    };
+    match child_runtime().block_on(sipcraft_sipworker::run(worker).instrument(span)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => report("worker", &e),
+    }
+}
+
+pub fn run_dbagent(args: ChildArgs) -> ExitCode {
+    use tracing::Instrument;
+    if let Some(code) = fault_point(&args.name) {
+        return code;
+    }
+    init_logging("dbagent");
+    let span = tracing::info_span!("dbagent");
+    let agent = sipcraft_dbagent::Args {
+        name: args.name,
+        bus: args.bus,
+        parent: args.parent,
+    };
+    match child_runtime().block_on(sipcraft_dbagent::run(agent).instrument(span)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => report("dbagent", &e),
+    }
+}
+
+pub fn ctl(args: CtlArgs) -> ExitCode {
+    let socket = match (args.socket, args.config) {
+        (Some(socket), _) => socket,
+        (None, config) => {
+            let path = config.unwrap_or_else(|| PathBuf::from(crate::DEFAULT_CONFIG));
+            match runtime_dir_of(&path) {
+                Ok(dir) => sipcraft_ipc::conn::endpoint(&dir, "control"),
+                Err(why) => {
+                    eprintln!(
+                        "sipcraft ctl: cannot find the control socket from {}: {why}",
+                        path.display()
+                    );
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
+    let (request, json) = match args.command {
+        CtlCommand::Status { json } => (ControlRequest::Status, json),
+        CtlCommand::Restart { name } => (ControlRequest::Restart { name }, false),
+        CtlCommand::Reload => (ControlRequest::Reload, false),
+        CtlCommand::Drain => (ControlRequest::Drain, false),
+        CtlCommand::Stop => (ControlRequest::Stop, false),
+    };
+    let result = child_runtime().block_on(sipcraft_supervisor::ctl::request(&socket, request));
+    match result {
+        Ok(ControlResponse::Status(status)) if json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&status).expect("status is JSON")
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(ControlResponse::Status(status)) => {
+            print!("{}", sipcraft_supervisor::ctl::status_table(&status));
+            ExitCode::SUCCESS
+        }
+        Ok(ControlResponse::Done(msg)) => {
+            println!("{msg}");
+            ExitCode::SUCCESS
+        }
+        Ok(ControlResponse::Failed(msg)) => {
+            eprintln!("sipcraft ctl: {msg}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            let mut msg = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                msg.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            eprintln!("sipcraft ctl: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `server.runtime_dir` from a configuration file, read leniently: `ctl` must still reach a
+/// running server when someone has since broken another part of the file (that is exactly
+/// when `ctl reload` has to report the problems).
+fn runtime_dir_of(path: &Path) -> Result<PathBuf, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let value: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| e.message().to_owned())?;
+    let dir = value
+        .get("server")
+        .and_then(|s| s.get("runtime_dir"))
+        .and_then(|d| d.as_str())
+        .ok_or("no server.runtime_dir")?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    Ok(base.join(dir))
+}

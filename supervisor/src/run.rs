@@ -1,0 +1,753 @@
+//! The supervisor's main loop: one task owns the child table and every decision about it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sipcraft_config::{Config, Transport};
+use sipcraft_ipc::conn;
+use sipcraft_ipc::state::Update;
+use sipcraft_ipc::wire::{ChildState, ControlRequest, ControlResponse, Status, ToChild};
+use tokio::sync::mpsc;
+
+use crate::bus::{self, BusEvent, Hub, Outgoing};
+use crate::children::{Backoff, Child, Kind};
+use crate::control::{self, ControlEvent};
+use crate::notify::Notifier;
+use crate::process::{self, Exit, SpawnRequest, Spawner};
+use crate::Error;
+
+/// A ready child that sends nothing for this long is hung and is killed.
+const HUNG_AFTER: Duration = Duration::from_secs(10);
+/// How often the main loop looks at timers.
+const TICK: Duration = Duration::from_millis(50);
+
+/// Runs the supervisor until it is stopped (SIGTERM, SIGINT or `ctl stop`).
+pub async fn run(config_path: PathBuf) -> Result<(), Error> {
+    let config = sipcraft_config::load(&config_path).map_err(Error::Config)?;
+    prepare_dir(&config.server.runtime_dir, true)?;
+    prepare_dir(&config.server.state_dir, false)?;
+
+    #[cfg(unix)]
+    let sockets = config
+        .listen
+        .iter()
+        .map(crate::sockets::bind)
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let hub = Hub::new();
+    if config.database.is_none() {
+        // Stand-alone: the file is the source of extensions, and the supervisor already has
+        // it parsed, so it seeds the replicated state itself.
+        hub.publish(Update::ExtensionsReplaced(config.extensions.clone()));
+    }
+
+    let bus_path = conn::endpoint(&config.server.runtime_dir, "bus");
+    let bus_listener = conn::listen(&bus_path).map_err(|source| Error::Listen {
+        what: "bus",
+        source,
+    })?;
+    let control_path = conn::endpoint(&config.server.runtime_dir, "control");
+    let control_listener = conn::listen(&control_path).map_err(|source| Error::Listen {
+        what: "control",
+        source,
+    })?;
+
+    let exe = process::own_executable().map_err(Error::Spawner)?;
+    let spawner = Spawner::start(exe).map_err(Error::Spawner)?;
+
+    let (exit_tx, exits) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        if let Err(e) = process::reap(exit_tx).await {
+            tracing::error!(error = %e, "child reaper failed");
+        }
+    });
+    let (bus_tx, bus_events) = mpsc::unbounded_channel();
+    tokio::spawn(accept_children(bus_listener, hub.clone(), bus_tx));
+    let (ctl_tx, ctl_events) = mpsc::unbounded_channel();
+    tokio::spawn(control::serve(control_listener, ctl_tx));
+
+    let children = child_table(&config);
+    let signals = Signals::install().map_err(Error::Signals)?;
+    let mut sup = Supervisor {
+        config_path,
+        children,
+        hub,
+        spawner,
+        bus_path,
+        #[cfg(unix)]
+        sockets,
+        started: Instant::now(),
+        notifier: Notifier::from_env(),
+        ready_sent: false,
+        last_status_line: String::new(),
+        last_watchdog: Instant::now(),
+        stopping: None,
+        draining: false,
+        config,
+    };
+    tracing::info!(
+        pid = std::process::id(),
+        children = sup.children.len(),
+        control = %control_path.display(),
+        "supervisor starting"
+    );
+    sup.main_loop(exits, bus_events, ctl_events, signals).await;
+    let _ = std::fs::remove_file(&control_path);
+    let _ = std::fs::remove_file(&sup.bus_path);
+    tracing::info!("supervisor stopped");
+    Ok(())
+}
+
+fn prepare_dir(path: &Path, private: bool) -> Result<(), Error> {
+    let err = |source| Error::CreateDir {
+        path: path.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(path).map_err(err)?;
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    Ok(())
+}
+
+/// The dbagent first, then the workers: `udp-0`, `udp-1`, `tcp-0`, numbered per transport.
+fn child_table(config: &Config) -> Vec<Child> {
+    let policy = &config.supervisor;
+    let mut children = vec![Child::new("dbagent".into(), Kind::DbAgent, policy)];
+    let mut counters = std::collections::HashMap::<Transport, usize>::new();
+    for (listen, entry) in config.listen.iter().enumerate() {
+        for socket in 0..entry.workers {
+            let n = counters.entry(entry.transport).or_default();
+            let name = format!("{}-{}", entry.transport.as_str(), n);
+            *n += 1;
+            children.push(Child::new(name, Kind::Worker { listen, socket }, policy));
+        }
+    }
+    children
+}
+
+async fn accept_children(
+    listener: sipcraft_ipc::Listener,
+    hub: Arc<Hub>,
+    events: mpsc::UnboundedSender<BusEvent>,
+) {
+    loop {
+        match conn::accept(&listener).await {
+            Ok((reader, writer)) => {
+                tokio::spawn(bus::serve(hub.clone(), reader, writer, events.clone()));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "bus accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// The signals the supervisor acts on.
+struct Signals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hup: tokio::signal::unix::Signal,
+}
+
+enum Sig {
+    Stop,
+    Reload,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Signals {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+                hup: signal(SignalKind::hangup())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Signals {})
+    }
+
+    async fn next(&mut self) -> Sig {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => Sig::Stop,
+                _ = self.int.recv() => Sig::Stop,
+                _ = self.hup.recv() => Sig::Reload,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            Sig::Stop
+        }
+    }
+}
+
+/// An orderly stop in progress: workers first, then the dbagent (which flushes the writes
+/// the workers made), then the supervisor exits.
+struct StopPlan {
+    /// Workers still running at this time are killed.
+    workers_by: Instant,
+    /// Anything still running at this time is killed.
+    all_by: Instant,
+    dbagent_told: bool,
+}
+
+struct Supervisor {
+    config_path: PathBuf,
+    config: Config,
+    children: Vec<Child>,
+    hub: Arc<Hub>,
+    spawner: Spawner,
+    bus_path: PathBuf,
+    #[cfg(unix)]
+    sockets: Vec<Vec<socket2::Socket>>,
+    started: Instant,
+    notifier: Notifier,
+    ready_sent: bool,
+    last_status_line: String,
+    last_watchdog: Instant,
+    stopping: Option<StopPlan>,
+    draining: bool,
+}
+
+impl Supervisor {
+    async fn main_loop(
+        &mut self,
+        mut exits: mpsc::UnboundedReceiver<Exit>,
+        mut bus_events: mpsc::UnboundedReceiver<BusEvent>,
+        mut ctl_events: mpsc::UnboundedReceiver<ControlEvent>,
+        mut signals: Signals,
+    ) {
+        for i in 0..self.children.len() {
+            self.start(i).await;
+        }
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                Some(exit) = exits.recv() => self.on_exit(exit),
+                Some(ev) = bus_events.recv() => self.on_bus(ev),
+                Some(ev) = ctl_events.recv() => {
+                    let response = self.on_control(ev.request);
+                    let _ = ev.reply.send(response);
+                }
+                sig = signals.next() => match sig {
+                    Sig::Stop if self.stopping.is_some() => {
+                        tracing::warn!("second stop signal: killing every child now");
+                        self.kill_all();
+                    }
+                    Sig::Stop => self.begin_stop("signal"),
+                    Sig::Reload => {
+                        let _ = self.reload();
+                    }
+                },
+                _ = tick.tick() => {
+                    if self.on_tick().await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn start(&mut self, i: usize) {
+        let args = self.child_args(i);
+        let child = &mut self.children[i];
+        let request = SpawnRequest {
+            args,
+            #[cfg(unix)]
+            inherit_fds: match child.kind {
+                Kind::Worker { listen, socket } => {
+                    use std::os::fd::AsRawFd;
+                    vec![self.sockets[listen][socket].as_raw_fd()]
+                }
+                Kind::DbAgent => Vec::new(),
+            },
+        };
+        let restarting = child.started_at.is_some();
+        child.restart_at = None;
+        child.restart_now = false;
+        match self.spawner.spawn(request).await {
+            Ok(pid) => {
+                let child = &mut self.children[i];
+                if restarting {
+                    child.restarts += 1;
+                }
+                child.pid = Some(pid);
+                child.started_at = Some(Instant::now());
+                child.last_seen = Instant::now();
+                child.health = Default::default();
+                if child.state != ChildState::CrashLoop {
+                    child.state = ChildState::Starting;
+                }
+                tracing::info!(child = %child.name, pid, restarts = child.restarts, "child started");
+            }
+            Err(e) => {
+                tracing::error!(child = %self.children[i].name, error = %e, "could not start child");
+                self.after_exit(i, format!("could not start: {e}"), Duration::ZERO);
+            }
+        }
+    }
+
+    fn child_args(&self, i: usize) -> Vec<std::ffi::OsString> {
+        let child = &self.children[i];
+        let mut args: Vec<std::ffi::OsString> = match child.kind {
+            Kind::DbAgent => vec!["dbagent".into()],
+            Kind::Worker { listen, .. } => vec![
+                "worker".into(),
+                "--listen".into(),
+                listen.to_string().into(),
+            ],
+        };
+        args.extend([
+            "--name".into(),
+            child.name.clone().into(),
+            "--bus".into(),
+            self.bus_path.clone().into_os_string(),
+            "--parent".into(),
+            std::process::id().to_string().into(),
+        ]);
+        #[cfg(unix)]
+        if let Kind::Worker { listen, socket } = child.kind {
+            use std::os::fd::AsRawFd;
+            args.extend([
+                "--fd".into(),
+                self.sockets[listen][socket].as_raw_fd().to_string().into(),
+            ]);
+        }
+        args
+    }
+
+    fn on_exit(&mut self, exit: Exit) {
+        let Some(i) = self.children.iter().position(|c| c.pid == Some(exit.pid)) else {
+            tracing::debug!(pid = exit.pid, reason = %exit.reason, "reaped a process that is not ours");
+            return;
+        };
+        let uptime = self.children[i]
+            .started_at
+            .map_or(Duration::ZERO, |t| t.elapsed());
+        let child = &self.children[i];
+        if self.stopping.is_some()
+            || (exit.clean && child.state == ChildState::Draining && self.draining)
+        {
+            tracing::info!(child = %child.name, pid = exit.pid, reason = %exit.reason, "child stopped");
+        } else {
+            tracing::warn!(child = %child.name, pid = exit.pid, reason = %exit.reason, "child exited");
+        }
+        self.after_exit(i, exit.reason, uptime);
+    }
+
+    fn after_exit(&mut self, i: usize, reason: String, uptime: Duration) {
+        let stopping = self.stopping.is_some();
+        let child = &mut self.children[i];
+        child.pid = None;
+        child.link = None;
+        child.last_exit = Some(reason);
+        if stopping {
+            child.state = ChildState::Stopped;
+            return;
+        }
+        if child.restart_now {
+            child.state = ChildState::Backoff;
+            child.restart_at = Some(Instant::now());
+            return;
+        }
+        let (delay, crash_loop) = child.backoff.on_exit(uptime);
+        child.restart_at = Some(Instant::now() + delay);
+        if crash_loop {
+            if child.state != ChildState::CrashLoop {
+                tracing::error!(
+                    child = %child.name,
+                    delay_ms = delay.as_millis() as u64,
+                    "CRASH LOOP: child keeps exiting soon after start; still retrying with backoff"
+                );
+            }
+            child.state = ChildState::CrashLoop;
+        } else {
+            child.state = ChildState::Backoff;
+            tracing::info!(child = %child.name, delay_ms = delay.as_millis() as u64, "restarting after backoff");
+        }
+    }
+
+    fn on_bus(&mut self, ev: BusEvent) {
+        match ev {
+            BusEvent::Joined {
+                name,
+                pid,
+                role,
+                link,
+                reply,
+            } => {
+                let slice = self.slice();
+                let Some(child) = self.children.iter_mut().find(|c| c.name == name) else {
+                    let _ = reply.send(Err(format!("no child named {name} in this supervisor")));
+                    return;
+                };
+                if child.pid != Some(pid) || child.role() != role {
+                    let _ = reply.send(Err(format!(
+                        "pid {pid} is not the {} this supervisor started as {name}",
+                        role.as_str()
+                    )));
+                    return;
+                }
+                child.link = Some(link);
+                child.last_seen = Instant::now();
+                let _ = reply.send(Ok(slice));
+                if self.draining {
+                    self.tell(&name, ToChild::Drain);
+                }
+            }
+            BusEvent::Ready { name } => {
+                let draining = self.draining;
+                if let Some(child) = self.children.iter_mut().find(|c| c.name == name) {
+                    child.last_seen = Instant::now();
+                    child.was_ready = true;
+                    child.state = if draining {
+                        ChildState::Draining
+                    } else {
+                        ChildState::Ready
+                    };
+                    let ms = child
+                        .started_at
+                        .map_or(0, |t| t.elapsed().as_millis() as u64);
+                    tracing::info!(child = %name, pid = child.pid, after_ms = ms, "child ready");
+                }
+                if !self.ready_sent && self.children.iter().all(|c| c.was_ready) {
+                    self.ready_sent = true;
+                    self.notifier.ready();
+                    tracing::info!(
+                        after_ms = self.started.elapsed().as_millis() as u64,
+                        "all children ready"
+                    );
+                }
+            }
+            BusEvent::Health { name, health } => {
+                if let Some(child) = self.children.iter_mut().find(|c| c.name == name) {
+                    child.last_seen = Instant::now();
+                    if health.alarm != child.health.alarm {
+                        if let Some(alarm) = &health.alarm {
+                            tracing::error!(child = %name, %alarm, "ALARM");
+                        }
+                    }
+                    child.health = health;
+                }
+            }
+            BusEvent::Left { name, link } => {
+                if let Some(child) = self.children.iter_mut().find(|c| c.name == name) {
+                    if child.link.as_ref().is_some_and(|l| l.same_channel(&link)) {
+                        child.link = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The configuration a child receives: extensions travel as replicated state.
+    fn slice(&self) -> Box<Config> {
+        let mut slice = self.config.clone();
+        slice.extensions = Vec::new();
+        Box::new(slice)
+    }
+
+    fn tell(&self, name: &str, msg: ToChild) -> bool {
+        self.children
+            .iter()
+            .find(|c| c.name == name)
+            .and_then(|c| c.link.as_ref())
+            .is_some_and(|l| l.try_send(Outgoing::Msg(msg)).is_ok())
+    }
+
+    fn on_control(&mut self, request: ControlRequest) -> ControlResponse {
+        match request {
+            ControlRequest::Status => ControlResponse::Status(self.status()),
+            ControlRequest::Restart { name } => self.restart(&name),
+            ControlRequest::Reload => match self.reload() {
+                Ok(msg) => ControlResponse::Done(msg),
+                Err(msg) => ControlResponse::Failed(msg),
+            },
+            ControlRequest::Drain => {
+                self.draining = true;
+                let names: Vec<String> = self.children.iter().map(|c| c.name.clone()).collect();
+                for (i, name) in names.iter().enumerate() {
+                    if matches!(self.children[i].kind, Kind::Worker { .. })
+                        && self.tell(name, ToChild::Drain)
+                    {
+                        self.children[i].state = ChildState::Draining;
+                    }
+                }
+                tracing::info!(
+                    "draining: workers refuse new calls and registrations; in-flight ones finish"
+                );
+                ControlResponse::Done("draining: new calls and registrations are refused with 503; `ctl stop` when the transaction counts reach 0".into())
+            }
+            ControlRequest::Stop => {
+                self.begin_stop("ctl stop");
+                ControlResponse::Done("stopping".into())
+            }
+            ControlRequest::Hello(_) => {
+                ControlResponse::Failed("hello was already received".into())
+            }
+        }
+    }
+
+    fn status(&self) -> Status {
+        let now = Instant::now();
+        let (generation, extensions, bindings) = self.hub.counts();
+        Status {
+            supervisor_pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            generation,
+            extensions,
+            bindings,
+            children: self.children.iter().map(|c| c.status(now)).collect(),
+        }
+    }
+
+    fn restart(&mut self, name: &str) -> ControlResponse {
+        if self.stopping.is_some() {
+            return ControlResponse::Failed("the supervisor is stopping".into());
+        }
+        let Some(i) = self.children.iter().position(|c| c.name == name) else {
+            let names: Vec<&str> = self.children.iter().map(|c| c.name.as_str()).collect();
+            return ControlResponse::Failed(format!(
+                "no child named {name:?}; children: {}",
+                names.join(", ")
+            ));
+        };
+        let policy = self.config.supervisor.clone();
+        let child = &mut self.children[i];
+        child.restart_now = true;
+        child.backoff = Backoff::new(&policy);
+        match child.pid {
+            Some(pid) => {
+                tracing::info!(child = %name, pid, "restart requested");
+                // The child is asked politely and killed if it has not gone in a second.
+                process::terminate(pid);
+                let deadline = Instant::now() + Duration::from_secs(1);
+                child.restart_at = Some(deadline);
+                ControlResponse::Done(format!("restarting {name} (pid {pid})"))
+            }
+            None => {
+                child.restart_at = Some(Instant::now());
+                ControlResponse::Done(format!("starting {name}"))
+            }
+        }
+    }
+
+    /// Re-reads the configuration file; applies what can change live. Keeps running on the
+    /// old configuration when the new one is not valid.
+    fn reload(&mut self) -> Result<String, String> {
+        self.notifier.reloading();
+        let result = self.reload_inner();
+        self.notifier.ready();
+        result
+    }
+
+    fn reload_inner(&mut self) -> Result<String, String> {
+        let mut new = match sipcraft_config::load(&self.config_path) {
+            Ok(c) => c,
+            Err(problems) => {
+                for p in problems.iter() {
+                    tracing::error!(problem = %p, "reload refused");
+                }
+                return Err(format!(
+                    "configuration not valid, still running the previous one:\n{problems}"
+                ));
+            }
+        };
+        let refused = sipcraft_config::restart_needed(&self.config, &new);
+        // What needs a restart stays as it is; everything else takes effect now.
+        new.listen = self.config.listen.clone();
+        new.server.runtime_dir = self.config.server.runtime_dir.clone();
+        new.server.state_dir = self.config.server.state_dir.clone();
+        new.database = self.config.database.clone();
+        if new.database.is_none() && new.extensions != self.config.extensions {
+            self.hub
+                .publish(Update::ExtensionsReplaced(new.extensions.clone()));
+        }
+        self.config = new;
+        let slice = self.slice();
+        for child in &self.children {
+            if let Some(link) = &child.link {
+                let _ = link.try_send(Outgoing::Msg(ToChild::Reload(slice.clone())));
+            }
+        }
+        let mut msg = String::from("configuration reloaded");
+        if !refused.is_empty() {
+            msg.push_str(&format!(
+                "; not applied until a restart: {}",
+                refused.join(", ")
+            ));
+            tracing::warn!(keys = %refused.join(", "), "reload: these changes need a restart and were not applied");
+        }
+        tracing::info!("{msg}");
+        Ok(msg)
+    }
+
+    fn begin_stop(&mut self, why: &str) {
+        if self.stopping.is_some() {
+            return;
+        }
+        let timeout = Duration::from_secs(self.config.supervisor.stop_timeout_s.max(1));
+        let now = Instant::now();
+        tracing::info!(reason = why, timeout_s = timeout.as_secs(), "stopping");
+        self.notifier.stopping();
+        self.stopping = Some(StopPlan {
+            workers_by: now + timeout.mul_f32(0.5),
+            all_by: now + timeout.mul_f32(0.8),
+            dbagent_told: false,
+        });
+        for child in &mut self.children {
+            child.restart_at = None;
+            if child.pid.is_none() {
+                child.state = ChildState::Stopped;
+            }
+        }
+        for child in &self.children {
+            if let (Kind::Worker { .. }, Some(pid)) = (&child.kind, child.pid) {
+                let told = child
+                    .link
+                    .as_ref()
+                    .is_some_and(|l| l.try_send(Outgoing::Msg(ToChild::Stop)).is_ok());
+                if !told {
+                    process::terminate(pid);
+                }
+            }
+        }
+    }
+
+    fn kill_all(&mut self) {
+        for child in &self.children {
+            if let Some(pid) = child.pid {
+                tracing::warn!(child = %child.name, pid, "killing");
+                process::kill(pid);
+            }
+        }
+    }
+
+    /// Timers: restarts due, watchdog, hung children, stop progress. True when done.
+    async fn on_tick(&mut self) -> bool {
+        let now = Instant::now();
+        if let Some(every) = self.notifier.watchdog_every {
+            if now.duration_since(self.last_watchdog) >= every {
+                self.notifier.watchdog();
+                self.last_watchdog = now;
+            }
+        }
+        self.update_status_line();
+        if self.stopping.is_some() {
+            return self.stop_progress(now);
+        }
+        for i in 0..self.children.len() {
+            let child = &mut self.children[i];
+            match (child.pid, child.restart_at) {
+                (None, Some(at)) if at <= now => self.start(i).await,
+                (Some(pid), Some(at)) if child.restart_now && at <= now => {
+                    tracing::warn!(child = %child.name, pid, "did not stop when asked; killing it");
+                    process::kill(pid);
+                    child.restart_at = None;
+                }
+                (Some(pid), _)
+                    if child.state == ChildState::Ready
+                        && now.duration_since(child.last_seen) > HUNG_AFTER =>
+                {
+                    tracing::error!(child = %child.name, pid, "HUNG: no message for {HUNG_AFTER:?}; killing it");
+                    process::kill(pid);
+                    child.last_seen = now;
+                }
+                _ => {}
+            }
+        }
+        false
+    }
+
+    fn stop_progress(&mut self, now: Instant) -> bool {
+        let Some(plan) = &mut self.stopping else {
+            return false;
+        };
+        let all_by = plan.all_by;
+        let workers_left = self
+            .children
+            .iter()
+            .any(|c| matches!(c.kind, Kind::Worker { .. }) && c.pid.is_some());
+        if workers_left && now >= plan.workers_by {
+            for c in self
+                .children
+                .iter()
+                .filter(|c| matches!(c.kind, Kind::Worker { .. }))
+            {
+                if let Some(pid) = c.pid {
+                    tracing::warn!(child = %c.name, pid, "did not stop in time; killing it");
+                    process::kill(pid);
+                }
+            }
+        }
+        if !workers_left && !plan.dbagent_told {
+            plan.dbagent_told = true;
+            for c in self.children.iter().filter(|c| c.kind == Kind::DbAgent) {
+                if let Some(pid) = c.pid {
+                    let told = c
+                        .link
+                        .as_ref()
+                        .is_some_and(|l| l.try_send(Outgoing::Msg(ToChild::Stop)).is_ok());
+                    if !told {
+                        process::terminate(pid);
+                    }
+                }
+            }
+        }
+        if self.children.iter().all(|c| c.pid.is_none()) {
+            return true;
+        }
+        if now >= all_by {
+            self.kill_all();
+            // Killed children are reaped on the next ticks; give up waiting soon after.
+            if now >= all_by + Duration::from_millis(500) {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn update_status_line(&mut self) {
+        let ready = self
+            .children
+            .iter()
+            .filter(|c| c.state == ChildState::Ready)
+            .count();
+        let looping = self
+            .children
+            .iter()
+            .filter(|c| c.state == ChildState::CrashLoop)
+            .count();
+        let mut line = format!("{ready}/{} children ready", self.children.len());
+        if looping > 0 {
+            line.push_str(&format!(", {looping} in crash loop"));
+        }
+        if self.draining {
+            line.push_str(", draining");
+        }
+        if self.stopping.is_some() {
+            line.push_str(", stopping");
+        }
+        if line != self.last_status_line {
+            self.notifier.status(&line);
+            self.last_status_line = line;
+        }
+    }
+}

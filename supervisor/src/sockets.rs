@@ -1,0 +1,60 @@
+//! Listen sockets, bound by the supervisor and handed down to the workers.
+//!
+//! Every UDP worker of a listen entry gets its own socket bound to the same address with
+//! SO_REUSEPORT, so the kernel keeps one phone's datagrams on one worker. The supervisor
+//! keeps the sockets open for its whole life: a restarted worker gets the very same socket
+//! back, because closing one socket of a reuseport group re-hashes other phones' flows onto
+//! other workers. Binding here also means a busy or privileged port fails at start, once,
+//! with a clear error, and only the supervisor needs the capability for port 5060.
+
+use std::io;
+use std::net::SocketAddr;
+
+use sipcraft_config::{Listen, Transport};
+use socket2::{Domain, Protocol, Socket, Type};
+
+#[derive(Debug, thiserror::Error)]
+#[error("could not bind {transport} {address}")]
+pub struct BindError {
+    pub transport: &'static str,
+    pub address: SocketAddr,
+    #[source]
+    pub source: io::Error,
+}
+
+/// One bound socket per worker of a listen entry.
+pub fn bind(listen: &Listen) -> Result<Vec<Socket>, BindError> {
+    (0..listen.workers)
+        .map(|_| bind_one(listen.transport, listen.address))
+        .collect::<io::Result<_>>()
+        .map_err(|source| BindError {
+            transport: listen.transport.as_str(),
+            address: listen.address,
+            source,
+        })
+}
+
+fn bind_one(transport: Transport, address: SocketAddr) -> io::Result<Socket> {
+    let domain = Domain::for_address(address);
+    let (ty, proto) = match transport {
+        Transport::Udp => (Type::DGRAM, Protocol::UDP),
+        Transport::Tcp => (Type::STREAM, Protocol::TCP),
+    };
+    let socket = Socket::new(domain, ty, Some(proto))?;
+    if address.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    #[cfg(unix)]
+    socket.set_reuse_port(true)?;
+    if transport == Transport::Udp {
+        // Bursts of REGISTERs after a power cut must not overflow the receive queue.
+        let _ = socket.set_recv_buffer_size(4 << 20);
+        let _ = socket.set_send_buffer_size(4 << 20);
+    }
+    socket.bind(&address.into())?;
+    if transport == Transport::Tcp {
+        socket.listen(1024)?;
+    }
+    Ok(socket)
+}

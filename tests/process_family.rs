@@ -1,0 +1,245 @@
+//! The process family: supervisor, children, restarts, signals, control socket.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{alive, wait_for, Server, Setup};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+#[test]
+fn status_lists_every_child_ready() {
+    let server = Server::start(Setup::default());
+    let status = server.status();
+    let names: Vec<&str> = status["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["dbagent", "udp-0", "udp-1", "tcp-0"]);
+    for c in status["children"].as_array().unwrap() {
+        assert_eq!(c["state"], "ready", "{c}");
+        assert!(alive(c["pid"].as_u64().unwrap() as u32));
+        assert_eq!(c["restarts"], 0);
+    }
+    assert_eq!(status["extensions"], 3);
+    let table = String::from_utf8(server.ctl(&["status"]).stdout).unwrap();
+    assert!(
+        table.contains("NAME") && table.contains("udp-1") && table.contains("ready"),
+        "{table}"
+    );
+}
+
+#[test]
+fn killed_worker_is_back_within_a_second_and_others_untouched() {
+    let server = Server::start(Setup::default());
+    let before = server.child_pids();
+    let victim = server.pid_of("udp-1");
+    kill(Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
+    let killed_at = Instant::now();
+    let child = wait_for("udp-1 back and ready", Duration::from_secs(5), || {
+        let c = server.child("udp-1");
+        (c["state"] == "ready" && c["pid"].as_u64() != Some(victim as u64)).then_some(c)
+    });
+    let took = killed_at.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "udp-1 took {took:?} to come back"
+    );
+    assert_eq!(child["restarts"], 1);
+    assert!(
+        child["last_exit"].as_str().unwrap().contains("SIGKILL"),
+        "{child}"
+    );
+    for (name, pid) in before.iter().filter(|(n, _)| n != "udp-1") {
+        assert_eq!(server.pid_of(name), *pid, "{name} must keep its pid");
+    }
+}
+
+#[test]
+fn ctl_restart_restarts_only_that_child() {
+    let server = Server::start(Setup::default());
+    let before = server.child_pids();
+    let out = server.ctl(&["restart", "udp-0"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let old = before.iter().find(|(n, _)| n == "udp-0").unwrap().1;
+    wait_for("udp-0 restarted", Duration::from_secs(5), || {
+        let c = server.child("udp-0");
+        (c["state"] == "ready" && c["pid"].as_u64() != Some(old as u64) && c["restarts"] == 1)
+            .then_some(())
+    });
+    for (name, pid) in before.iter().filter(|(n, _)| n != "udp-0") {
+        assert_eq!(server.pid_of(name), *pid, "{name} must keep its pid");
+    }
+    let out = server.ctl(&["restart", "udp-9"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no child named \"udp-9\""));
+}
+
+#[test]
+fn child_failing_at_every_start_goes_to_crash_loop_and_others_stay_ready() {
+    let setup = Setup {
+        extra:
+            "[supervisor]\nbackoff_initial_ms = 10\nbackoff_max_ms = 200\ncrash_loop_restarts = 3\n"
+                .into(),
+        env: vec![("SIPCRAFT_FAULT_EXIT".into(), "udp-1".into())],
+        ..Setup::default()
+    };
+    let server = Server::spawn(setup);
+    let status = wait_for("udp-1 in crash loop", Duration::from_secs(15), || {
+        let s = server.try_status()?;
+        let c = s["children"]
+            .as_array()?
+            .iter()
+            .find(|c| c["name"] == "udp-1")?
+            .clone();
+        (c["state"] == "crash-loop").then_some(s)
+    });
+    for c in status["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["name"] != "udp-1")
+    {
+        assert_eq!(c["state"], "ready", "{c}");
+        assert_eq!(c["restarts"], 0, "{c}");
+    }
+    let looping = server.child("udp-1");
+    assert!(
+        looping["last_exit"].as_str().unwrap().contains("status 3"),
+        "{looping}"
+    );
+    assert!(
+        server.log().contains("CRASH LOOP"),
+        "the crash loop is logged loudly"
+    );
+}
+
+#[test]
+fn sigterm_stops_everything_within_five_seconds() {
+    let mut server = Server::start(Setup::default());
+    let pids = server.child_pids();
+    server.signal(Signal::SIGTERM);
+    let status = server.wait_exit(Duration::from_secs(5));
+    assert!(
+        status.success(),
+        "supervisor exit: {status:?}\n{}",
+        server.log()
+    );
+    for (name, pid) in pids {
+        assert!(!alive(pid), "{name} (pid {pid}) is still running");
+    }
+}
+
+#[test]
+fn drain_marks_workers_draining_and_stop_ends_the_server() {
+    let mut server = Server::start(Setup::default());
+    let out = server.ctl(&["drain"]);
+    assert!(out.status.success());
+    wait_for("workers draining", Duration::from_secs(5), || {
+        let s = server.status();
+        let children = s["children"].as_array()?.clone();
+        children
+            .iter()
+            .all(|c| {
+                if c["role"] == "worker" {
+                    c["state"] == "draining"
+                } else {
+                    c["state"] == "ready"
+                }
+            })
+            .then_some(())
+    });
+    let out = server.ctl(&["stop"]);
+    assert!(out.status.success());
+    assert!(server.wait_exit(Duration::from_secs(5)).success());
+}
+
+#[test]
+fn supervisor_death_takes_the_children_with_it() {
+    let mut server = Server::start(Setup::default());
+    let pids = server.child_pids();
+    server.signal(Signal::SIGKILL);
+    server.wait_exit(Duration::from_secs(5));
+    for (name, pid) in pids {
+        wait_for(&format!("{name} gone"), Duration::from_secs(5), || {
+            (!alive(pid)).then_some(())
+        });
+    }
+}
+
+#[test]
+fn reload_applies_extensions_and_keeps_running_on_a_bad_file() {
+    let server = Server::start(Setup::default());
+    assert_eq!(server.status()["extensions"], 3);
+    let mut setup = server.setup.clone();
+    setup.extensions.push(("1004".into(), "pw1004".into()));
+    let good = Server::config_text(&setup, server.dir.path(), server.port);
+    std::fs::write(&server.config, &good).unwrap();
+    let out = server.ctl(&["reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("4 extensions", Duration::from_secs(5), || {
+        (server.status()["extensions"] == 4).then_some(())
+    });
+
+    std::fs::write(&server.config, format!("{good}\n[server2]\nbogus = 1\n")).unwrap();
+    let out = server.ctl(&["reload"]);
+    assert!(!out.status.success(), "a bad file is refused");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("server2"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        server.status()["extensions"],
+        4,
+        "still running the previous configuration"
+    );
+
+    // SIGHUP does the same as `ctl reload`.
+    std::fs::write(
+        &server.config,
+        Server::config_text(&Setup::default(), server.dir.path(), server.port),
+    )
+    .unwrap();
+    server.signal(Signal::SIGHUP);
+    wait_for("back to 3 extensions", Duration::from_secs(5), || {
+        (server.status()["extensions"] == 3).then_some(())
+    });
+}
+
+#[test]
+fn reload_refuses_changes_that_need_a_restart() {
+    let server = Server::start(Setup::default());
+    let setup = Setup {
+        udp_workers: 3,
+        ..server.setup.clone()
+    };
+    std::fs::write(
+        &server.config,
+        Server::config_text(&setup, server.dir.path(), server.port),
+    )
+    .unwrap();
+    let out = server.ctl(&["reload"]);
+    assert!(out.status.success());
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("listen"),
+        "the reply names what needs a restart: {said}"
+    );
+    assert_eq!(
+        server.status()["children"].as_array().unwrap().len(),
+        4,
+        "no worker was added live"
+    );
+}
