@@ -105,6 +105,40 @@ pub fn check_file(path: &Path) -> Vec<Problem> {
     load(path).err().map(Problems::into_vec).unwrap_or_default()
 }
 
+/// `server.runtime_dir` alone, resolved as [`load`] resolves it, read leniently: for
+/// `sipcraft ctl`, which must still reach a running server after someone has broken another
+/// part of the file (that is exactly when `ctl reload` has to report the problems). Fails
+/// only if the file cannot be read, is not TOML, or has no string `server.runtime_dir`.
+pub fn runtime_dir(path: &Path) -> Result<PathBuf, Problems> {
+    let one = |line: Option<usize>, key: &str, message: String| {
+        Problems(vec![Problem {
+            key: key.to_string(),
+            line,
+            message,
+            file: path.to_path_buf(),
+        }])
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| one(None, "", format!("cannot read the config file: {e}")))?;
+    let root = tree::parse(&text)
+        .map_err(|e| one(e.line, "", format!("TOML syntax error: {}", e.message)))?;
+    match root
+        .get("server")
+        .and_then(|server| server.get("runtime_dir"))
+    {
+        Some(tree::Node {
+            value: tree::Value::Str(dir),
+            ..
+        }) if !dir.trim().is_empty() => Ok(validate::resolve(&base_dir(path), dir)),
+        Some(node) => Err(one(
+            node.line,
+            "server.runtime_dir",
+            "must be a directory path".to_string(),
+        )),
+        None => Err(one(None, "server.runtime_dir", "missing".to_string())),
+    }
+}
+
 /// The absolute directory holding `origin`.
 fn base_dir(origin: &Path) -> PathBuf {
     let absolute = std::path::absolute(origin).unwrap_or_else(|_| origin.to_path_buf());

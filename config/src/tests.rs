@@ -535,3 +535,25 @@ fn wrong_shapes_are_type_problems() {
         "invalid type: string \"MD5\", expected an array"
     );
 }
+
+#[test]
+fn runtime_dir_is_read_leniently() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.toml");
+    let broken = MINIMAL
+        .replace("/run/sipcraft", "rt")
+        .replace("workers = 1", "workers = 0\nbogus = 1");
+    std::fs::write(&path, broken).unwrap();
+    assert!(!check_file(&path).is_empty());
+    assert_eq!(runtime_dir(&path).unwrap(), dir.path().join("rt"));
+    assert_eq!(
+        runtime_dir(&example_path()).unwrap(),
+        load(&example_path()).unwrap().server.runtime_dir
+    );
+    std::fs::write(&path, "[server]\nruntime_dir = 5\n").unwrap();
+    let p = runtime_dir(&path).unwrap_err().into_vec();
+    assert_eq!(
+        (p[0].key.as_str(), p[0].line),
+        ("server.runtime_dir", Some(2))
+    );
+}

@@ -16,6 +16,16 @@ pub(crate) struct Node {
     pub line: Option<usize>,
 }
 
+impl Node {
+    /// The value at `key`, if this is a table that has it.
+    pub(crate) fn get(&self, key: &str) -> Option<&Node> {
+        match &self.value {
+            Value::Table(entries) => entries.iter().find(|e| e.key == key).map(|e| &e.node),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Value {
     Str(String),

@@ -219,7 +219,7 @@ fn directory(c: &mut Collector<'_>, key: &str, dir: &str, base_dir: &Path) -> Pa
         c.at(key, "must not be empty");
         return PathBuf::new();
     }
-    let path: PathBuf = base_dir.join(dir).components().collect();
+    let path = resolve(base_dir, dir);
     if path.to_str().is_none() {
         c.at(
             key,
@@ -230,6 +230,11 @@ fn directory(c: &mut Collector<'_>, key: &str, dir: &str, base_dir: &Path) -> Pa
         );
     }
     path
+}
+
+/// `dir` as an absolute path: relative to `base_dir`, `.` components dropped.
+pub(crate) fn resolve(base_dir: &Path, dir: &str) -> PathBuf {
+    base_dir.join(dir).components().collect()
 }
 
 fn is_node_name(name: &str) -> bool {
