@@ -61,6 +61,9 @@ impl DeError {
         ] {
             msg = msg.replace(rust, toml);
         }
+        if msg.starts_with("invalid type: integer") && msg.ends_with("expected a string") {
+            msg.push_str(" (put it in quotes)");
+        }
         if let Some(at) = msg.find("expected struct ") {
             msg.truncate(at);
             msg.push_str("expected a table");
@@ -245,7 +248,10 @@ mod tests {
         );
         let (path, _, msg) = error("inner = [{ s = 5 }]\n");
         assert_eq!(path, "inner[0].s");
-        assert_eq!(msg, "invalid type: integer `5`, expected a string");
+        assert_eq!(
+            msg,
+            "invalid type: integer `5`, expected a string (put it in quotes)"
+        );
         let (path, _, msg) = error("inner = 3\n");
         assert_eq!(path, "inner");
         assert_eq!(msg, "invalid type: integer `3`, expected an array");

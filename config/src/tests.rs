@@ -557,3 +557,22 @@ fn runtime_dir_is_read_leniently() {
         ("server.runtime_dir", Some(2))
     );
 }
+
+#[test]
+fn overlapping_listen_and_unquoted_number() {
+    let text = MINIMAL.replace(
+        "workers = 1\n",
+        "workers = 1\n[[listen]]\ntransport = \"udp\"\naddress = \"0.0.0.0:5060\"\n",
+    );
+    let text = text.replace("number = \"1001\"", "number = 1001");
+    let p = problems(&text);
+    assert_eq!(
+        at(&p, "listen[1].address").message,
+        "udp 0.0.0.0:5060 overlaps udp 127.0.0.1:5060 of listen[0] (line 7): 0.0.0.0 covers \
+         every IPv4 address"
+    );
+    assert_eq!(
+        at(&p, "extension[0].number").message,
+        "invalid type: integer `1001`, expected a string (put it in quotes)"
+    );
+}

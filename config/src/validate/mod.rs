@@ -337,11 +337,17 @@ fn listen(entries: &[ListenFile], c: &mut Collector<'_>) -> Vec<Listen> {
             } else if other.is_ipv4() == address.is_ipv4()
                 && (other.ip().is_unspecified() || address.ip().is_unspecified())
             {
+                let family = if address.is_ipv4() { "IPv4" } else { "IPv6" };
+                let any = if address.ip().is_unspecified() {
+                    address.ip()
+                } else {
+                    other.ip()
+                };
                 c.at(
                     here,
                     format!(
-                        "{transport} {address} overlaps {there} ({other}): an unspecified \
-                         address already covers every address of its family"
+                        "{transport} {address} overlaps {transport} {other} of {there}: \
+                         {any} covers every {family} address"
                     ),
                 );
             }
