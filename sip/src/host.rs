@@ -1,0 +1,178 @@
+//! Hosts as they appear in URIs and Via sent-by: a domain name, an IPv4 address or an IPv6
+//! reference in brackets (RFC 3261 §25.1, RFC 5118).
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::error::{bad, SResult};
+
+/// A host: domain name or IP address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Host<'a> {
+    /// A host name, as written (compare with [`Host::eq_host`], which ignores case).
+    Domain(&'a str),
+    /// A dotted IPv4 address.
+    V4(Ipv4Addr),
+    /// An IPv6 address (written `[...]` in SIP).
+    V6(Ipv6Addr),
+}
+
+impl<'a> Host<'a> {
+    /// Reads a host: `[IPv6]`, dotted IPv4, or a host name.
+    pub fn parse(s: &'a str) -> SResult<Host<'a>> {
+        if let Some(inner) = s.strip_prefix('[') {
+            let Some(inner) = inner.strip_suffix(']') else {
+                return bad("unterminated IPv6 reference");
+            };
+            return parse_v6(inner).map(Host::V6);
+        }
+        if s.is_empty() {
+            return bad("empty host");
+        }
+        if s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+            return match s.parse::<Ipv4Addr>() {
+                Ok(a) => Ok(Host::V4(a)),
+                // All-numeric labels are not a valid host name either.
+                Err(_) => bad("invalid IPv4 address"),
+            };
+        }
+        if is_hostname(s) {
+            Ok(Host::Domain(s))
+        } else {
+            bad("invalid host name")
+        }
+    }
+
+    /// Reads a Via `received` value: an IPv4 address, or an IPv6 address with or without
+    /// brackets (RFC 5118 §4.5 asks to accept both).
+    pub fn parse_address(s: &'a str) -> SResult<Host<'a>> {
+        if s.starts_with('[') {
+            return Host::parse(s);
+        }
+        if let Ok(a) = s.parse::<Ipv4Addr>() {
+            return Ok(Host::V4(a));
+        }
+        parse_v6(s).map(Host::V6)
+    }
+
+    /// The IP address, when the host is one.
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self {
+            Host::V4(a) => Some(IpAddr::V4(*a)),
+            Host::V6(a) => Some(IpAddr::V6(*a)),
+            Host::Domain(_) => None,
+        }
+    }
+
+    /// Host equality as RFC 3261 §19.1.4 wants it: names case-insensitively, addresses by
+    /// value.
+    pub fn eq_host(&self, other: &Host<'_>) -> bool {
+        match (self, other) {
+            (Host::Domain(a), Host::Domain(b)) => a
+                .trim_end_matches('.')
+                .eq_ignore_ascii_case(b.trim_end_matches('.')),
+            (Host::V4(a), Host::V4(b)) => a == b,
+            (Host::V6(a), Host::V6(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl From<IpAddr> for Host<'static> {
+    fn from(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(a) => Host::V4(a),
+            IpAddr::V6(a) => Host::V6(a),
+        }
+    }
+}
+
+impl fmt::Display for Host<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Domain(d) => f.write_str(d),
+            Host::V4(a) => write!(f, "{a}"),
+            Host::V6(a) => write!(f, "[{a}]"),
+        }
+    }
+}
+
+/// `hostname = *( domainlabel "." ) toplabel [ "." ]`, loosely: labels of alphanum and `-`
+/// (and `_`, which real deployments use), not starting or ending with `-`.
+fn is_hostname(s: &str) -> bool {
+    let s = s.strip_suffix('.').unwrap_or(s);
+    !s.is_empty()
+        && s.len() <= 255
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+/// An IPv6 address; also tolerates the three-colon form before an embedded IPv4 address
+/// that RFC 3261's ABNF allowed (`2001:db8:::192.0.2.1`, RFC 5118 §4.10).
+fn parse_v6(s: &str) -> SResult<Ipv6Addr> {
+    if let Ok(a) = s.parse::<Ipv6Addr>() {
+        return Ok(a);
+    }
+    if s.len() <= 64 && s.contains(":::") && s.contains('.') {
+        let fixed = s.replacen(":::", "::", 1);
+        if let Ok(a) = fixed.parse::<Ipv6Addr>() {
+            return Ok(a);
+        }
+    }
+    bad("invalid IPv6 address")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_and_print() {
+        for s in [
+            "example.com",
+            "192.0.2.1",
+            "[2001:db8::10]",
+            "a-b.c_d.example.",
+            "[::1]",
+        ] {
+            let h = Host::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+            assert_eq!(h.to_string(), s);
+        }
+        assert_eq!(
+            Host::parse("[2001:db8:::192.0.2.1]").map(|h| h.to_string()),
+            Ok("[2001:db8::c000:201]".to_string())
+        );
+        assert!(Host::parse("2001:db8::10").is_err());
+        assert!(Host::parse("[2001:db8::10").is_err());
+        assert!(Host::parse("256.1.1.1").is_err());
+        assert!(Host::parse("-bad.com").is_err());
+        assert!(Host::parse("").is_err());
+        assert!(Host::parse("a b").is_err());
+    }
+
+    #[test]
+    fn received_with_or_without_brackets() {
+        let a = Host::parse_address("2001:db8::9:255");
+        let b = Host::parse_address("[2001:db8::9:255]");
+        assert_eq!(a, b);
+        assert!(a.is_ok());
+        assert_eq!(
+            Host::parse_address("192.0.2.200"),
+            Ok(Host::V4(Ipv4Addr::new(192, 0, 2, 200)))
+        );
+        assert!(Host::parse_address("example.com").is_err());
+    }
+
+    #[test]
+    fn host_equality() {
+        let a = Host::parse("EXAMPLE.com").unwrap_or(Host::Domain(""));
+        let b = Host::parse("example.COM").unwrap_or(Host::Domain("x"));
+        assert!(a.eq_host(&b));
+        assert!(!a.eq_host(&Host::V4(Ipv4Addr::LOCALHOST)));
+    }
+}

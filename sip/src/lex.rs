@@ -1,0 +1,301 @@
+//! Byte-level building blocks of the RFC 3261 grammar (§25.1): character classes, a cursor
+//! that skips linear white space (folded lines included) and splitters for comma lists.
+//!
+//! Every function here works on `&str` slices of one header value and never panics: positions
+//! only ever land on ASCII delimiters, and every access goes through `get`.
+
+use std::borrow::Cow;
+
+/// `token` characters: alphanum and `-.!%*_+`'~`.
+#[inline]
+pub(crate) fn is_token(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+        )
+}
+
+/// `word` characters (Call-ID): token plus `()<>:\"/[]?{}`.
+#[inline]
+pub(crate) fn is_word(b: u8) -> bool {
+    is_token(b)
+        || matches!(
+            b,
+            b'(' | b')'
+                | b'<'
+                | b'>'
+                | b':'
+                | b'\\'
+                | b'"'
+                | b'/'
+                | b'['
+                | b']'
+                | b'?'
+                | b'{'
+                | b'}'
+        )
+}
+
+/// White space inside a header value: SP, HTAB and the CR LF of a folded line.
+#[inline]
+pub(crate) fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+/// Whether the whole string is a non-empty `token`.
+pub(crate) fn is_token_str(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(is_token)
+}
+
+/// Trims SP, HTAB and folding CR LF from both ends.
+pub(crate) fn trim_ws(s: &str) -> &str {
+    s.trim_matches(|c: char| c.is_ascii() && is_ws(c as u8))
+}
+
+/// A forward-only reader over one header value.
+#[derive(Debug, Clone)]
+pub(crate) struct Cursor<'a> {
+    s: &'a str,
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    pub(crate) fn new(s: &'a str) -> Self {
+        Cursor { s, pos: 0 }
+    }
+
+    #[inline]
+    pub(crate) fn peek(&self) -> Option<u8> {
+        self.s.as_bytes().get(self.pos).copied()
+    }
+
+    #[inline]
+    pub(crate) fn at_end(&self) -> bool {
+        self.pos >= self.s.len()
+    }
+
+    /// What is left, not yet read.
+    pub(crate) fn rest(&self) -> &'a str {
+        self.s.get(self.pos..).unwrap_or("")
+    }
+
+    pub(crate) fn pos(&self) -> usize {
+        self.pos
+    }
+
+    /// Moves back (or forward) to a position previously read with [`Cursor::pos`].
+    pub(crate) fn set_pos(&mut self, pos: usize) {
+        self.pos = pos.min(self.s.len());
+    }
+
+    /// The text between two positions of this cursor.
+    pub(crate) fn slice(&self, from: usize, to: usize) -> &'a str {
+        self.s.get(from..to).unwrap_or("")
+    }
+
+    /// Skips linear white space; returns whether any was skipped.
+    #[inline]
+    pub(crate) fn skip_ws(&mut self) -> bool {
+        let start = self.pos;
+        while self.peek().is_some_and(is_ws) {
+            self.pos += 1;
+        }
+        self.pos > start
+    }
+
+    /// Consumes `b` if it is next.
+    #[inline]
+    pub(crate) fn eat(&mut self, b: u8) -> bool {
+        if self.peek() == Some(b) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// `SWS b SWS`: consumes a separator with optional white space around it.
+    pub(crate) fn eat_sep(&mut self, b: u8) -> bool {
+        let save = self.pos;
+        self.skip_ws();
+        if self.eat(b) {
+            self.skip_ws();
+            true
+        } else {
+            self.pos = save;
+            false
+        }
+    }
+
+    /// Consumes the longest run of bytes matching `f`.
+    #[inline]
+    pub(crate) fn take_while(&mut self, f: impl Fn(u8) -> bool) -> &'a str {
+        let start = self.pos;
+        let bytes = self.s.as_bytes();
+        while bytes.get(self.pos).is_some_and(|&b| f(b)) {
+            self.pos += 1;
+        }
+        self.slice(start, self.pos)
+    }
+
+    /// A non-empty `token`.
+    #[inline]
+    pub(crate) fn token(&mut self) -> Option<&'a str> {
+        let t = self.take_while(is_token);
+        (!t.is_empty()).then_some(t)
+    }
+
+    /// A `quoted-string` starting at the cursor (which must be on the opening quote). Returns
+    /// the raw text between the quotes, escapes kept.
+    pub(crate) fn quoted(&mut self) -> Option<&'a str> {
+        if !self.eat(b'"') {
+            return None;
+        }
+        let start = self.pos;
+        let bytes = self.s.as_bytes();
+        loop {
+            match bytes.get(self.pos).copied() {
+                None => return None,
+                Some(b'"') => {
+                    let inner = self.slice(start, self.pos);
+                    self.pos += 1;
+                    return Some(inner);
+                }
+                Some(b'\\') => {
+                    // quoted-pair: any octet but CR and LF.
+                    match bytes.get(self.pos + 1) {
+                        Some(b'\r') | Some(b'\n') | None => return None,
+                        Some(_) => self.pos += 2,
+                    }
+                }
+                Some(b'\r') | Some(b'\n') => {
+                    // Only folding (CRLF then WSP) may appear inside.
+                    self.pos += 1;
+                }
+                Some(b) if b < 0x20 && b != b'\t' => return None,
+                Some(_) => self.pos += 1,
+            }
+        }
+    }
+}
+
+/// Removes the backslashes of `quoted-pair`s, borrowing when there are none.
+pub fn unescape_quoted(s: &str) -> Cow<'_, str> {
+    if !s.contains('\\') {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(n) = chars.next() {
+                out.push(n);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Splits a list header value (`a, b, c`) at top-level commas: commas inside quoted strings
+/// and inside `<...>` do not split. Items are trimmed; empty items are kept so a caller can
+/// reject them.
+pub(crate) fn split_commas(s: &str) -> SplitCommas<'_> {
+    SplitCommas {
+        s,
+        pos: 0,
+        done: false,
+    }
+}
+
+/// Iterator returned by [`split_commas`].
+#[derive(Debug, Clone)]
+pub(crate) struct SplitCommas<'a> {
+    s: &'a str,
+    pos: usize,
+    done: bool,
+}
+
+impl<'a> Iterator for SplitCommas<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        if self.done {
+            return None;
+        }
+        let bytes = self.s.as_bytes();
+        let start = self.pos;
+        let mut i = start;
+        let mut in_quote = false;
+        let mut in_angle = false;
+        while let Some(&b) = bytes.get(i) {
+            if in_quote {
+                match b {
+                    b'\\' => i += 1,
+                    b'"' => in_quote = false,
+                    _ => {}
+                }
+            } else {
+                match b {
+                    b'"' => in_quote = true,
+                    b'<' => in_angle = true,
+                    b'>' => in_angle = false,
+                    b',' if !in_angle => {
+                        self.pos = i + 1;
+                        return Some(trim_ws(self.s.get(start..i).unwrap_or("")));
+                    }
+                    _ => {}
+                }
+            }
+            i += 1;
+        }
+        self.done = true;
+        Some(trim_ws(self.s.get(start..).unwrap_or("")))
+    }
+}
+
+/// Parses a decimal number of at most `u32` range; leading zeros are fine.
+pub(crate) fn parse_u32(s: &str) -> Option<u32> {
+    if s.is_empty() || s.len() > 40 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let mut v: u32 = 0;
+    for b in s.bytes() {
+        v = v.checked_mul(10)?.checked_add(u32::from(b - b'0'))?;
+    }
+    Some(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commas_respect_quotes_and_angles() {
+        let v: Vec<_> = split_commas(r#""a,b" <sip:x;p=1,2>;q=1 , sip:y, "c\",d""#).collect();
+        assert_eq!(v, vec![r#""a,b" <sip:x;p=1,2>;q=1"#, "sip:y", r#""c\",d""#]);
+        let v: Vec<_> = split_commas(";;,,").collect();
+        assert_eq!(v, vec![";;", "", ""]);
+    }
+
+    #[test]
+    fn quoted_strings() {
+        let mut c = Cursor::new(r#""J Rosenberg \\\"" rest"#);
+        assert_eq!(c.quoted(), Some(r#"J Rosenberg \\\""#));
+        assert_eq!(c.rest(), " rest");
+        assert_eq!(unescape_quoted(r#"J Rosenberg \\\""#), r#"J Rosenberg \""#);
+        assert_eq!(Cursor::new("\"open").quoted(), None);
+        assert_eq!(Cursor::new("\"bad\\").quoted(), None);
+    }
+
+    #[test]
+    fn numbers() {
+        assert_eq!(parse_u32("0068"), Some(68));
+        assert_eq!(parse_u32("4294967295"), Some(u32::MAX));
+        assert_eq!(parse_u32("4294967296"), None);
+        assert_eq!(parse_u32("-1"), None);
+        assert_eq!(parse_u32(""), None);
+    }
+}
