@@ -169,7 +169,7 @@ impl<'a> Message<'a> {
                 let i = usize::from(*self.first.get(k)?).checked_sub(1)?;
                 self.headers.get(i)
             }
-            None => self.headers.iter().find(|h| h.name == name),
+            None => self.headers.iter().find(|h| same_name(h.name, name)),
         }
     }
 

@@ -34,11 +34,20 @@ pub fn unquote(v: &str) -> Cow<'_, str> {
     }
 }
 
-/// A validated parameter list (the raw text, starting at the first `;`, or empty).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// A validated parameter list (the raw text, starting at the first `;`, or empty). Two lists
+/// are equal when they hold the same parameters in the same order, whatever the white space.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Params<'a> {
     raw: &'a str,
 }
+
+impl PartialEq for Params<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.raw == other.raw || self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Params<'_> {}
 
 #[inline]
 fn is_value_char(b: u8) -> bool {
