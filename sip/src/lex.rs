@@ -6,35 +6,53 @@
 
 use std::borrow::Cow;
 
+/// A 256-entry character class: alphanumerics (when `alnum`) plus the bytes of `extra`.
+pub(crate) const fn class(alnum: bool, extra: &[u8]) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = alnum && b.is_ascii_alphanumeric();
+        i += 1;
+    }
+    let mut j = 0;
+    while j < extra.len() {
+        t[extra[j] as usize] = true;
+        j += 1;
+    }
+    t
+}
+
+static TOKEN: [bool; 256] = class(true, b"-.!%*_+`'~");
+static WORD: [bool; 256] = class(true, b"-.!%*_+`'~()<>:\\\"/[]?{}");
+/// Bytes that may stand unescaped inside a quoted string (qdtext): everything but controls
+/// (HTAB and the CR LF of folding aside), `"` and `\\`.
+static QDTEXT: [bool; 256] = {
+    let mut t = [true; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = false;
+        i += 1;
+    }
+    t[b'\t' as usize] = true;
+    t[b'\r' as usize] = true;
+    t[b'\n' as usize] = true;
+    t[0x7f] = false;
+    t[b'"' as usize] = false;
+    t[b'\\' as usize] = false;
+    t
+};
+
 /// `token` characters: alphanum and `-.!%*_+`'~`.
 #[inline]
 pub(crate) fn is_token(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
-        )
+    TOKEN[b as usize]
 }
 
 /// `word` characters (Call-ID): token plus `()<>:\"/[]?{}`.
 #[inline]
 pub(crate) fn is_word(b: u8) -> bool {
-    is_token(b)
-        || matches!(
-            b,
-            b'(' | b')'
-                | b'<'
-                | b'>'
-                | b':'
-                | b'\\'
-                | b'"'
-                | b'/'
-                | b'['
-                | b']'
-                | b'?'
-                | b'{'
-                | b'}'
-        )
+    WORD[b as usize]
 }
 
 /// White space inside a header value: SP, HTAB and the CR LF of a folded line.
@@ -50,7 +68,10 @@ pub(crate) fn is_token_str(s: &str) -> bool {
 
 /// Trims SP, HTAB and folding CR LF from both ends.
 pub(crate) fn trim_ws(s: &str) -> &str {
-    s.trim_matches(|c: char| c.is_ascii() && is_ws(c as u8))
+    let b = s.as_bytes();
+    let start = b.iter().position(|&c| !is_ws(c)).unwrap_or(b.len());
+    let end = b.iter().rposition(|&c| !is_ws(c)).map_or(start, |i| i + 1);
+    s.get(start..end).unwrap_or("")
 }
 
 /// A forward-only reader over one header value.
@@ -155,26 +176,21 @@ impl<'a> Cursor<'a> {
         let start = self.pos;
         let bytes = self.s.as_bytes();
         loop {
+            while bytes.get(self.pos).is_some_and(|&b| QDTEXT[b as usize]) {
+                self.pos += 1;
+            }
             match bytes.get(self.pos).copied() {
-                None => return None,
                 Some(b'"') => {
                     let inner = self.slice(start, self.pos);
                     self.pos += 1;
                     return Some(inner);
                 }
-                Some(b'\\') => {
-                    // quoted-pair: any octet but CR and LF.
-                    match bytes.get(self.pos + 1) {
-                        Some(b'\r') | Some(b'\n') | None => return None,
-                        Some(_) => self.pos += 2,
-                    }
-                }
-                Some(b'\r') | Some(b'\n') => {
-                    // Only folding (CRLF then WSP) may appear inside.
-                    self.pos += 1;
-                }
-                Some(b) if b < 0x20 && b != b'\t' => return None,
-                Some(_) => self.pos += 1,
+                // quoted-pair: any octet but CR and LF.
+                Some(b'\\') => match bytes.get(self.pos + 1) {
+                    Some(b'\r') | Some(b'\n') | None => return None,
+                    Some(_) => self.pos += 2,
+                },
+                _ => return None,
             }
         }
     }
@@ -228,28 +244,41 @@ impl<'a> Iterator for SplitCommas<'a> {
         let bytes = self.s.as_bytes();
         let start = self.pos;
         let mut i = start;
-        let mut in_quote = false;
-        let mut in_angle = false;
-        while let Some(&b) = bytes.get(i) {
-            if in_quote {
-                match b {
-                    b'\\' => i += 1,
-                    b'"' => in_quote = false,
-                    _ => {}
+        loop {
+            let rest = bytes.get(i..).unwrap_or_default();
+            let Some(rel) = memchr::memchr3(b',', b'"', b'<', rest) else {
+                break;
+            };
+            i += rel;
+            match bytes.get(i) {
+                Some(b',') => {
+                    self.pos = i + 1;
+                    return Some(trim_ws(self.s.get(start..i).unwrap_or("")));
                 }
-            } else {
-                match b {
-                    b'"' => in_quote = true,
-                    b'<' => in_angle = true,
-                    b'>' => in_angle = false,
-                    b',' if !in_angle => {
-                        self.pos = i + 1;
-                        return Some(trim_ws(self.s.get(start..i).unwrap_or("")));
+                Some(b'"') => {
+                    // Skip the quoted string, escapes included.
+                    i += 1;
+                    loop {
+                        let rest = bytes.get(i..).unwrap_or_default();
+                        match memchr::memchr2(b'"', b'\\', rest) {
+                            Some(r) if rest.get(r) == Some(&b'\\') => i += r + 2,
+                            Some(r) => {
+                                i += r + 1;
+                                break;
+                            }
+                            None => {
+                                i = bytes.len();
+                                break;
+                            }
+                        }
                     }
-                    _ => {}
+                }
+                _ => {
+                    // '<': skip to the matching '>'.
+                    let rest = bytes.get(i..).unwrap_or_default();
+                    i += memchr::memchr(b'>', rest).map_or(rest.len(), |r| r + 1);
                 }
             }
-            i += 1;
         }
         self.done = true;
         Some(trim_ws(self.s.get(start..).unwrap_or("")))

@@ -6,7 +6,7 @@ use std::fmt;
 use crate::error::{HeaderError, SyntaxError};
 use crate::header::{
     parse_call_id, parse_content_length, parse_expires, parse_max_forwards, parse_token_item, CSeq,
-    Challenge, Contacts, Credentials, MediaType, NameAddr, Via,
+    Challenge, Contacts, Credentials, DigestCredentials, MediaType, NameAddr, Via,
 };
 use crate::lex::split_commas;
 use crate::method::Method;
@@ -332,6 +332,21 @@ impl<'a> Message<'a> {
         };
         self.headers_named(name)
             .map(|h| Credentials::parse(h.value))
+    }
+
+    /// Digest credentials of Authorization (`proxy = false`) or Proxy-Authorization, one per
+    /// line, read in a single pass; `Ok(None)` for a line with another scheme.
+    pub fn digest_credentials<'s>(
+        &'s self,
+        proxy: bool,
+    ) -> impl Iterator<Item = Result<Option<DigestCredentials<'a>>, SyntaxError>> + 's {
+        let name = if proxy {
+            HeaderName::ProxyAuthorization
+        } else {
+            HeaderName::Authorization
+        };
+        self.headers_named(name)
+            .map(|h| DigestCredentials::parse(h.value))
     }
 
     /// WWW-Authenticate (`proxy = false`) or Proxy-Authenticate challenges, one per line.

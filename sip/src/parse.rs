@@ -1,7 +1,7 @@
 //! Reading a buffer into a [`Message`]: start line, one pass over the header lines, and
 //! Content-Length framing of the body (RFC 3261 §7, §18.3).
 
-use memchr::{memchr, memchr_iter, memmem};
+use memchr::{memchr, memchr2};
 
 use crate::error::ParseError;
 use crate::header::parse_content_length;
@@ -41,50 +41,37 @@ pub(crate) fn parse_lenient<'a>(
     }
     let mut fault = (buf.len() > limits.max_message_size).then_some(ParseError::TooLarge);
 
-    // The header section: up to the empty line, or (datagram) to the end of the buffer.
-    let window = buf
-        .get(..limits.max_head_size.saturating_add(4))
-        .unwrap_or(buf);
-    let (head_len, body_start) = match memmem::find(window, b"\r\n\r\n") {
-        Some(i) => (i + 2, i + 4),
-        None if buf.len() <= limits.max_head_size => {
-            if !buf.ends_with(b"\r\n") {
-                return Err(ParseError::LineEnding);
-            }
-            (buf.len(), buf.len())
-        }
-        None => return Err(ParseError::HeadTooLarge),
-    };
-    if head_len > limits.max_head_size {
-        return Err(ParseError::HeadTooLarge);
-    }
-    let head_bytes = buf.get(..head_len).unwrap_or_default();
-    let head = std::str::from_utf8(head_bytes).map_err(|_| ParseError::NotUtf8)?;
-    check_line_endings(head_bytes)?;
-
     // Start line.
-    let sl_end = memchr(b'\r', head_bytes).ok_or(ParseError::LineEnding)?;
-    let line = head.get(..sl_end).ok_or(ParseError::StartLine)?;
+    let (sl_end, _) = line_end(buf, 0)?;
+    let line = std::str::from_utf8(buf.get(..sl_end).unwrap_or_default())
+        .map_err(|_| ParseError::NotUtf8)?;
     let (start, start_fault) = parse_start_line(line)?;
 
-    // Header lines.
+    // Header lines, up to the empty line or (datagram) the end of the buffer.
     let mut headers: Vec<Header<'a>> = Vec::with_capacity(16);
     let mut first = [0u16; KNOWN];
     let mut count = [0u8; KNOWN];
     let mut content_length: Option<Result<usize, ()>> = None;
     let mut pos = sl_end + 2;
     let max_headers = limits.max_headers.min(usize::from(u16::MAX) - 1);
-    while pos < head_len {
+    let (head_len, body_start) = loop {
+        if pos > limits.max_head_size {
+            return Err(ParseError::HeadTooLarge);
+        }
+        match buf.get(pos..pos + 2) {
+            None if pos == buf.len() => break (pos, pos),
+            Some(b"\r\n") => break (pos, pos + 2),
+            _ => {}
+        }
         // The line ends at a CRLF not followed by SP/HTAB (which would fold it).
         let mut end = pos;
         loop {
-            let rel = memchr(b'\r', head_bytes.get(end..).unwrap_or_default())
-                .ok_or(ParseError::LineEnding)?;
-            end += rel;
-            match head_bytes.get(end + 2) {
-                Some(b' ') | Some(b'\t') => end += 2,
-                _ => break,
+            let (e, folded) = line_end(buf, end)?;
+            end = e;
+            if !folded {
+                break;
             }
+            end += 2;
         }
         if end - pos > limits.max_line_len {
             return Err(ParseError::LineTooLong);
@@ -92,8 +79,9 @@ pub(crate) fn parse_lenient<'a>(
         if headers.len() >= max_headers {
             return Err(ParseError::TooManyHeaders);
         }
-        let line = head.get(pos..end).ok_or(ParseError::HeaderLine)?;
-        let colon = memchr(b':', line.as_bytes()).ok_or(ParseError::HeaderLine)?;
+        let line_bytes = buf.get(pos..end).unwrap_or_default();
+        let line = std::str::from_utf8(line_bytes).map_err(|_| ParseError::NotUtf8)?;
+        let colon = memchr(b':', line_bytes).ok_or(ParseError::HeaderLine)?;
         let raw_name = line
             .get(..colon)
             .unwrap_or("")
@@ -126,6 +114,9 @@ pub(crate) fn parse_lenient<'a>(
             line: (offset32(pos), offset32(end)),
         });
         pos = end + 2;
+    };
+    if head_len > limits.max_head_size {
+        return Err(ParseError::HeadTooLarge);
     }
 
     // Body.
@@ -164,19 +155,17 @@ fn offset32(v: usize) -> u32 {
     u32::try_from(v).unwrap_or(u32::MAX)
 }
 
-/// Every CR must be followed by LF and every LF preceded by CR.
-fn check_line_endings(head: &[u8]) -> Result<(), ParseError> {
-    let mut crs = 0usize;
-    for i in memchr_iter(b'\r', head) {
-        if head.get(i + 1) != Some(&b'\n') {
-            return Err(ParseError::LineEnding);
-        }
-        crs += 1;
-    }
-    if memchr_iter(b'\n', head).count() != crs {
+/// Finds the CRLF ending the line that starts at `from`: returns its offset and whether
+/// the next line folds into this one (starts with SP or HTAB). A bare CR or LF, or a buffer
+/// ending inside the line, is an error.
+#[inline]
+fn line_end(buf: &[u8], from: usize) -> Result<(usize, bool), ParseError> {
+    let rest = buf.get(from..).unwrap_or_default();
+    let i = from + memchr2(b'\r', b'\n', rest).ok_or(ParseError::LineEnding)?;
+    if buf.get(i) != Some(&b'\r') || buf.get(i + 1) != Some(&b'\n') {
         return Err(ParseError::LineEnding);
     }
-    Ok(())
+    Ok((i, matches!(buf.get(i + 2), Some(b' ') | Some(b'\t'))))
 }
 
 /// `SIP/x.y`, case-insensitive.

@@ -40,21 +40,34 @@ fn s3_1_1_1_wsinv() {
     assert_eq!((cseq.seq, cseq.method), (9, Method::Invite));
     let vias: Vec<_> = m.vias().map(Result::unwrap).collect();
     assert_eq!(vias.len(), 3);
-    assert_eq!((vias[0].transport, vias[0].host.to_string()), (Transport::Udp, "192.0.2.2".into()));
+    assert_eq!(
+        (vias[0].transport, vias[0].host.to_string()),
+        (Transport::Udp, "192.0.2.2".into())
+    );
     assert_eq!(vias[0].branch(), Some("390skdjuw"));
-    assert_eq!((vias[1].transport, vias[1].host), (Transport::Tcp, Host::Domain("spindle.example.com")));
+    assert_eq!(
+        (vias[1].transport, vias[1].host),
+        (Transport::Tcp, Host::Domain("spindle.example.com"))
+    );
     assert_eq!(vias[1].branch(), Some("z9hG4bK9ikj8"));
     assert_eq!(vias[2].host.to_string(), "192.168.255.111");
     assert_eq!(vias[2].branch(), Some("z9hG4bK30239"));
     assert_eq!(m.header(HeaderName::Subject).map(|h| h.value), Some(""));
-    let nf = m.header(HeaderName::Other("NewFangledHeader")).unwrap().value;
+    let nf = m
+        .header(HeaderName::Other("NewFangledHeader"))
+        .unwrap()
+        .value;
     assert_eq!(nf, "newfangled value\r\n continued newfangled value");
-    let unusual = m.header(HeaderName::Other("unknownheaderwithunusualvalue")).unwrap();
+    let unusual = m
+        .header(HeaderName::Other("unknownheaderwithunusualvalue"))
+        .unwrap();
     assert_eq!(unusual.value, ";;,,;;,;");
     assert!(m.content_type().unwrap().unwrap().is("application", "sdp"));
     let route = m.routes().next().unwrap().unwrap();
     assert!(sip_uri(&route.uri).lr());
-    let Contacts::List(c) = m.contacts().unwrap() else { panic!("contact") };
+    let Contacts::List(c) = m.contacts().unwrap() else {
+        panic!("contact")
+    };
     assert_eq!(c.len(), 1);
     assert_eq!(c[0].display_name.unwrap().text(), "Quoted string \"\"");
     assert_eq!(c[0].params.value("newparam"), Some(Some("newvalue")));
@@ -70,19 +83,36 @@ fn s3_1_1_2_intmeth() {
     assert_eq!(m.method(), Some(Method::Extension(method)));
     assert_eq!(m.cseq().unwrap().method, Method::Extension(method));
     let ruri = sip_uri(&m.request_uri().unwrap().unwrap());
-    assert_eq!(ruri.user, Some("1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*"));
-    assert_eq!(ruri.password, Some("&it+has=1,weird!*pas$wo~d_too.(doesn't-it)"));
+    assert_eq!(
+        ruri.user,
+        Some("1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*")
+    );
+    assert_eq!(
+        ruri.password,
+        Some("&it+has=1,weird!*pas$wo~d_too.(doesn't-it)")
+    );
     assert_eq!(m.top_via().unwrap().branch(), Some("z9hG4bK-.!%66*_+`'~"));
     let to = m.to().unwrap();
-    assert_eq!(to.display_name.unwrap().text(), "BEL:\u{7} NUL:\0 DEL:\u{7f}");
+    assert_eq!(
+        to.display_name.unwrap().text(),
+        "BEL:\u{7} NUL:\0 DEL:\u{7f}"
+    );
     let from = m.from().unwrap();
-    assert_eq!(from.display_name.unwrap().raw, "token1~` token2'+_ token3*%!.-");
+    assert_eq!(
+        from.display_name.unwrap().raw,
+        "token1~` token2'+_ token3*%!.-"
+    );
     let p = from.params.get("fromParam''~+*_!.-%").unwrap();
     assert_eq!(p.unquoted().as_deref(), Some("работающий"));
     assert_eq!(from.tag(), Some("_token~1'+`*%!-."));
-    assert_eq!(m.call_id(), Ok("intmeth.word%ZK-!.*_+'@word`~)(><:\\/\"][?}{"));
+    assert_eq!(
+        m.call_id(),
+        Ok("intmeth.word%ZK-!.*_+'@word`~)(><:\\/\"][?}{")
+    );
     assert_eq!(m.max_forwards(), Ok(Some(255)));
-    let ext = m.header(HeaderName::Other("extensionHeader-!.%*+_`'~")).unwrap();
+    let ext = m
+        .header(HeaderName::Other("extensionHeader-!.%*+_`'~"))
+        .unwrap();
     assert_eq!(ext.value, "\u{feff}大停電");
 }
 
@@ -90,14 +120,19 @@ fn s3_1_1_2_intmeth() {
 fn s3_1_1_3_esc01() {
     let m = expect("esc01", msg!("esc01"), Expect::Accept).unwrap();
     let ruri = sip_uri(&m.request_uri().unwrap().unwrap());
-    assert_eq!(ruri.user_decoded().as_deref(), Some("sips:user@example.com"));
+    assert_eq!(
+        ruri.user_decoded().as_deref(),
+        Some("sips:user@example.com")
+    );
     assert_eq!(ruri.host, Host::Domain("example.net"));
     let to = sip_uri(&m.to().unwrap().uri);
     assert_eq!(to.user_decoded().as_deref(), Some("user"));
     assert!(to.equivalent(&sipcraft_sip::SipUri::parse("sip:user@example.com").unwrap()));
     let from = sip_uri(&m.from().unwrap().uri);
     assert_eq!(from.user_decoded().as_deref(), Some("I have spaces"));
-    let Contacts::List(c) = m.contacts().unwrap() else { panic!("contact") };
+    let Contacts::List(c) = m.contacts().unwrap() else {
+        panic!("contact")
+    };
     let cu = sip_uri(&c[0].uri);
     assert_eq!(cu.user_decoded().as_deref(), Some("caller"));
     assert!(cu.lr());
@@ -107,8 +142,13 @@ fn s3_1_1_3_esc01() {
 #[test]
 fn s3_1_1_4_escnull() {
     let m = expect("escnull", msg!("escnull"), Expect::Accept).unwrap();
-    assert_eq!(sip_uri(&m.to().unwrap().uri).user_decoded().as_deref(), Some("null-\0-null"));
-    let Contacts::List(c) = m.contacts().unwrap() else { panic!("contact") };
+    assert_eq!(
+        sip_uri(&m.to().unwrap().uri).user_decoded().as_deref(),
+        Some("null-\0-null")
+    );
+    let Contacts::List(c) = m.contacts().unwrap() else {
+        panic!("contact")
+    };
     assert_eq!(c.len(), 2);
     assert_eq!(sip_uri(&c[1].uri).user_decoded().as_deref(), Some("\0\0"));
     assert!(!c[0].uri.equivalent(&c[1].uri));
@@ -143,7 +183,10 @@ fn s3_1_1_7_longreq() {
     let vias: Vec<_> = m.vias().map(Result::unwrap).collect();
     assert_eq!(vias.len(), 34);
     assert_eq!(vias[0].host, Host::Domain("sip33.example.com"));
-    assert_eq!(vias[33].received().map(|h| h.to_string()).as_deref(), Some("192.0.2.5"));
+    assert_eq!(
+        vias[33].received().map(|h| h.to_string()).as_deref(),
+        Some("192.0.2.5")
+    );
     assert!(vias[33].branch().unwrap().ends_with("longbranchvalue"));
     assert_eq!(m.content_length(), Ok(Some(150)));
 }
@@ -154,7 +197,10 @@ fn s3_1_1_8_dblreq() {
     let m = expect("dblreq", raw, Expect::Accept).unwrap();
     assert_eq!(m.method(), Some(Method::Register));
     assert_eq!(m.body(), b"");
-    assert!(m.as_bytes().len() < raw.len(), "the trailing INVITE is ignored");
+    assert!(
+        m.as_bytes().len() < raw.len(),
+        "the trailing INVITE is ignored"
+    );
     assert!(m.as_bytes().ends_with(b"Content-Length: 0\r\n\r\n"));
 }
 
@@ -174,7 +220,13 @@ fn s3_1_1_10_transports() {
     let t: Vec<_> = m.vias().map(|v| v.unwrap().transport).collect();
     assert_eq!(
         t,
-        [Transport::Udp, Transport::Sctp, Transport::Tls, Transport::Other("UNKNOWN"), Transport::Tcp]
+        [
+            Transport::Udp,
+            Transport::Sctp,
+            Transport::Tls,
+            Transport::Other("UNKNOWN"),
+            Transport::Tcp
+        ]
     );
     assert_eq!(m.call_id(), Ok("transports.kijh4akdnaqjkwendsasfdj"));
 }
@@ -273,7 +325,10 @@ fn s3_1_2_11_escruri() {
 fn s3_1_2_12_baddate() {
     // The RFC lets an element that does not need Date accept it; the parser never reads it.
     let m = expect("baddate", msg!("baddate"), Expect::Accept).unwrap();
-    assert_eq!(m.header(HeaderName::Date).map(|h| h.value), Some("Fri, 01 Jan 2010 16:00:00 EST"));
+    assert_eq!(
+        m.header(HeaderName::Date).map(|h| h.value),
+        Some("Fri, 01 Jan 2010 16:00:00 EST")
+    );
 }
 
 #[test]
@@ -318,7 +373,10 @@ fn s3_2_1_badbranch() {
     let m = expect("badbranch", msg!("badbranch"), Expect::Accept).unwrap();
     let via = m.top_via().unwrap();
     assert_eq!(via.branch(), Some("z9hG4bK"));
-    assert!(!via.has_rfc3261_branch(), "the bare cookie is not a transaction id");
+    assert!(
+        !via.has_rfc3261_branch(),
+        "the bare cookie is not a transaction id"
+    );
 }
 
 // ---- 3.3 Application layer semantics ---------------------------------------------------
@@ -345,18 +403,33 @@ fn s3_3_4_unksm2() {
     let m = expect("unksm2", msg!("unksm2"), Expect::Accept).unwrap();
     assert_eq!(m.to().unwrap().uri.scheme(), "isbn");
     assert_eq!(m.from().unwrap().uri.scheme(), "http");
-    let Contacts::List(c) = m.contacts().unwrap() else { panic!("contact") };
-    assert_eq!(c[0].uri, Uri::Other { scheme: "name", rest: "John_Smith" });
+    let Contacts::List(c) = m.contacts().unwrap() else {
+        panic!("contact")
+    };
+    assert_eq!(
+        c[0].uri,
+        Uri::Other {
+            scheme: "name",
+            rest: "John_Smith"
+        }
+    );
 }
 
 #[test]
 fn s3_3_5_bext01() {
     let v = common::verdict(msg!("bext01"));
-    let sipcraft_sip::Verdict::Reject { rejection, .. } = v else { panic!("bext01") };
+    let sipcraft_sip::Verdict::Reject { rejection, .. } = v else {
+        panic!("bext01")
+    };
     assert_eq!(rejection.status, 420);
     assert_eq!(
         rejection.unsupported,
-        ["nothingSupportsThis", "nothingSupportsThisEither", "noProxiesSupportThis", "norDoAnyProxiesSupportThis"]
+        [
+            "nothingSupportsThis",
+            "nothingSupportsThisEither",
+            "noProxiesSupportThis",
+            "norDoAnyProxiesSupportThis"
+        ]
     );
     expect("bext01", msg!("bext01"), Expect::Reject(420));
 }
@@ -365,7 +438,11 @@ fn s3_3_5_bext01() {
 fn s3_3_6_invut() {
     // 415 is the UAS's answer once it looks at the body; the message itself is fine.
     let m = expect("invut", msg!("invut"), Expect::Accept).unwrap();
-    assert!(m.content_type().unwrap().unwrap().is("application", "unknownformat"));
+    assert!(m
+        .content_type()
+        .unwrap()
+        .unwrap()
+        .is("application", "unknownformat"));
 }
 
 #[test]
@@ -389,20 +466,28 @@ fn s3_3_9_mcl01() {
 #[test]
 fn s3_3_10_bcast() {
     let m = expect("bcast", msg!("bcast"), Expect::Accept).unwrap();
-    assert_eq!(m.vias().nth(1).unwrap().unwrap().host.to_string(), "255.255.255.255");
+    assert_eq!(
+        m.vias().nth(1).unwrap().unwrap().host.to_string(),
+        "255.255.255.255"
+    );
 }
 
 #[test]
 fn s3_3_11_zeromf() {
     let m = expect("zeromf", msg!("zeromf"), Expect::Accept).unwrap();
     assert_eq!(m.max_forwards(), Ok(Some(0)));
-    assert_eq!(Rewriter::new(&m).decrement_max_forwards(), Err(RewriteError::TooManyHops));
+    assert_eq!(
+        Rewriter::new(&m).decrement_max_forwards(),
+        Err(RewriteError::TooManyHops)
+    );
 }
 
 #[test]
 fn s3_3_12_cparam01() {
     let m = expect("cparam01", msg!("cparam01"), Expect::Accept).unwrap();
-    let Contacts::List(c) = m.contacts().unwrap() else { panic!("contact") };
+    let Contacts::List(c) = m.contacts().unwrap() else {
+        panic!("contact")
+    };
     assert!(c[0].params.contains("unknownparam"), "a header parameter");
     assert!(sip_uri(&c[0].uri).params.is_empty());
 }
@@ -410,22 +495,35 @@ fn s3_3_12_cparam01() {
 #[test]
 fn s3_3_13_cparam02() {
     let m = expect("cparam02", msg!("cparam02"), Expect::Accept).unwrap();
-    let Contacts::List(c) = m.contacts().unwrap() else { panic!("contact") };
+    let Contacts::List(c) = m.contacts().unwrap() else {
+        panic!("contact")
+    };
     assert!(c[0].params.is_empty());
-    assert!(sip_uri(&c[0].uri).params.contains("unknownparam"), "a URI parameter");
+    assert!(
+        sip_uri(&c[0].uri).params.contains("unknownparam"),
+        "a URI parameter"
+    );
 }
 
 #[test]
 fn s3_3_14_regescrt() {
     let m = expect("regescrt", msg!("regescrt"), Expect::Accept).unwrap();
-    let Contacts::List(c) = m.contacts().unwrap() else { panic!("contact") };
-    assert_eq!(sip_uri(&c[0].uri).headers, Some("Route=%3Csip:sip.example.com%3E"));
+    let Contacts::List(c) = m.contacts().unwrap() else {
+        panic!("contact")
+    };
+    assert_eq!(
+        sip_uri(&c[0].uri).headers,
+        Some("Route=%3Csip:sip.example.com%3E")
+    );
 }
 
 #[test]
 fn s3_3_15_sdp01() {
     let m = expect("sdp01", msg!("sdp01"), Expect::Accept).unwrap();
-    assert_eq!(m.header(HeaderName::Accept).map(|h| h.value), Some("text/nobodyKnowsThis"));
+    assert_eq!(
+        m.header(HeaderName::Accept).map(|h| h.value),
+        Some("text/nobodyKnowsThis")
+    );
 }
 
 // ---- 3.4 Backward compatibility --------------------------------------------------------

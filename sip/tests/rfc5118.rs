@@ -27,7 +27,9 @@ fn ruri<'a>(m: &sipcraft_sip::Message<'a>) -> SipUri<'a> {
 }
 
 fn contact_host<'a>(m: &sipcraft_sip::Message<'a>) -> Host<'a> {
-    let Contacts::List(c) = m.contacts().unwrap() else { panic!("contact") };
+    let Contacts::List(c) = m.contacts().unwrap() else {
+        panic!("contact")
+    };
     c[0].uri.as_sip().unwrap().host
 }
 
@@ -65,8 +67,18 @@ fn s4_4_port_unambiguous() {
 
 #[test]
 fn s4_5_via_received_with_and_without_delimiters() {
-    let a = expect("with-delim", msg!("via-received-param-with-delim"), Expect::Accept).unwrap();
-    let b = expect("no-delim", msg!("via-received-param-no-delim"), Expect::Accept).unwrap();
+    let a = expect(
+        "with-delim",
+        msg!("via-received-param-with-delim"),
+        Expect::Accept,
+    )
+    .unwrap();
+    let b = expect(
+        "no-delim",
+        msg!("via-received-param-no-delim"),
+        Expect::Accept,
+    )
+    .unwrap();
     let want = Some(v6("2001:db8::9:255"));
     assert_eq!(a.top_via().unwrap().received(), want);
     assert_eq!(b.top_via().unwrap().received(), want);
@@ -81,7 +93,9 @@ fn s4_6_ipv6_in_sdp() {
     let raw = msg!("ipv6-in-sdp");
     expect("ipv6-in-sdp", raw, Expect::Reject(400));
     // With the length of the body as printed, the message is what the section describes.
-    let fixed = String::from_utf8(raw.to_vec()).unwrap().replace("Content-Length: 268", "Content-Length: 251");
+    let fixed = String::from_utf8(raw.to_vec())
+        .unwrap()
+        .replace("Content-Length: 268", "Content-Length: 251");
     let m = expect("ipv6-in-sdp (fixed)", fixed.as_bytes(), Expect::Accept).unwrap();
     assert_eq!(ruri(&m).host, v6("2001:db8::10"));
     assert_eq!(m.top_via().unwrap().host, v6("2001:db8::20"));
@@ -93,13 +107,24 @@ fn s4_6_ipv6_in_sdp() {
 
 #[test]
 fn s4_7_mult_ip_in_header() {
-    let m = expect("mult-ip-in-header", msg!("mult-ip-in-header"), Expect::Accept).unwrap();
+    let m = expect(
+        "mult-ip-in-header",
+        msg!("mult-ip-in-header"),
+        Expect::Accept,
+    )
+    .unwrap();
     let v: Vec<_> = m.vias().map(Result::unwrap).collect();
     assert_eq!(v.len(), 3);
     assert_eq!((v[0].host, v[0].port), (v6("2001:db8::9:1"), Some(6050)));
     assert_eq!(v[1].host, Host::V4(Ipv4Addr::new(192, 0, 2, 1)));
-    assert_eq!((v[2].transport, v[2].host), (Transport::Tcp, v6("2001:db8::9:255")));
-    assert_eq!(v[2].received(), Some(Host::V4(Ipv4Addr::new(192, 0, 2, 200))));
+    assert_eq!(
+        (v[2].transport, v[2].host),
+        (Transport::Tcp, v6("2001:db8::9:255"))
+    );
+    assert_eq!(
+        v[2].received(),
+        Some(Host::V4(Ipv4Addr::new(192, 0, 2, 200)))
+    );
 }
 
 #[test]
@@ -116,12 +141,19 @@ fn s4_8_mult_ip_in_sdp() {
 fn s4_9_ipv4_mapped_ipv6() {
     let m = expect("ipv4-mapped-ipv6", msg!("ipv4-mapped-ipv6"), Expect::Accept).unwrap();
     let v: Vec<_> = m.vias().map(Result::unwrap).collect();
-    assert_eq!((v[0].host, v[0].port), (v6("::ffff:192.0.2.10"), Some(19823)));
+    assert_eq!(
+        (v[0].host, v[0].port),
+        (v6("::ffff:192.0.2.10"), Some(19823))
+    );
     assert_eq!(v[1].host, v6("::ffff:192.0.2.2"));
     assert_eq!(contact_host(&m), v6("::ffff:192.0.2.2"));
-    let Contacts::List(c) = m.contacts().unwrap() else { panic!("contact") };
+    let Contacts::List(c) = m.contacts().unwrap() else {
+        panic!("contact")
+    };
     assert_eq!(c[0].display_name.unwrap().text(), "T. desk phone");
-    assert!(std::str::from_utf8(m.body()).unwrap().contains("c=IN IP6 ::ffff:192.0.2.2"));
+    assert!(std::str::from_utf8(m.body())
+        .unwrap()
+        .contains("c=IN IP6 ::ffff:192.0.2.2"));
 }
 
 #[test]
@@ -129,9 +161,17 @@ fn s4_10_ipv6_reference_bug_in_abnf() {
     // Both forms must be tolerated, and they name the same address. The RFC prints these two
     // without the empty line that ends the header section: a datagram may end there.
     let a = expect("3-colons", msg!("ipv6-bug-abnf-3-colons"), Expect::Accept).unwrap();
-    let b = expect("2-colons", msg!("ipv6-correct-abnf-2-colons"), Expect::Accept).unwrap();
+    let b = expect(
+        "2-colons",
+        msg!("ipv6-correct-abnf-2-colons"),
+        Expect::Accept,
+    )
+    .unwrap();
     assert_eq!(ruri(&a).host, v6("2001:db8::192.0.2.1"));
     assert_eq!(ruri(&a).host, ruri(&b).host);
     assert!(a.to().unwrap().uri.equivalent(&b.to().unwrap().uri));
-    assert_eq!(a.top_via().unwrap().host, Host::Domain("lab1.east.example.com"));
+    assert_eq!(
+        a.top_via().unwrap().host,
+        Host::Domain("lab1.east.example.com")
+    );
 }

@@ -137,22 +137,50 @@ impl<'a> Credentials<'a> {
         }
         let mut d = DigestCredentials::default();
         for (name, value) in self.params.iter() {
-            let v = Some(unquote(value));
-            match name.to_ascii_lowercase().as_str() {
-                "username" => d.username = v,
-                "realm" => d.realm = v,
-                "nonce" => d.nonce = v,
-                "uri" => d.uri = v,
-                "response" => d.response = v,
-                "algorithm" => d.algorithm = v,
-                "cnonce" => d.cnonce = v,
-                "opaque" => d.opaque = v,
-                "qop" => d.qop = v,
-                "nc" => d.nc = v,
-                _ => {}
-            }
+            d.set(name, value);
         }
         Some(d)
+    }
+}
+
+impl<'a> DigestCredentials<'a> {
+    /// Parses a credentials value in one pass: `Ok(None)` when the scheme is not Digest.
+    /// Cheaper than [`Credentials::parse`] followed by [`Credentials::digest`].
+    pub fn parse(s: &'a str) -> SResult<Option<DigestCredentials<'a>>> {
+        let mut c = Cursor::new(s);
+        c.skip_ws();
+        let Some(scheme) = c.token() else {
+            return bad("missing auth scheme");
+        };
+        if !c.skip_ws() {
+            return bad("missing white space after auth scheme");
+        }
+        let digest = scheme.eq_ignore_ascii_case("Digest");
+        let mut d = DigestCredentials::default();
+        for item in split_commas(c.rest()) {
+            let (name, value) = auth_param(item)?;
+            if digest {
+                d.set(name, value);
+            }
+        }
+        Ok(digest.then_some(d))
+    }
+
+    fn set(&mut self, name: &str, value: &'a str) {
+        let slot = match name.len() {
+            2 if name.eq_ignore_ascii_case("nc") => &mut self.nc,
+            3 if name.eq_ignore_ascii_case("uri") => &mut self.uri,
+            3 if name.eq_ignore_ascii_case("qop") => &mut self.qop,
+            5 if name.eq_ignore_ascii_case("realm") => &mut self.realm,
+            5 if name.eq_ignore_ascii_case("nonce") => &mut self.nonce,
+            6 if name.eq_ignore_ascii_case("cnonce") => &mut self.cnonce,
+            6 if name.eq_ignore_ascii_case("opaque") => &mut self.opaque,
+            8 if name.eq_ignore_ascii_case("username") => &mut self.username,
+            8 if name.eq_ignore_ascii_case("response") => &mut self.response,
+            9 if name.eq_ignore_ascii_case("algorithm") => &mut self.algorithm,
+            _ => return,
+        };
+        *slot = Some(unquote(value));
     }
 }
 
@@ -199,16 +227,26 @@ impl<'a> Challenge<'a> {
         let mut d = DigestChallenge::default();
         for (name, value) in self.params.iter() {
             let v = Some(unquote(value));
-            match name.to_ascii_lowercase().as_str() {
-                "realm" => d.realm = v,
-                "domain" => d.domain = v,
-                "nonce" => d.nonce = v,
-                "opaque" => d.opaque = v,
-                "stale" => d.stale = unquote(value).eq_ignore_ascii_case("true"),
-                "algorithm" => d.algorithm = v,
-                "qop" => d.qop = v,
-                _ => {}
+            if name.eq_ignore_ascii_case("stale") {
+                d.stale = unquote(value).eq_ignore_ascii_case("true");
+                continue;
             }
+            let slot = if name.eq_ignore_ascii_case("realm") {
+                &mut d.realm
+            } else if name.eq_ignore_ascii_case("domain") {
+                &mut d.domain
+            } else if name.eq_ignore_ascii_case("nonce") {
+                &mut d.nonce
+            } else if name.eq_ignore_ascii_case("opaque") {
+                &mut d.opaque
+            } else if name.eq_ignore_ascii_case("algorithm") {
+                &mut d.algorithm
+            } else if name.eq_ignore_ascii_case("qop") {
+                &mut d.qop
+            } else {
+                continue;
+            };
+            *slot = v;
         }
         Some(d)
     }
@@ -257,6 +295,7 @@ mod tests {
         assert_eq!(d.qop.as_deref(), Some("auth"));
         assert_eq!(d.nc.as_deref(), Some("00000001"));
         assert_eq!(d.opaque.as_deref(), Some("5ccc"));
+        assert_eq!(DigestCredentials::parse(AUTH), Ok(Some(d.clone())));
         let printed = c.to_string();
         assert_eq!(Credentials::parse(&printed).unwrap().digest(), Some(d));
     }

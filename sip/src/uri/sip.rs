@@ -3,9 +3,10 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use super::{check_escaped, is_unreserved, percent_decode};
+use super::{check_escaped, percent_decode};
 use crate::error::{bad, SResult};
 use crate::host::Host;
+use crate::lex::class;
 
 /// A SIP or SIPS URI. Text parts are kept as written (escapes included); use the `*_decoded`
 /// accessors or [`SipUri::equivalent`] to work on their meaning.
@@ -27,23 +28,28 @@ pub struct SipUri<'a> {
     pub headers: Option<&'a str>,
 }
 
-/// `user-unreserved` and the other characters a user part may hold unescaped.
+static USER: [bool; 256] = class(true, b"-_.!~*'()&=+$,;?/");
+static PASSWORD: [bool; 256] = class(true, b"-_.!~*'()&=+$,");
+static PARAM: [bool; 256] = class(true, b"-_.!~*'()[]/:&+$");
+static HEADER: [bool; 256] = class(true, b"-_.!~*'()[]/?:+$");
+
+/// `unreserved / user-unreserved` (escapes are checked separately).
 fn is_user_char(b: u8) -> bool {
-    is_unreserved(b) || matches!(b, b'&' | b'=' | b'+' | b'$' | b',' | b';' | b'?' | b'/')
+    USER[b as usize]
 }
 
 fn is_password_char(b: u8) -> bool {
-    is_unreserved(b) || matches!(b, b'&' | b'=' | b'+' | b'$' | b',')
+    PASSWORD[b as usize]
 }
 
 /// `paramchar = param-unreserved / unreserved / escaped`
 fn is_param_char(b: u8) -> bool {
-    is_unreserved(b) || matches!(b, b'[' | b']' | b'/' | b':' | b'&' | b'+' | b'$')
+    PARAM[b as usize]
 }
 
 /// `hnv-unreserved / unreserved / escaped`
 fn is_header_char(b: u8) -> bool {
-    is_unreserved(b) || matches!(b, b'[' | b']' | b'/' | b'?' | b':' | b'+' | b'$')
+    HEADER[b as usize]
 }
 
 impl<'a> SipUri<'a> {
@@ -78,7 +84,9 @@ impl<'a> SipUri<'a> {
                 None => return bad("unterminated IPv6 reference"),
             }
         } else {
-            rest.find([':', ';', '?']).unwrap_or(rest.len())
+            rest.bytes()
+                .position(|b| matches!(b, b':' | b';' | b'?'))
+                .unwrap_or(rest.len())
         };
         let host = Host::parse(rest.get(..host_end).unwrap_or(""))?;
         let mut tail = rest.get(host_end..).unwrap_or("");

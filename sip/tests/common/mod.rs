@@ -45,7 +45,10 @@ pub fn expect<'a>(name: &str, bytes: &'a [u8], want: Expect) -> Option<Message<'
         (Verdict::Drop(_), Expect::Drop) => None,
         (Verdict::Accept(_), w) => panic!("{name}: accepted, want {w:?}"),
         (Verdict::Reject { rejection, .. }, w) => {
-            panic!("{name}: rejected {} {}, want {w:?}", rejection.status, rejection.reason)
+            panic!(
+                "{name}: rejected {} {}, want {w:?}",
+                rejection.status, rejection.reason
+            )
         }
         (Verdict::Drop(why), w) => panic!("{name}: dropped ({why}), want {w:?}"),
     }
@@ -63,13 +66,25 @@ pub fn round_trip(name: &str, m: &Message<'_>) {
         assert_eq!(a.name, b.name, "{name}");
     }
     assert_eq!(again.top_via(), m.top_via(), "{name}");
-    assert_eq!(again.vias().collect::<Vec<_>>(), m.vias().collect::<Vec<_>>(), "{name}");
+    assert_eq!(
+        again.vias().collect::<Vec<_>>(),
+        m.vias().collect::<Vec<_>>(),
+        "{name}"
+    );
     assert_eq!(again.from(), m.from(), "{name}");
     assert_eq!(again.to(), m.to(), "{name}");
     assert_eq!(again.call_id(), m.call_id(), "{name}");
     assert_eq!(again.cseq(), m.cseq(), "{name}");
     assert_eq!(again.contacts(), m.contacts(), "{name}");
     assert_eq!(again.max_forwards(), m.max_forwards(), "{name}");
-    assert_eq!(again.routes().collect::<Vec<_>>(), m.routes().collect::<Vec<_>>(), "{name}");
-    assert_eq!(again.validate(&Policy::default()), m.validate(&Policy::default()), "{name}");
+    assert_eq!(
+        again.routes().collect::<Vec<_>>(),
+        m.routes().collect::<Vec<_>>(),
+        "{name}"
+    );
+    assert_eq!(
+        again.validate(&Policy::default()),
+        m.validate(&Policy::default()),
+        "{name}"
+    );
 }
