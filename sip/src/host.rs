@@ -29,7 +29,8 @@ impl<'a> Host<'a> {
         if s.is_empty() {
             return bad("empty host");
         }
-        if s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        let b = s.as_bytes();
+        if b.last().is_some_and(u8::is_ascii_digit) && s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
             return match s.parse::<Ipv4Addr>() {
                 Ok(a) => Ok(Host::V4(a)),
                 // All-numeric labels are not a valid host name either.

@@ -1,7 +1,9 @@
 //! Reading a buffer into a [`Message`]: start line, one pass over the header lines, and
 //! Content-Length framing of the body (RFC 3261 §7, §18.3).
 
-use memchr::{memchr, memchr2};
+use std::sync::LazyLock;
+
+use memchr::{memchr, memchr2, memmem};
 
 use crate::error::ParseError;
 use crate::header::parse_content_length;
@@ -41,32 +43,36 @@ pub(crate) fn parse_lenient<'a>(
     }
     let mut fault = (buf.len() > limits.max_message_size).then_some(ParseError::TooLarge);
 
+    // The header section: up to the empty line, or (datagram) to the end of the buffer.
+    let window = buf.get(..limits.max_head_size.saturating_add(4)).unwrap_or(buf);
+    let (head_len, body_start) = match HEAD_END.find(window) {
+        Some(i) => (i + 2, i + 4),
+        None if buf.len() <= limits.max_head_size => (buf.len(), buf.len()),
+        None => return Err(ParseError::HeadTooLarge),
+    };
+    if head_len > limits.max_head_size {
+        return Err(ParseError::HeadTooLarge);
+    }
+    let head_bytes = buf.get(..head_len).unwrap_or_default();
+    let head = std::str::from_utf8(head_bytes).map_err(|_| ParseError::NotUtf8)?;
+
     // Start line.
-    let (sl_end, _) = line_end(buf, 0)?;
-    let line = std::str::from_utf8(buf.get(..sl_end).unwrap_or_default())
-        .map_err(|_| ParseError::NotUtf8)?;
+    let (sl_end, _) = line_end(head_bytes, 0)?;
+    let line = head.get(..sl_end).ok_or(ParseError::StartLine)?;
     let (start, start_fault) = parse_start_line(line)?;
 
-    // Header lines, up to the empty line or (datagram) the end of the buffer.
+    // Header lines.
     let mut headers: Vec<Header<'a>> = Vec::with_capacity(16);
     let mut first = [0u16; KNOWN];
     let mut count = [0u8; KNOWN];
     let mut content_length: Option<Result<usize, ()>> = None;
     let mut pos = sl_end + 2;
     let max_headers = limits.max_headers.min(usize::from(u16::MAX) - 1);
-    let (head_len, body_start) = loop {
-        if pos > limits.max_head_size {
-            return Err(ParseError::HeadTooLarge);
-        }
-        match buf.get(pos..pos + 2) {
-            None if pos == buf.len() => break (pos, pos),
-            Some(b"\r\n") => break (pos, pos + 2),
-            _ => {}
-        }
+    while pos < head_len {
         // The line ends at a CRLF not followed by SP/HTAB (which would fold it).
         let mut end = pos;
         loop {
-            let (e, folded) = line_end(buf, end)?;
+            let (e, folded) = line_end(head_bytes, end)?;
             end = e;
             if !folded {
                 break;
@@ -79,13 +85,9 @@ pub(crate) fn parse_lenient<'a>(
         if headers.len() >= max_headers {
             return Err(ParseError::TooManyHeaders);
         }
-        let line_bytes = buf.get(pos..end).unwrap_or_default();
-        let line = std::str::from_utf8(line_bytes).map_err(|_| ParseError::NotUtf8)?;
-        let colon = memchr(b':', line_bytes).ok_or(ParseError::HeaderLine)?;
-        let raw_name = line
-            .get(..colon)
-            .unwrap_or("")
-            .trim_end_matches([' ', '\t']);
+        let line = head.get(pos..end).ok_or(ParseError::HeaderLine)?;
+        let colon = memchr(b':', line.as_bytes()).ok_or(ParseError::HeaderLine)?;
+        let raw_name = line.get(..colon).unwrap_or("").trim_end_matches([' ', '\t']);
         if !is_token_str(raw_name) {
             return Err(ParseError::HeaderLine);
         }
@@ -114,9 +116,6 @@ pub(crate) fn parse_lenient<'a>(
             line: (offset32(pos), offset32(end)),
         });
         pos = end + 2;
-    };
-    if head_len > limits.max_head_size {
-        return Err(ParseError::HeadTooLarge);
     }
 
     // Body.
@@ -154,6 +153,9 @@ pub(crate) fn parse_lenient<'a>(
 fn offset32(v: usize) -> u32 {
     u32::try_from(v).unwrap_or(u32::MAX)
 }
+
+/// The end of the header section, with its searcher built once.
+static HEAD_END: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"\r\n\r\n"));
 
 /// Finds the CRLF ending the line that starts at `from`: returns its offset and whether
 /// the next line folds into this one (starts with SP or HTAB). A bare CR or LF, or a buffer

@@ -32,15 +32,16 @@ pub enum Uri<'a> {
 impl<'a> Uri<'a> {
     /// Parses a complete URI (no surrounding white space or brackets).
     pub fn parse(s: &'a str) -> SResult<Uri<'a>> {
-        let Some((scheme, rest)) = s.split_once(':') else {
+        let Some(colon) = memchr::memchr(b':', s.as_bytes()) else {
             return bad("URI without scheme");
         };
+        let (scheme, rest) = (s.get(..colon).unwrap_or(""), s.get(colon + 1..).unwrap_or(""));
         if !is_scheme(scheme) {
             return bad("invalid URI scheme");
         }
-        if scheme.eq_ignore_ascii_case("sip") {
+        if scheme.len() == 3 && scheme.eq_ignore_ascii_case("sip") {
             SipUri::parse_parts(false, rest).map(Uri::Sip)
-        } else if scheme.eq_ignore_ascii_case("sips") {
+        } else if scheme.len() == 4 && scheme.eq_ignore_ascii_case("sips") {
             SipUri::parse_parts(true, rest).map(Uri::Sip)
         } else if scheme.eq_ignore_ascii_case("tel") {
             TelUri::parse_parts(rest).map(Uri::Tel)

@@ -55,15 +55,15 @@ fn is_header_char(b: u8) -> bool {
 impl<'a> SipUri<'a> {
     /// Parses what follows `sip:` / `sips:`.
     pub(crate) fn parse_parts(secure: bool, s: &'a str) -> SResult<SipUri<'a>> {
-        let (userinfo, rest) = match s.find('@') {
+        let (userinfo, rest) = match memchr::memchr(b'@', s.as_bytes()) {
             Some(at) => (s.get(..at), s.get(at + 1..).unwrap_or("")),
             None => (None, s),
         };
         let (user, password) = match userinfo {
             None => (None, None),
             Some(ui) => {
-                let (u, p) = match ui.split_once(':') {
-                    Some((u, p)) => (u, Some(p)),
+                let (u, p) = match memchr::memchr(b':', ui.as_bytes()) {
+                    Some(i) => (ui.get(..i).unwrap_or(""), ui.get(i + 1..)),
                     None => (ui, None),
                 };
                 if u.is_empty() || !check_escaped(u, is_user_char) {
@@ -79,7 +79,7 @@ impl<'a> SipUri<'a> {
         };
         // hostport: an IPv6 reference runs to its ']'.
         let host_end = if rest.starts_with('[') {
-            match rest.find(']') {
+            match memchr::memchr(b']', rest.as_bytes()) {
                 Some(i) => i + 1,
                 None => return bad("unterminated IPv6 reference"),
             }
@@ -104,8 +104,8 @@ impl<'a> SipUri<'a> {
             };
             tail = p.get(end..).unwrap_or("");
         }
-        let (params_raw, headers) = match tail.split_once('?') {
-            Some((p, h)) => (p, Some(h)),
+        let (params_raw, headers) = match memchr::memchr(b'?', tail.as_bytes()) {
+            Some(i) => (tail.get(..i).unwrap_or(""), tail.get(i + 1..)),
             None => (tail, None),
         };
         let params = UriParams::parse(params_raw)?;
