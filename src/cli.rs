@@ -158,11 +158,13 @@ pub fn ctl(args: CtlArgs) -> ExitCode {
         (Some(socket), _) => socket,
         (None, config) => {
             let path = config.unwrap_or_else(|| PathBuf::from(crate::DEFAULT_CONFIG));
-            match runtime_dir_of(&path) {
+            // Read leniently: `ctl` must reach a running server even when someone has since
+            // broken another part of the file (that is when `ctl reload` must report it).
+            match sipcraft_config::runtime_dir(&path) {
                 Ok(dir) => sipcraft_ipc::conn::endpoint(&dir, "control"),
                 Err(why) => {
                     eprintln!(
-                        "sipcraft ctl: cannot find the control socket from {}: {why}",
+                        "sipcraft ctl: cannot find the control socket from {}:\n{why}",
                         path.display()
                     );
                     return ExitCode::FAILURE;
@@ -209,21 +211,4 @@ pub fn ctl(args: CtlArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// `server.runtime_dir` from a configuration file, read leniently: `ctl` must still reach a
-/// running server when someone has since broken another part of the file (that is exactly
-/// when `ctl reload` has to report the problems).
-fn runtime_dir_of(path: &Path) -> Result<PathBuf, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-    let value: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| e.message().to_owned())?;
-    let dir = value
-        .get("server")
-        .and_then(|s| s.get("runtime_dir"))
-        .and_then(|d| d.as_str())
-        .ok_or("no server.runtime_dir")?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    Ok(base.join(dir))
 }

@@ -7,9 +7,14 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cli;
+#[cfg(windows)]
+mod winservice;
 
 /// The configuration file used when none is named.
+#[cfg(not(windows))]
 const DEFAULT_CONFIG: &str = "/etc/sipcraft/sipcraft.toml";
+#[cfg(windows)]
+const DEFAULT_CONFIG: &str = r"C:\ProgramData\sipcraft\sipcraft.toml";
 
 #[derive(Parser)]
 #[command(
@@ -36,6 +41,13 @@ enum Command {
     },
     /// Control a running server.
     Ctl(cli::CtlArgs),
+    /// The supervisor as a Windows service: install, uninstall, and the entry point the
+    /// service control manager starts.
+    #[cfg(windows)]
+    Service {
+        #[command(subcommand)]
+        command: winservice::ServiceCommand,
+    },
     /// A SIP worker (started by the supervisor).
     #[command(hide = true)]
     Worker(cli::WorkerArgs),
@@ -58,6 +70,8 @@ fn main() -> ExitCode {
             command: ConfigCommand::Check { file },
         } => config_check(&file),
         Command::Ctl(args) => cli::ctl(args),
+        #[cfg(windows)]
+        Command::Service { command } => winservice::main(command),
         Command::Worker(args) => cli::run_worker(args),
         Command::Dbagent(args) => cli::run_dbagent(args),
     }

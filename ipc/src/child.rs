@@ -55,6 +55,8 @@ pub enum LinkEvent {
 #[derive(Debug)]
 pub struct Link {
     pub config: Config,
+    /// The instance secret shared by every child of this supervisor.
+    pub secret: Vec<u8>,
     pub replica: Arc<RwLock<Replica>>,
     pub outbox: Outbox,
     pub events: mpsc::Receiver<LinkEvent>,
@@ -83,8 +85,8 @@ pub async fn join(bus: &Path, role: Role, name: &str, observe: bool) -> Result<L
     let hello = Envelope::new(FromChild::Hello(Hello::new(role, name)));
     writer.send(&hello).await.map_err(LinkError::Handshake)?;
 
-    let config = match recv(&mut reader).await? {
-        ToChild::Welcome(config) => *config,
+    let (config, secret) = match recv(&mut reader).await? {
+        ToChild::Welcome { config, secret } => (*config, secret),
         ToChild::Refused(reason) => return Err(LinkError::Refused(reason)),
         _ => return Err(LinkError::Unexpected("expected a welcome")),
     };
@@ -106,6 +108,7 @@ pub async fn join(bus: &Path, role: Role, name: &str, observe: bool) -> Result<L
     tokio::spawn(follower.run(reader));
     Ok(Link {
         config,
+        secret,
         replica,
         outbox: Outbox(out_tx),
         events: ev_rx,
@@ -207,7 +210,7 @@ impl Follower {
                 ToChild::Reload(config) => LinkEvent::Reload(config),
                 ToChild::Drain => LinkEvent::Drain,
                 ToChild::Stop => LinkEvent::Stop,
-                ToChild::Welcome(_)
+                ToChild::Welcome { .. }
                 | ToChild::Refused(_)
                 | ToChild::Snapshot(_)
                 | ToChild::SnapshotEnd => {

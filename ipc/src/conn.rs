@@ -38,6 +38,8 @@ pub enum ConnError {
 ///
 /// On Unix this is the file `runtime_dir/NAME.sock`. On Windows it is a named pipe whose name
 /// is derived from the runtime directory, so two instances with different directories coexist.
+/// The directory is made absolute with `.`, `..` and `/` resolved and compared without case,
+/// as Windows compares paths, so `ctl` finds the pipe however the path was spelled.
 pub fn endpoint(runtime_dir: &Path, name: &str) -> PathBuf {
     #[cfg(unix)]
     {
@@ -45,8 +47,10 @@ pub fn endpoint(runtime_dir: &Path, name: &str) -> PathBuf {
     }
     #[cfg(windows)]
     {
+        let dir = std::path::absolute(runtime_dir).unwrap_or_else(|_| runtime_dir.to_owned());
+        let dir = dir.to_string_lossy().trim_end_matches('\\').to_lowercase();
         let mut tag: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in runtime_dir.to_string_lossy().bytes() {
+        for b in dir.bytes() {
             tag = (tag ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
         }
         PathBuf::from(format!(r"\\.\pipe\sipcraft-{tag:016x}-{name}"))

@@ -248,6 +248,7 @@ mod tests {
             name: None,
             secret: Secret::Password("pw".into()),
             enabled: true,
+            auth_algorithms: None,
         }
     }
 

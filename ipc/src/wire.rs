@@ -103,8 +103,13 @@ impl<T> Envelope<T> {
 /// Supervisor to child, on the bus.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ToChild {
-    /// Hello accepted: the configuration slice for this child (extensions travel as state).
-    Welcome(Box<Config>),
+    /// Hello accepted: the configuration slice for this child (extensions travel as state)
+    /// and the instance secret every worker shares (digest nonces issued by one worker are
+    /// verified by another).
+    Welcome {
+        config: Box<Config>,
+        secret: Vec<u8>,
+    },
     /// Hello refused; the connection closes after this.
     Refused(String),
     /// Start of a snapshot at generation `seq`; parts follow, then `SnapshotEnd`.

@@ -6,15 +6,27 @@
 
 #![deny(unsafe_code)]
 
+pub mod auth;
+pub mod core;
 #[cfg(unix)]
 mod inherit;
+pub mod registrar;
+pub mod security;
+pub mod transport;
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use sipcraft_config::Transport;
 use sipcraft_ipc::child::{self, LinkEvent};
 use sipcraft_ipc::wire::{FromChild, Health, Role};
+use tokio::sync::mpsc;
+
+use crate::core::Core;
+use crate::transport::tcp::ConnEvent;
+use crate::transport::Target;
 
 /// How the supervisor started this worker.
 #[derive(Debug, Clone)]
@@ -52,40 +64,153 @@ pub async fn run(args: Args) -> Result<(), Error> {
         .get(args.listen)
         .cloned()
         .ok_or(Error::NoListen(args.listen))?;
-    let _socket = open_socket(&args, listen.transport, listen.address).await?;
+    let socket = open_socket(&args, listen.transport, listen.address).await?;
+    let mut core = Core::new(
+        args.name.clone(),
+        link.config.clone(),
+        &link.secret,
+        link.replica.clone(),
+        link.outbox.clone(),
+    );
+
+    let (conn_tx, mut conn_rx) = mpsc::channel::<ConnEvent>(4096);
+    let open_conns = Arc::new(AtomicUsize::new(0));
+    let udp = match socket {
+        Socket::Udp(s) => Some(s),
+        Socket::Tcp(listener) => {
+            let idle = Duration::from_secs(core.config.limits.tcp_idle_timeout_s);
+            let max = core.config.limits.max_tcp_connections as usize;
+            tokio::spawn(transport::tcp::accept_loop(
+                listener,
+                conn_tx.clone(),
+                core.limits,
+                idle,
+                max,
+                open_conns.clone(),
+            ));
+            None
+        }
+    };
     tracing::info!(transport = listen.transport.as_str(), address = %listen.address, "worker serving");
     link.outbox.send(FromChild::Ready);
 
     let mut health_tick = tokio::time::interval(Duration::from_secs(1));
-    let mut draining = false;
+    let mut buf = vec![0u8; 65_536];
     loop {
-        tokio::select! {
+        let deadline = core
+            .txns
+            .next_deadline()
+            .map(tokio::time::Instant::from_std);
+        let out = tokio::select! {
+            r = recv(udp.as_ref(), &mut buf) => match r {
+                Ok((n, peer)) => core.on_message(&buf[..n], Target::udp(peer), Instant::now()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "udp receive failed");
+                    Vec::new()
+                }
+            },
+            Some(ev) = conn_rx.recv() => match ev {
+                ConnEvent::Opened { id, tx, .. } => {
+                    core.conns.insert(id, tx);
+                    Vec::new()
+                }
+                ConnEvent::Message { id, peer, bytes } => {
+                    let from = Target { transport: Transport::Tcp, peer, conn: Some(id) };
+                    core.on_message(&bytes, from, Instant::now())
+                }
+                ConnEvent::Closed { id } => {
+                    core.conns.remove(&id);
+                    Vec::new()
+                }
+            },
+            _ = sleep_until(deadline) => core.poll_timers(Instant::now()),
             _ = health_tick.tick() => {
-                link.outbox.send(FromChild::Health(Health::default()));
+                let health = Health {
+                    transactions: core.txns.len() as u64,
+                    connections: open_conns.load(Ordering::Relaxed) as u64,
+                    dropped: core.counters.dropped,
+                    alarm: None,
+                };
+                link.outbox.send(FromChild::Health(health));
+                core.replica.write().unwrap_or_else(|p| p.into_inner()).purge_expired(now_ms());
+                Vec::new()
             }
             ev = link.events.recv() => match ev {
                 Some(LinkEvent::Drain) => {
-                    if !draining {
-                        tracing::info!("draining");
+                    if !core.draining {
+                        tracing::info!("draining: new calls and registrations get 503");
                     }
-                    draining = true;
+                    core.draining = true;
+                    Vec::new()
                 }
                 Some(LinkEvent::Stop) => break,
                 Some(LinkEvent::Reload(config)) => {
-                    tracing::info!(domain = %config.server.domain, "configuration reloaded");
-                    link.config = *config;
+                    tracing::info!("configuration reloaded");
+                    core.reload(*config);
+                    Vec::new()
                 }
                 Some(LinkEvent::Closed) | None => {
                     tracing::warn!("bus closed: the supervisor is gone; exiting");
                     break;
                 }
-                Some(_) => {}
+                Some(_) => Vec::new(),
             },
             _ = child::stop_signal() => break,
+        };
+        for msg in out {
+            send(&core, udp.as_ref(), msg).await;
         }
     }
     tracing::info!("worker stopped");
     Ok(())
+}
+
+async fn recv(
+    udp: Option<&tokio::net::UdpSocket>,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, std::net::SocketAddr)> {
+    match udp {
+        Some(s) => s.recv_from(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn send(core: &Core, udp: Option<&tokio::net::UdpSocket>, msg: transport::Out) {
+    match (msg.target.conn, udp) {
+        (Some(id), _) => match core.conns.get(&id) {
+            Some(tx) => {
+                if tx.try_send(msg.bytes).is_err() {
+                    tracing::debug!(
+                        conn = id,
+                        "connection write queue full or closed; message dropped"
+                    );
+                }
+            }
+            None => tracing::debug!(conn = id, "connection gone; message dropped"),
+        },
+        (None, Some(sock)) => {
+            if let Err(e) = sock.send_to(&msg.bytes, msg.target.peer).await {
+                tracing::debug!(peer = %msg.target.peer, error = %e, "udp send failed");
+            }
+        }
+        (None, None) => {
+            tracing::debug!(peer = %msg.target.peer, "no UDP socket in this worker; message dropped")
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch: the clock bindings expire by.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The listen socket: inherited from the supervisor on Unix, bound here on Windows.

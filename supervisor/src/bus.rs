@@ -36,7 +36,7 @@ pub enum BusEvent {
         pid: u32,
         role: Role,
         link: mpsc::Sender<Outgoing>,
-        reply: oneshot::Sender<Result<Box<sipcraft_config::Config>, String>>,
+        reply: oneshot::Sender<Result<(Box<sipcraft_config::Config>, Vec<u8>), String>>,
     },
     Ready {
         name: String,
@@ -174,8 +174,8 @@ pub async fn serve(
     if events.send(joined).is_err() {
         return;
     }
-    let config = match reply_rx.await {
-        Ok(Ok(config)) => config,
+    let (config, secret) = match reply_rx.await {
+        Ok(Ok(welcome)) => welcome,
         Ok(Err(reason)) => {
             tracing::error!(%name, pid = hello.pid, %reason, "refusing bus connection");
             let _ = writer.send(&Envelope::new(ToChild::Refused(reason))).await;
@@ -184,7 +184,7 @@ pub async fn serve(
         Err(_) => return,
     };
     if writer
-        .send(&Envelope::new(ToChild::Welcome(config)))
+        .send(&Envelope::new(ToChild::Welcome { config, secret }))
         .await
         .is_err()
     {

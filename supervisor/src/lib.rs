@@ -20,7 +20,7 @@ pub mod sockets;
 
 use std::path::PathBuf;
 
-pub use run::run;
+pub use run::{run, run_until, Phase};
 
 /// Errors that stop the supervisor from starting.
 #[derive(Debug, thiserror::Error)]

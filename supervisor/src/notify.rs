@@ -64,5 +64,7 @@ impl Notifier {
                 tracing::warn!(error = %e, state, "sd_notify failed");
             }
         }
+        #[cfg(not(unix))]
+        let _ = state;
     }
 }

@@ -116,13 +116,32 @@ fn spawn_one(exe: &std::path::Path, req: &SpawnRequest) -> io::Result<u32> {
 
 #[cfg(windows)]
 fn spawn_one(exe: &std::path::Path, req: &SpawnRequest) -> io::Result<u32> {
-    let child = std::process::Command::new(exe)
+    use std::os::windows::process::CommandExt;
+    /// CREATE_NEW_PROCESS_GROUP: Ctrl-C in the console reaches only the supervisor, which
+    /// stops children in order (what `process_group(0)` does on Unix).
+    const CREATE_NEW_PROCESS_GROUP: u32 = 0x0000_0200;
+    let mut command = std::process::Command::new(exe);
+    command
         .args(&req.args)
         .stdin(std::process::Stdio::null())
-        .spawn()?;
+        .creation_flags(CREATE_NEW_PROCESS_GROUP);
+    if let Some(log) = CHILD_OUTPUT.get() {
+        command.stdout(log.try_clone()?).stderr(log.try_clone()?);
+    }
+    let child = command.spawn()?;
     let pid = child.id();
     windows_reaper::adopt(child);
     Ok(pid)
+}
+
+#[cfg(windows)]
+static CHILD_OUTPUT: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+
+/// Sends every child's stdout and stderr to `log` instead of the supervisor's own (which a
+/// Windows service does not have). Only the first call counts.
+#[cfg(windows)]
+pub fn set_child_output(log: std::fs::File) {
+    let _ = CHILD_OUTPUT.set(log);
 }
 
 /// Sends SIGKILL (Unix) or terminates (Windows) a child by pid.

@@ -1,6 +1,8 @@
 //! The supervisor's main loop: one task owns the child table and every decision about it.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -8,7 +10,7 @@ use sipcraft_config::{Config, Transport};
 use sipcraft_ipc::conn;
 use sipcraft_ipc::state::Update;
 use sipcraft_ipc::wire::{ChildState, ControlRequest, ControlResponse, Status, ToChild};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::bus::{self, BusEvent, Hub, Outgoing};
 use crate::children::{Backoff, Child, Kind};
@@ -24,6 +26,29 @@ const TICK: Duration = Duration::from_millis(50);
 
 /// Runs the supervisor until it is stopped (SIGTERM, SIGINT or `ctl stop`).
 pub async fn run(config_path: PathBuf) -> Result<(), Error> {
+    run_until(config_path, std::future::pending(), None).await
+}
+
+/// Where the supervisor is in its life, for a service manager other than systemd (the
+/// Windows service control manager): what sd_notify's READY=1 and STOPPING=1 say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Starting the children; not every one has been ready yet.
+    Starting,
+    /// Every child has been ready once.
+    Ready,
+    /// An orderly stop is in progress; `run_until` returns when it is done.
+    Stopping,
+}
+
+/// [`run`], with one more way to stop it from outside: when `stop` completes, the supervisor
+/// stops in order exactly as on SIGTERM or `ctl stop` (signals and `ctl stop` still work).
+/// `phase`, when given, follows the supervisor through [`Phase`].
+pub async fn run_until(
+    config_path: PathBuf,
+    stop: impl Future<Output = ()> + Send,
+    phase: Option<watch::Sender<Phase>>,
+) -> Result<(), Error> {
     let config = sipcraft_config::load(&config_path).map_err(Error::Config)?;
     prepare_dir(&config.server.runtime_dir, true)?;
     prepare_dir(&config.server.state_dir, false)?;
@@ -84,6 +109,8 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
         last_watchdog: Instant::now(),
         stopping: None,
         draining: false,
+        secret: instance_secret()?,
+        phase,
         config,
     };
     tracing::info!(
@@ -92,11 +119,20 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
         control = %control_path.display(),
         "supervisor starting"
     );
-    sup.main_loop(exits, bus_events, ctl_events, signals).await;
+    let stop = std::pin::pin!(stop);
+    sup.main_loop(exits, bus_events, ctl_events, signals, stop)
+        .await;
     let _ = std::fs::remove_file(&control_path);
     let _ = std::fs::remove_file(&sup.bus_path);
     tracing::info!("supervisor stopped");
     Ok(())
+}
+
+fn instance_secret() -> Result<Vec<u8>, Error> {
+    let mut secret = vec![0u8; 32];
+    getrandom::fill(&mut secret)
+        .map_err(|e| Error::Spawner(std::io::Error::other(e.to_string())))?;
+    Ok(secret)
 }
 
 fn prepare_dir(path: &Path, private: bool) -> Result<(), Error> {
@@ -121,7 +157,22 @@ fn child_table(config: &Config) -> Vec<Child> {
     let mut children = vec![Child::new("dbagent".into(), Kind::DbAgent, policy)];
     let mut counters = std::collections::HashMap::<Transport, usize>::new();
     for (listen, entry) in config.listen.iter().enumerate() {
-        for socket in 0..entry.workers {
+        let workers = entry.workers;
+        // Windows has no SO_REUSEPORT and each worker binds its own socket there: a second
+        // worker on the same address could only fail to bind, again and again.
+        #[cfg(windows)]
+        let workers = {
+            if workers > 1 {
+                tracing::warn!(
+                    transport = entry.transport.as_str(),
+                    address = %entry.address,
+                    configured = workers,
+                    "Windows: one worker per listen address"
+                );
+            }
+            workers.min(1)
+        };
+        for socket in 0..workers {
             let n = counters.entry(entry.transport).or_default();
             let name = format!("{}-{}", entry.transport.as_str(), n);
             *n += 1;
@@ -149,7 +200,8 @@ async fn accept_children(
     }
 }
 
-/// The signals the supervisor acts on.
+/// The signals the supervisor acts on: on Windows, Ctrl-C and Ctrl-Break in its console
+/// (reload is `sipcraft ctl reload` there).
 struct Signals {
     #[cfg(unix)]
     term: tokio::signal::unix::Signal,
@@ -157,10 +209,15 @@ struct Signals {
     int: tokio::signal::unix::Signal,
     #[cfg(unix)]
     hup: tokio::signal::unix::Signal,
+    #[cfg(windows)]
+    ctrl_c: Option<tokio::signal::windows::CtrlC>,
+    #[cfg(windows)]
+    ctrl_break: Option<tokio::signal::windows::CtrlBreak>,
 }
 
 enum Sig {
     Stop,
+    #[cfg(unix)]
     Reload,
 }
 
@@ -175,8 +232,17 @@ impl Signals {
                 hup: signal(SignalKind::hangup())?,
             })
         }
-        #[cfg(not(unix))]
-        Ok(Signals {})
+        #[cfg(windows)]
+        {
+            // A service has no console: a handler that cannot be installed only means no
+            // Ctrl-C, never an immediate stop.
+            use tokio::signal::windows::{ctrl_break, ctrl_c};
+            let warn = |e: std::io::Error| tracing::warn!(error = %e, "cannot watch Ctrl-C");
+            Ok(Signals {
+                ctrl_c: ctrl_c().map_err(warn).ok(),
+                ctrl_break: ctrl_break().map_err(warn).ok(),
+            })
+        }
     }
 
     async fn next(&mut self) -> Sig {
@@ -188,10 +254,21 @@ impl Signals {
                 _ = self.hup.recv() => Sig::Reload,
             }
         }
-        #[cfg(not(unix))]
+        #[cfg(windows)]
         {
-            let _ = tokio::signal::ctrl_c().await;
-            Sig::Stop
+            /// One console event; never, when it cannot be watched (any more).
+            async fn event(recv: Option<impl Future<Output = Option<()>>>) {
+                if let Some(recv) = recv {
+                    if recv.await.is_some() {
+                        return;
+                    }
+                }
+                std::future::pending().await
+            }
+            tokio::select! {
+                () = event(self.ctrl_c.as_mut().map(|c| c.recv())) => Sig::Stop,
+                () = event(self.ctrl_break.as_mut().map(|c| c.recv())) => Sig::Stop,
+            }
         }
     }
 }
@@ -222,6 +299,10 @@ struct Supervisor {
     last_watchdog: Instant,
     stopping: Option<StopPlan>,
     draining: bool,
+    /// Told about readiness and stopping, for a caller of [`run_until`].
+    phase: Option<watch::Sender<Phase>>,
+    /// Random per instance, shared with every child (digest nonces).
+    secret: Vec<u8>,
 }
 
 impl Supervisor {
@@ -231,12 +312,14 @@ impl Supervisor {
         mut bus_events: mpsc::UnboundedReceiver<BusEvent>,
         mut ctl_events: mpsc::UnboundedReceiver<ControlEvent>,
         mut signals: Signals,
+        mut stop: Pin<&mut (dyn Future<Output = ()> + Send)>,
     ) {
         for i in 0..self.children.len() {
             self.start(i).await;
         }
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stop_requested = false;
         loop {
             tokio::select! {
                 Some(exit) = exits.recv() => self.on_exit(exit),
@@ -251,10 +334,15 @@ impl Supervisor {
                         self.kill_all();
                     }
                     Sig::Stop => self.begin_stop("signal"),
+                    #[cfg(unix)]
                     Sig::Reload => {
                         let _ = self.reload();
                     }
                 },
+                () = &mut stop, if !stop_requested => {
+                    stop_requested = true;
+                    self.begin_stop("stop requested by the service manager");
+                }
                 _ = tick.tick() => {
                     if self.on_tick().await {
                         return;
@@ -406,7 +494,7 @@ impl Supervisor {
                 }
                 child.link = Some(link);
                 child.last_seen = Instant::now();
-                let _ = reply.send(Ok(slice));
+                let _ = reply.send(Ok((slice, self.secret.clone())));
                 if self.draining {
                     self.tell(&name, ToChild::Drain);
                 }
@@ -429,6 +517,7 @@ impl Supervisor {
                 if !self.ready_sent && self.children.iter().all(|c| c.was_ready) {
                     self.ready_sent = true;
                     self.notifier.ready();
+                    self.set_phase(Phase::Ready);
                     tracing::info!(
                         after_ms = self.started.elapsed().as_millis() as u64,
                         "all children ready"
@@ -559,7 +648,7 @@ impl Supervisor {
     }
 
     fn reload_inner(&mut self) -> Result<String, String> {
-        let mut new = match sipcraft_config::load(&self.config_path) {
+        let new = match sipcraft_config::load(&self.config_path) {
             Ok(c) => c,
             Err(problems) => {
                 for p in problems.iter() {
@@ -572,10 +661,7 @@ impl Supervisor {
         };
         let refused = sipcraft_config::restart_needed(&self.config, &new);
         // What needs a restart stays as it is; everything else takes effect now.
-        new.listen = self.config.listen.clone();
-        new.server.runtime_dir = self.config.server.runtime_dir.clone();
-        new.server.state_dir = self.config.server.state_dir.clone();
-        new.database = self.config.database.clone();
+        let new = sipcraft_config::apply_live(&self.config, new);
         if new.database.is_none() && new.extensions != self.config.extensions {
             self.hub
                 .publish(Update::ExtensionsReplaced(new.extensions.clone()));
@@ -607,6 +693,7 @@ impl Supervisor {
         let now = Instant::now();
         tracing::info!(reason = why, timeout_s = timeout.as_secs(), "stopping");
         self.notifier.stopping();
+        self.set_phase(Phase::Stopping);
         self.stopping = Some(StopPlan {
             workers_by: now + timeout.mul_f32(0.5),
             all_by: now + timeout.mul_f32(0.8),
@@ -628,6 +715,12 @@ impl Supervisor {
                     process::terminate(pid);
                 }
             }
+        }
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        if let Some(tx) = &self.phase {
+            tx.send_replace(phase);
         }
     }
 

@@ -1,6 +1,8 @@
 //! Test harness: runs the real `sipcraft` binary on loopback ports picked at run time.
 #![allow(dead_code)]
 
+pub mod sip;
+
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -1,0 +1,307 @@
+//! The registrar (RFC 3261 §10): digest authentication, then bindings added, refreshed,
+//! removed or fetched, published on the bus so every worker knows where every phone is.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Instant, SystemTime};
+
+use sipcraft_config::{Config, Extension};
+use sipcraft_ipc::child::Outbox;
+use sipcraft_ipc::state::{Binding, Replica, Update};
+use sipcraft_sip::build::ResponseBuilder;
+use sipcraft_sip::header::{Contacts, NameAddr};
+use sipcraft_sip::{Message, Uri};
+
+use crate::auth::{Credentials, DigestAuth, NonceKey, Verdict};
+use crate::security::Guard;
+use crate::transport::Target;
+
+/// Registrar settings and per-worker authentication state.
+pub struct Registrar {
+    auth: DigestAuth,
+    realm: String,
+    registrar: sipcraft_config::Registrar,
+}
+
+impl Registrar {
+    /// `secret` is the instance secret every worker shares, so any worker verifies a nonce
+    /// another one issued.
+    pub fn new(secret: &[u8], config: &Config) -> Self {
+        let key = NonceKey::new(secret).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "unusable instance secret; using a per-worker nonce key");
+            NonceKey::random().expect("the OS provides randomness")
+        });
+        Registrar {
+            auth: DigestAuth::new(key, &config.registrar),
+            realm: config.server.domain.clone(),
+            registrar: config.registrar.clone(),
+        }
+    }
+
+    pub fn reload(&mut self, config: &Config) {
+        self.registrar = config.registrar.clone();
+        self.auth.reconfigure(&config.registrar);
+    }
+
+    /// Handles a REGISTER; returns the response bytes.
+    #[allow(clippy::too_many_arguments)]
+    pub fn register(
+        &mut self,
+        msg: &Message<'_>,
+        from: &Target,
+        worker: &str,
+        replica: &Arc<RwLock<Replica>>,
+        outbox: &Outbox,
+        guard: &mut Guard,
+        now: Instant,
+    ) -> Vec<u8> {
+        let Ok(to) = msg.to() else {
+            return bad(msg, "Bad To header");
+        };
+        let Some(user) = aor_user(&to) else {
+            return ResponseBuilder::new(msg, 404, "Not Found").build();
+        };
+        let extension = read(replica).extension(&user).cloned();
+
+        // Authenticate: the same challenge whether or not the user exists (no enumeration).
+        let digest = msg
+            .credentials(false)
+            .filter_map(Result::ok)
+            .filter_map(|c| c.digest())
+            .find(|d| d.realm.as_deref() == Some(self.realm.as_str()));
+        let Some(digest) = digest else {
+            return self.challenge(msg, extension.as_ref(), false);
+        };
+        let creds = Credentials {
+            username: digest.username.as_deref().unwrap_or_default(),
+            realm: digest.realm.as_deref().unwrap_or_default(),
+            nonce: digest.nonce.as_deref().unwrap_or_default(),
+            uri: digest.uri.as_deref().unwrap_or_default(),
+            response: digest.response.as_deref().unwrap_or_default(),
+            algorithm: digest.algorithm.as_deref(),
+            cnonce: digest.cnonce.as_deref(),
+            qop: digest.qop.as_deref(),
+            nc: digest.nc.as_deref(),
+            opaque: digest.opaque.as_deref(),
+        };
+        let wall = SystemTime::now();
+        // Credentials must be for the AOR being registered: 1001 cannot register 1002.
+        let verdict = match &extension {
+            Some(ext) if creds.username == ext.number => {
+                self.auth.verify(&creds, "REGISTER", ext, &self.realm, wall)
+            }
+            _ => self
+                .auth
+                .verify_unknown(&creds, "REGISTER", &self.realm, wall),
+        };
+        if verdict.counts_as_failure() {
+            let ip = from.peer.ip();
+            tracing::warn!(
+                "sipcraft auth failure: ip={ip} user={} reason={}",
+                sanitize(creds.username),
+                verdict.as_str()
+            );
+            if let Some(ban) = guard.record_failure(ip, creds.username, now) {
+                tracing::warn!("{}", ban.log_line());
+            }
+        }
+        match verdict {
+            Verdict::Ok { .. } => {}
+            Verdict::Stale | Verdict::Replay => {
+                return self.challenge(msg, extension.as_ref(), true)
+            }
+            Verdict::Disabled => return ResponseBuilder::new(msg, 403, "Forbidden").build(),
+            Verdict::Unsupported(why) => return bad(msg, &why.to_string()),
+            Verdict::Malformed(why) => return bad(msg, &why.to_string()),
+            _ => return self.challenge(msg, extension.as_ref(), false),
+        }
+        let Some(ext) = extension else {
+            return self.challenge(msg, None, false);
+        };
+        self.update_bindings(msg, from, worker, &ext, replica, outbox)
+    }
+
+    fn challenge(&self, msg: &Message<'_>, extension: Option<&Extension>, stale: bool) -> Vec<u8> {
+        let values = self
+            .auth
+            .challenges_for(extension, &self.realm, stale, SystemTime::now());
+        if values.is_empty() {
+            // An extension whose secret answers none of its algorithms (config check stops it).
+            return ResponseBuilder::new(msg, 403, "Forbidden").build();
+        }
+        let mut b = ResponseBuilder::new(msg, 401, "Unauthorized");
+        for value in values {
+            b = b.header("WWW-Authenticate", &value);
+        }
+        b.build()
+    }
+
+    /// RFC 3261 §10.3 steps 6–8, after authentication.
+    fn update_bindings(
+        &self,
+        msg: &Message<'_>,
+        from: &Target,
+        worker: &str,
+        ext: &Extension,
+        replica: &Arc<RwLock<Replica>>,
+        outbox: &Outbox,
+    ) -> Vec<u8> {
+        let Ok(call_id) = msg.call_id() else {
+            return bad(msg, "Bad Call-ID");
+        };
+        let Ok(cseq) = msg.cseq() else {
+            return bad(msg, "Bad CSeq");
+        };
+        let header_expires = match msg.expires() {
+            Ok(e) => e,
+            Err(_) => return bad(msg, "Bad Expires header"),
+        };
+        let contacts = match msg.contacts() {
+            Ok(c) => c,
+            Err(_) => return bad(msg, "Bad Contact header"),
+        };
+        let now_ms = crate::now_ms();
+        let aor = ext.number.clone();
+        let mut updates = Vec::new();
+        match contacts {
+            Contacts::Wildcard => {
+                if header_expires != Some(0) {
+                    return bad(msg, "Contact: * requires Expires: 0");
+                }
+                let r = read(replica);
+                for b in r.bindings(&aor, now_ms) {
+                    if b.call_id == call_id && cseq.seq <= b.cseq {
+                        return ResponseBuilder::new(msg, 500, "Out of order CSeq").build();
+                    }
+                }
+                updates.push(Update::BindingsCleared { aor: aor.clone() });
+            }
+            Contacts::List(list) => {
+                let existing: Vec<Binding> =
+                    read(replica).bindings(&aor, now_ms).cloned().collect();
+                let mut live = existing.len();
+                for contact in &list {
+                    let expires = contact
+                        .expires()
+                        .or(header_expires)
+                        .unwrap_or(self.registrar.default_expires);
+                    if expires != 0 && expires < self.registrar.min_expires {
+                        return ResponseBuilder::new(msg, 423, "Interval Too Brief")
+                            .header("Min-Expires", &self.registrar.min_expires.to_string())
+                            .build();
+                    }
+                    let expires = expires.min(self.registrar.max_expires);
+                    let key = binding_key(contact);
+                    let old = existing.iter().find(|b| b.key == key);
+                    if let Some(old) = old {
+                        if old.call_id == call_id && cseq.seq <= old.cseq {
+                            return ResponseBuilder::new(msg, 500, "Out of order CSeq").build();
+                        }
+                    }
+                    if expires == 0 {
+                        if old.is_some() {
+                            live -= 1;
+                            updates.push(Update::BindingRemoved {
+                                aor: aor.clone(),
+                                key,
+                            });
+                        }
+                        continue;
+                    }
+                    if old.is_none() {
+                        live += 1;
+                    }
+                    updates.push(Update::BindingUpserted(Binding {
+                        aor: aor.clone(),
+                        key,
+                        contact: uri_text(contact),
+                        source: from.peer,
+                        transport: from.transport,
+                        owner: worker.to_owned(),
+                        connection: from.conn,
+                        instance: contact.instance().map(str::to_owned),
+                        reg_id: contact.reg_id(),
+                        user_agent: msg.user_agent().map(|s| s.chars().take(128).collect()),
+                        call_id: call_id.to_owned(),
+                        cseq: cseq.seq,
+                        q: contact.q(),
+                        expires_at_ms: now_ms + u64::from(expires) * 1000,
+                    }));
+                }
+                // Too many contacts: the ones closest to expiry make room.
+                let max = self.registrar.max_contacts_per_aor as usize;
+                if live > max {
+                    let mut oldest: Vec<&Binding> = existing.iter().collect();
+                    oldest.sort_by_key(|b| b.expires_at_ms);
+                    for b in oldest.into_iter().take(live - max) {
+                        if !updates
+                            .iter()
+                            .any(|u| matches!(u, Update::BindingUpserted(n) if n.key == b.key))
+                        {
+                            updates.push(Update::BindingRemoved {
+                                aor: aor.clone(),
+                                key: b.key.clone(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        {
+            let mut r = replica.write().unwrap_or_else(|p| p.into_inner());
+            for u in &updates {
+                r.apply_local(u);
+            }
+        }
+        for u in updates {
+            if !outbox.publish(u) {
+                tracing::warn!("bus outbox full: a binding change was not published");
+            }
+        }
+        let mut ok = ResponseBuilder::new(msg, 200, "OK");
+        let r = read(replica);
+        for b in r.bindings(&aor, now_ms) {
+            let left = (b.expires_at_ms.saturating_sub(now_ms)).div_ceil(1000);
+            ok = ok.header("Contact", &format!("<{}>;expires={left}", b.contact));
+        }
+        ok.build()
+    }
+}
+
+fn read(replica: &Arc<RwLock<Replica>>) -> std::sync::RwLockReadGuard<'_, Replica> {
+    replica.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn bad(msg: &Message<'_>, reason: &str) -> Vec<u8> {
+    ResponseBuilder::new(msg, 400, reason).build()
+}
+
+/// The extension number an address of record names.
+fn aor_user(to: &NameAddr<'_>) -> Option<String> {
+    match &to.uri {
+        Uri::Sip(u) => u.user_decoded().map(|u| u.into_owned()),
+        Uri::Tel(t) => Some(t.number.to_owned()),
+        _ => None,
+    }
+}
+
+/// A binding's identity within its AOR: instance and reg-id (RFC 5626) when given, else
+/// the contact URI.
+fn binding_key(contact: &NameAddr<'_>) -> String {
+    match (contact.instance(), contact.reg_id()) {
+        (Some(instance), Some(reg_id)) => format!("{instance};reg-id={reg_id}"),
+        (Some(instance), None) => instance.to_owned(),
+        _ => uri_text(contact),
+    }
+}
+
+fn uri_text(contact: &NameAddr<'_>) -> String {
+    contact.uri.to_string()
+}
+
+/// User names from the network, made safe for one log line.
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .take(64)
+        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+        .collect()
+}

@@ -1,0 +1,39 @@
+//! Transports: where SIP bytes come from and go to. UDP is served inline by the worker's
+//! main loop; each TCP connection has a task of its own that frames the stream.
+
+pub mod tcp;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use sipcraft_config::Transport;
+
+/// Where a message came from, or must go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub transport: Transport,
+    pub peer: SocketAddr,
+    /// The connection, for connection-oriented transports.
+    pub conn: Option<u64>,
+}
+
+impl Target {
+    pub fn udp(peer: SocketAddr) -> Self {
+        Target {
+            transport: Transport::Udp,
+            peer,
+            conn: None,
+        }
+    }
+
+    pub fn is_reliable(&self) -> bool {
+        self.transport != Transport::Udp
+    }
+}
+
+/// A message to send: the payload the transaction layer keeps for retransmissions.
+#[derive(Debug, Clone)]
+pub struct Out {
+    pub target: Target,
+    pub bytes: Arc<[u8]>,
+}

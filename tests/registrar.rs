@@ -1,0 +1,241 @@
+//! Registration over UDP and TCP with digest authentication, against the real server.
+
+mod common;
+
+use std::time::Duration;
+
+use common::sip::Phone;
+use common::{wait_for, Server, Setup};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+fn tcp_addr(server: &Server) -> std::net::SocketAddr {
+    server.udp_addr()
+}
+
+#[test]
+fn md5_registration_over_udp_and_tcp() {
+    let server = Server::start(Setup::default());
+    let mut phone = Phone::udp(server.udp_addr(), "1001", "pw1001");
+    let contact = phone.contact();
+    let ok = phone.register(&contact, Some("MD5"));
+    assert_eq!(ok.status, 200, "{}", ok.text);
+    assert!(
+        ok.header("Contact")
+            .unwrap()
+            .contains(&phone.local.to_string()),
+        "{}",
+        ok.text
+    );
+
+    let mut tcp = Phone::tcp(tcp_addr(&server), "1002", "pw1002");
+    let contact = tcp.contact();
+    let ok = tcp.register(&contact, Some("MD5"));
+    assert_eq!(ok.status, 200, "{}", ok.text);
+    assert!(
+        ok.worker().starts_with("tcp-"),
+        "answered by {}",
+        ok.worker()
+    );
+    wait_for(
+        "two bindings in the supervisor's replica",
+        Duration::from_secs(2),
+        || (server.status()["bindings"] == 2).then_some(()),
+    );
+}
+
+#[test]
+fn sha256_registration_and_challenge_order() {
+    let server = Server::start(Setup::default());
+    let mut phone = Phone::udp(server.udp_addr(), "1001", "pw1001");
+    let first = phone.register_once("");
+    assert_eq!(first.status, 401);
+    let algs: Vec<_> = first
+        .headers("WWW-Authenticate")
+        .iter()
+        .map(|c| common::sip::param(c, "algorithm"))
+        .collect();
+    assert_eq!(
+        algs,
+        [Some("MD5".to_string()), Some("SHA-256".to_string())],
+        "MD5 first, explicitly"
+    );
+    let contact = phone.contact();
+    let ok = phone.register(&contact, Some("SHA-256"));
+    assert_eq!(ok.status, 200, "{}", ok.text);
+}
+
+#[test]
+fn wrong_password_and_unknown_user_look_the_same() {
+    let server = Server::start(Setup::default());
+    let mut known = Phone::udp(server.udp_addr(), "1001", "wrong");
+    let mut unknown = Phone::udp(server.udp_addr(), "7777", "wrong");
+    let c1 = known.register_once("");
+    let c2 = unknown.register_once("");
+    assert_eq!(c1.status, 401);
+    assert_eq!(c2.status, 401);
+    let shape = |r: &common::sip::Response| -> Vec<String> {
+        r.headers("WWW-Authenticate")
+            .iter()
+            .map(|c| c.split("nonce=").next().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        shape(&c1),
+        shape(&c2),
+        "same challenge for known and unknown users"
+    );
+    // A wrong password is re-challenged, exactly as an unknown user is.
+    let contact = known.contact();
+    let r1 = known.register(&contact, Some("MD5"));
+    let contact = unknown.contact();
+    let r2 = unknown.register(&contact, Some("MD5"));
+    assert_eq!((r1.status, r2.status), (401, 401));
+    assert_eq!(shape(&r1), shape(&r2));
+}
+
+#[test]
+fn expires_rules_fetch_and_unregister() {
+    let server = Server::start(Setup::default());
+    let mut phone = Phone::udp(server.udp_addr(), "1001", "pw1001");
+    let contact = phone.contact();
+    let brief = phone.register(&format!("{contact}Expires: 10\r\n"), Some("MD5"));
+    assert_eq!(brief.status, 423);
+    assert_eq!(brief.header("Min-Expires").as_deref(), Some("60"));
+    let long = phone.register(&format!("{contact}Expires: 999999\r\n"), Some("MD5"));
+    assert_eq!(long.status, 200);
+    assert!(
+        long.header("Contact").unwrap().ends_with("expires=3600"),
+        "capped at max_expires: {}",
+        long.text
+    );
+    // A second contact, then a fetch lists both.
+    let second = format!("Contact: <sip:1001@127.0.0.1:9;transport=udp>;expires=120\r\n");
+    assert_eq!(phone.register(&second, Some("MD5")).status, 200);
+    let fetch = phone.register("", Some("MD5"));
+    assert_eq!(fetch.status, 200);
+    assert_eq!(fetch.headers("Contact").len(), 2, "{}", fetch.text);
+    // Contact: * with Expires: 0 removes them all.
+    let gone = phone.register("Contact: *\r\nExpires: 0\r\n", Some("MD5"));
+    assert_eq!(gone.status, 200);
+    assert!(gone.headers("Contact").is_empty(), "{}", gone.text);
+    let bad = phone.register("Contact: *\r\nExpires: 60\r\n", Some("MD5"));
+    assert_eq!(bad.status, 400);
+}
+
+#[test]
+fn binding_made_on_one_worker_is_seen_by_the_other() {
+    let server = Server::start(Setup::default());
+    let mut phone = Phone::udp(server.udp_addr(), "1001", "pw1001");
+    let contact = phone.contact();
+    let ok = phone.register(&contact, Some("MD5"));
+    assert_eq!(ok.status, 200);
+    let home = ok.worker();
+    assert!(home.starts_with("udp-"), "{}", ok.text);
+    // Fetch from other source ports until the other worker answers with the binding
+    // (replication is asynchronous: it must land within the deadline, not instantly).
+    let seen = wait_for(
+        "the other worker returns the binding",
+        Duration::from_secs(5),
+        || {
+            let mut probe = Phone::udp(server.udp_addr(), "1001", "pw1001");
+            let r = probe.register("", Some("MD5"));
+            assert_eq!(r.status, 200, "{}", r.text);
+            let has = r
+                .header("Contact")
+                .is_some_and(|c| c.contains(&phone.local.to_string()));
+            (r.worker() != home && has).then_some(r)
+        },
+    );
+    assert!(seen.worker().starts_with("udp-"));
+}
+
+#[test]
+fn killed_worker_loses_no_binding() {
+    let server = Server::start(Setup::default());
+    let mut phones: Vec<Phone> = (0..20)
+        .map(|i| {
+            let n = 1001 + (i % 3);
+            Phone::udp(server.udp_addr(), &n.to_string(), &format!("pw{n}"))
+        })
+        .collect();
+    for p in &mut phones {
+        let contact = p.contact();
+        assert_eq!(p.register(&contact, Some("MD5")).status, 200);
+    }
+    wait_for("20 bindings replicated", Duration::from_secs(2), || {
+        (server.status()["bindings"] == 20).then_some(())
+    });
+    let victim = server.pid_of("udp-0");
+    kill(Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
+    wait_for("udp-0 back", Duration::from_secs(5), || {
+        let c = server.child("udp-0");
+        (c["state"] == "ready" && c["pid"].as_u64() != Some(victim as u64)).then_some(())
+    });
+    // Every worker, the restarted one included, still knows all 20 bindings.
+    let mut answered_by = std::collections::HashSet::new();
+    wait_for(
+        "fetches answered by both workers",
+        Duration::from_secs(10),
+        || {
+            let mut probe = Phone::udp(server.udp_addr(), "1001", "pw1001");
+            let r = probe.register("", Some("MD5"));
+            assert_eq!(r.status, 200);
+            let expected = phones.iter().filter(|p| p.user == "1001").count();
+            assert_eq!(
+                r.headers("Contact").len(),
+                expected,
+                "worker {} lost bindings",
+                r.worker()
+            );
+            answered_by.insert(r.worker());
+            (answered_by.len() == 2).then_some(())
+        },
+    );
+    assert_eq!(server.status()["bindings"], 20);
+}
+
+#[test]
+fn options_to_the_server_is_answered() {
+    let server = Server::start(Setup::default());
+    let mut phone = Phone::udp(server.udp_addr(), "1001", "pw1001");
+    let text = format!(
+        "OPTIONS sip:pbx.test SIP/2.0\r\nVia: SIP/2.0/UDP {l};branch=z9hG4bK-opt1;rport\r\nMax-Forwards: 70\r\n\
+         From: <sip:mon@pbx.test>;tag=m1\r\nTo: <sip:pbx.test>\r\nCall-ID: opt-1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+        l = phone.local
+    );
+    let r = phone.request(&text);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.header("Allow").unwrap().contains("REGISTER"));
+    assert!(r.header("Accept").is_some() && r.header("Supported").is_some());
+}
+
+#[test]
+fn twenty_wrong_passwords_ban_the_source_but_not_others() {
+    let setup = Setup {
+        extra: "[security]\nauth_failures_before_ban = 20\n".into(),
+        ..Setup::default()
+    };
+    let server = Server::start(setup);
+    let mut attacker = Phone::udp(server.udp_addr(), "1001", "guess");
+    let contact = attacker.contact();
+    for _ in 0..20 {
+        assert_eq!(attacker.register(&contact, Some("MD5")).status, 401);
+    }
+    let text = attacker.register_text("");
+    attacker.send(&text);
+    assert!(
+        attacker.recv(Duration::from_millis(500)).is_none(),
+        "banned source is ignored"
+    );
+    assert!(
+        server.log().contains("sipcraft ban: ip=127.0.0.1"),
+        "{}",
+        server.log()
+    );
+
+    // The right password from another source (another loopback address) still registers.
+    let mut other = common::sip::Phone::udp_from("127.0.0.2", server.udp_addr(), "1001", "pw1001");
+    let contact = other.contact();
+    assert_eq!(other.register(&contact, Some("MD5")).status, 200);
+}
