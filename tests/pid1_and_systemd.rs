@@ -163,11 +163,10 @@ fn systemd_gets_ready_after_the_children_and_a_steady_watchdog() {
     );
 
     server.signal(Signal::SIGTERM);
-    let stopping = wait_for("STOPPING=1", Duration::from_secs(5), || {
+    wait_for("STOPPING=1", Duration::from_secs(5), || {
         let n = sock.recv(&mut buf).ok()?;
         String::from_utf8_lossy(&buf[..n])
             .contains("STOPPING=1")
             .then_some(())
     });
-    let _ = stopping;
 }

@@ -110,8 +110,8 @@ fn expires_rules_fetch_and_unregister() {
         long.text
     );
     // A second contact, then a fetch lists both.
-    let second = format!("Contact: <sip:1001@127.0.0.1:9;transport=udp>;expires=120\r\n");
-    assert_eq!(phone.register(&second, Some("MD5")).status, 200);
+    let second = "Contact: <sip:1001@127.0.0.1:9;transport=udp>;expires=120\r\n";
+    assert_eq!(phone.register(second, Some("MD5")).status, 200);
     let fetch = phone.register("", Some("MD5"));
     assert_eq!(fetch.status, 200);
     assert_eq!(fetch.headers("Contact").len(), 2, "{}", fetch.text);

@@ -82,7 +82,7 @@ impl Decoder {
     }
 
     /// Takes the next whole message, if one has arrived.
-    pub fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, CodecError> {
+    pub fn take<T: DeserializeOwned>(&mut self) -> Result<Option<T>, CodecError> {
         let Some(len) = peek_len(&self.buf, self.max)? else {
             return Ok(None);
         };
@@ -127,7 +127,7 @@ mod tests {
         let mut got = Vec::new();
         for byte in &wire {
             dec.push(std::slice::from_ref(byte)).unwrap();
-            while let Some(m) = dec.next::<Probe>().unwrap() {
+            while let Some(m) = dec.take::<Probe>().unwrap() {
                 got.push(m);
             }
         }
@@ -163,6 +163,6 @@ mod tests {
     fn garbage_body_is_a_decode_error() {
         let mut dec = Decoder::new(MAX_FRAME);
         dec.push(&[2, 0, 0, 0, 0xff, 0xff]).unwrap();
-        assert!(matches!(dec.next::<Probe>(), Err(CodecError::Decode(_))));
+        assert!(matches!(dec.take::<Probe>(), Err(CodecError::Decode(_))));
     }
 }

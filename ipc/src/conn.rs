@@ -126,7 +126,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// The next message; `Ok(None)` when the peer closed the connection cleanly.
     pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ConnError> {
         loop {
-            if let Some(msg) = self.decoder.next()? {
+            if let Some(msg) = self.decoder.take()? {
                 return Ok(Some(msg));
             }
             let n = self

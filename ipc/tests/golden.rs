@@ -54,7 +54,7 @@ fn lifecycle_and_update_frames_are_pinned() {
 fn decoder_reads_back_what_was_pinned() {
     let mut dec = Decoder::new(MAX_FRAME);
     dec.push(&[2, 0, 0, 0, 7, 1]).unwrap();
-    let got: Envelope<FromChild> = dec.next().unwrap().unwrap();
+    let got: Envelope<FromChild> = dec.take().unwrap().unwrap();
     assert_eq!(
         got,
         Envelope {

@@ -22,10 +22,21 @@ const DIRECT_QUEUE: usize = 4096;
 /// What the writer task of one child sends.
 #[derive(Debug)]
 pub enum Outgoing {
-    Msg(ToChild),
+    Msg(Box<ToChild>),
     /// Send a fresh snapshot (the child saw a gap).
     Resync,
 }
+
+/// What a child gets when its hello is accepted: its configuration slice and the
+/// instance secret.
+pub type Welcome = (Box<sipcraft_config::Config>, Vec<u8>);
+
+/// A snapshot, its generation, and the updates that follow it.
+type Subscription = (
+    u64,
+    Vec<sipcraft_ipc::state::SnapshotPart>,
+    broadcast::Receiver<(u64, Arc<Update>)>,
+);
 
 /// Events from child connections to the supervisor's main loop.
 #[derive(Debug)]
@@ -36,7 +47,7 @@ pub enum BusEvent {
         pid: u32,
         role: Role,
         link: mpsc::Sender<Outgoing>,
-        reply: oneshot::Sender<Result<(Box<sipcraft_config::Config>, Vec<u8>), String>>,
+        reply: oneshot::Sender<Result<Welcome, String>>,
     },
     Ready {
         name: String,
@@ -87,13 +98,7 @@ impl Hub {
     }
 
     /// A snapshot and a subscription that starts exactly after it.
-    fn subscribe(
-        &self,
-    ) -> (
-        u64,
-        Vec<sipcraft_ipc::state::SnapshotPart>,
-        broadcast::Receiver<(u64, Arc<Update>)>,
-    ) {
+    fn subscribe(&self) -> Subscription {
         let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         (
             st.replica.seq(),
@@ -118,10 +123,10 @@ impl Hub {
         let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
         match routes.get(to) {
             Some(tx) => tx
-                .try_send(Outgoing::Msg(ToChild::Deliver {
+                .try_send(Outgoing::Msg(Box::new(ToChild::Deliver {
                     from: from.to_owned(),
                     msg,
-                }))
+                })))
                 .is_ok(),
             None => false,
         }
@@ -245,7 +250,7 @@ async fn write_loop(
         let msg = tokio::select! {
             biased;
             out = direct.recv() => match out {
-                Some(Outgoing::Msg(msg)) => msg,
+                Some(Outgoing::Msg(msg)) => *msg,
                 Some(Outgoing::Resync) => {
                     match send_snapshot(&hub, &mut writer).await {
                         Some(rx) => updates = rx,

@@ -557,7 +557,7 @@ impl Supervisor {
             .iter()
             .find(|c| c.name == name)
             .and_then(|c| c.link.as_ref())
-            .is_some_and(|l| l.try_send(Outgoing::Msg(msg)).is_ok())
+            .is_some_and(|l| l.try_send(Outgoing::Msg(Box::new(msg))).is_ok())
     }
 
     fn on_control(&mut self, request: ControlRequest) -> ControlResponse {
@@ -670,7 +670,7 @@ impl Supervisor {
         let slice = self.slice();
         for child in &self.children {
             if let Some(link) = &child.link {
-                let _ = link.try_send(Outgoing::Msg(ToChild::Reload(slice.clone())));
+                let _ = link.try_send(Outgoing::Msg(Box::new(ToChild::Reload(slice.clone()))));
             }
         }
         let mut msg = String::from("configuration reloaded");
@@ -710,7 +710,7 @@ impl Supervisor {
                 let told = child
                     .link
                     .as_ref()
-                    .is_some_and(|l| l.try_send(Outgoing::Msg(ToChild::Stop)).is_ok());
+                    .is_some_and(|l| l.try_send(Outgoing::Msg(Box::new(ToChild::Stop))).is_ok());
                 if !told {
                     process::terminate(pid);
                 }
@@ -794,10 +794,9 @@ impl Supervisor {
             plan.dbagent_told = true;
             for c in self.children.iter().filter(|c| c.kind == Kind::DbAgent) {
                 if let Some(pid) = c.pid {
-                    let told = c
-                        .link
-                        .as_ref()
-                        .is_some_and(|l| l.try_send(Outgoing::Msg(ToChild::Stop)).is_ok());
+                    let told = c.link.as_ref().is_some_and(|l| {
+                        l.try_send(Outgoing::Msg(Box::new(ToChild::Stop))).is_ok()
+                    });
                     if !told {
                         process::terminate(pid);
                     }
