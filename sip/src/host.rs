@@ -30,7 +30,9 @@ impl<'a> Host<'a> {
             return bad("empty host");
         }
         let b = s.as_bytes();
-        if b.last().is_some_and(u8::is_ascii_digit) && s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        if b.last().is_some_and(u8::is_ascii_digit)
+            && s.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        {
             return match s.parse::<Ipv4Addr>() {
                 Ok(a) => Ok(Host::V4(a)),
                 // All-numeric labels are not a valid host name either.

@@ -196,10 +196,25 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// Removes the backslashes of `quoted-pair`s, borrowing when there are none.
+/// Replaces each line fold (CRLF and the white space after it) with one SP, as RFC 3261
+/// §7.3.1 allows a recipient to do; borrows when there is none.
+pub fn unfold(s: &str) -> Cow<'_, str> {
+    if !s.contains('\r') {
+        return Cow::Borrowed(s);
+    }
+    let mut out = Vec::with_capacity(s.len());
+    crate::message::push_unfolded(&mut out, s);
+    Cow::Owned(
+        String::from_utf8(out)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+    )
+}
+
+/// Removes the backslashes of `quoted-pair`s and unfolds folded lines, borrowing when there
+/// is nothing to change.
 pub fn unescape_quoted(s: &str) -> Cow<'_, str> {
     if !s.contains('\\') {
-        return Cow::Borrowed(s);
+        return unfold(s);
     }
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();
@@ -212,7 +227,10 @@ pub fn unescape_quoted(s: &str) -> Cow<'_, str> {
             out.push(c);
         }
     }
-    Cow::Owned(out)
+    match unfold(&out) {
+        Cow::Borrowed(_) => Cow::Owned(out),
+        Cow::Owned(o) => Cow::Owned(o),
+    }
 }
 
 /// Splits a list header value (`a, b, c`) at top-level commas: commas inside quoted strings

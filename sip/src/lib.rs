@@ -37,7 +37,7 @@ mod validate;
 pub use error::{HeaderError, ParseError, SyntaxError};
 pub use framing::{frame, Frame};
 pub use host::Host;
-pub use lex::unescape_quoted;
+pub use lex::{unescape_quoted, unfold};
 pub use limits::Limits;
 pub use message::{Header, Message, RequestLine, StartLine, StatusLine, Version};
 pub use method::Method;

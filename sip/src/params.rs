@@ -8,15 +8,27 @@ use std::borrow::Cow;
 use std::fmt;
 
 use crate::error::{bad, SResult};
-use crate::lex::{is_token, unescape_quoted, Cursor};
+use crate::lex::{unescape_quoted, unfold, Cursor};
 
-/// One parameter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One parameter. Two parameters are equal when their names and values are, line folds
+/// inside a quoted value counting as one SP.
+#[derive(Debug, Clone, Copy, Eq)]
 pub struct Param<'a> {
     /// Parameter name, as written.
     pub name: &'a str,
     /// Raw value: `None` for a bare name; a quoted value keeps its quotes.
     pub value: Option<&'a str>,
+}
+
+impl PartialEq for Param<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+            && match (self.value, other.value) {
+                (Some(a), Some(b)) => a == b || unfold(a) == unfold(b),
+                (None, None) => true,
+                _ => false,
+            }
+    }
 }
 
 impl<'a> Param<'a> {
@@ -49,9 +61,12 @@ impl PartialEq for Params<'_> {
 
 impl Eq for Params<'_> {}
 
+static VALUE: [bool; 256] = crate::lex::class(true, b"-.!%*_+`'~:[]");
+
+/// `gen-value` characters outside quotes: token plus what an IPv6 address needs.
 #[inline]
 fn is_value_char(b: u8) -> bool {
-    is_token(b) || matches!(b, b':' | b'[' | b']')
+    VALUE[b as usize]
 }
 
 /// Reads one `name [= value]` at the cursor (just after the `;` and its white space).

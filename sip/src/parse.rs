@@ -44,7 +44,9 @@ pub(crate) fn parse_lenient<'a>(
     let mut fault = (buf.len() > limits.max_message_size).then_some(ParseError::TooLarge);
 
     // The header section: up to the empty line, or (datagram) to the end of the buffer.
-    let window = buf.get(..limits.max_head_size.saturating_add(4)).unwrap_or(buf);
+    let window = buf
+        .get(..limits.max_head_size.saturating_add(4))
+        .unwrap_or(buf);
     let (head_len, body_start) = match HEAD_END.find(window) {
         Some(i) => (i + 2, i + 4),
         None if buf.len() <= limits.max_head_size => (buf.len(), buf.len()),
@@ -87,7 +89,10 @@ pub(crate) fn parse_lenient<'a>(
         }
         let line = head.get(pos..end).ok_or(ParseError::HeaderLine)?;
         let colon = memchr(b':', line.as_bytes()).ok_or(ParseError::HeaderLine)?;
-        let raw_name = line.get(..colon).unwrap_or("").trim_end_matches([' ', '\t']);
+        let raw_name = line
+            .get(..colon)
+            .unwrap_or("")
+            .trim_end_matches([' ', '\t']);
         if !is_token_str(raw_name) {
             return Err(ParseError::HeaderLine);
         }
@@ -155,7 +160,8 @@ fn offset32(v: usize) -> u32 {
 }
 
 /// The end of the header section, with its searcher built once.
-static HEAD_END: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"\r\n\r\n"));
+static HEAD_END: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\r\n\r\n"));
 
 /// Finds the CRLF ending the line that starts at `from`: returns its offset and whether
 /// the next line folds into this one (starts with SP or HTAB). A bare CR or LF, or a buffer

@@ -40,6 +40,28 @@ impl<'a> AuthParams<'a> {
     }
 }
 
+/// Reads one `auth-param` at the cursor.
+fn next_auth_param<'a>(c: &mut Cursor<'a>) -> SResult<(&'a str, &'a str)> {
+    let Some(name) = c.token() else {
+        return bad("invalid auth parameter name");
+    };
+    if !c.eat_sep(b'=') {
+        return bad("auth parameter without value");
+    }
+    let start = c.pos();
+    if c.peek() == Some(b'"') {
+        if c.quoted().is_none() {
+            return bad("unterminated quoted auth parameter");
+        }
+    } else if c
+        .take_while(|b| is_token(b) || b == b'/' || b == b'=')
+        .is_empty()
+    {
+        return bad("empty auth parameter value");
+    }
+    Ok((name, c.slice(start, c.pos())))
+}
+
 /// `auth-param-name EQUAL ( token / quoted-string )`
 fn auth_param(item: &str) -> SResult<(&str, &str)> {
     let mut c = Cursor::new(item);
@@ -157,11 +179,20 @@ impl<'a> DigestCredentials<'a> {
         }
         let digest = scheme.eq_ignore_ascii_case("Digest");
         let mut d = DigestCredentials::default();
-        for item in split_commas(c.rest()) {
-            let (name, value) = auth_param(item)?;
+        // One pass: param, then `,` or the end.
+        loop {
+            let (name, value) = next_auth_param(&mut c)?;
             if digest {
                 d.set(name, value);
             }
+            c.skip_ws();
+            if c.at_end() {
+                break;
+            }
+            if !c.eat(b',') {
+                return bad("expected , between auth parameters");
+            }
+            c.skip_ws();
         }
         Ok(digest.then_some(d))
     }

@@ -35,7 +35,10 @@ impl<'a> Uri<'a> {
         let Some(colon) = memchr::memchr(b':', s.as_bytes()) else {
             return bad("URI without scheme");
         };
-        let (scheme, rest) = (s.get(..colon).unwrap_or(""), s.get(colon + 1..).unwrap_or(""));
+        let (scheme, rest) = (
+            s.get(..colon).unwrap_or(""),
+            s.get(colon + 1..).unwrap_or(""),
+        );
         if !is_scheme(scheme) {
             return bad("invalid URI scheme");
         }

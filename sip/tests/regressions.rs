@@ -1,0 +1,51 @@
+//! Inputs found by fuzzing (`fuzz/`), kept so each finding stays fixed.
+
+use sipcraft_sip::{parse, Limits};
+
+/// Parses, prints, parses again and checks the typed core headers are unchanged.
+fn round_trip_holds(raw: &[u8]) {
+    let Ok(m) = parse(raw, &Limits::default()) else {
+        return;
+    };
+    let printed = m.to_bytes();
+    let again = parse(&printed, &Limits::default()).expect("printed form parses");
+    assert_eq!(again.from(), m.from());
+    assert_eq!(again.to(), m.to());
+    assert_eq!(
+        again.vias().collect::<Vec<_>>(),
+        m.vias().collect::<Vec<_>>()
+    );
+    assert_eq!(again.contacts(), m.contacts());
+    assert_eq!(again.cseq(), m.cseq());
+    assert_eq!(
+        again.digest_credentials(false).collect::<Vec<_>>(),
+        m.digest_credentials(false).collect::<Vec<_>>()
+    );
+}
+
+/// A quoted display name folded over two lines printed unfolded and then compared unequal
+/// to the original: folds are white space (RFC 3261 §7.3.1), so equality now unfolds.
+#[test]
+fn folded_quoted_display_name() {
+    let raw = include_bytes!("regressions/folded-display-name.bin");
+    let m = parse(raw, &Limits::default()).expect("parses");
+    let from = m.from().expect("From parses");
+    assert!(from
+        .display_name
+        .is_some_and(|d| d.text().contains("]]] sip:vivekg")));
+    round_trip_holds(raw);
+}
+
+#[test]
+fn folds_inside_quoted_parameter_values() {
+    let raw = b"REGISTER sip:a SIP/2.0\r\nFrom: <sip:a@b>;x=\"one\r\n two\";tag=1\r\nAuthorization: Digest username=\"al\r\n\tice\", realm=\"r\"\r\n\r\n";
+    round_trip_holds(raw);
+    let m = parse(raw, &Limits::default()).unwrap();
+    let d = m
+        .digest_credentials(false)
+        .next()
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.username.as_deref(), Some("al ice"));
+}
