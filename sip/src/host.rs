@@ -26,23 +26,14 @@ impl<'a> Host<'a> {
             };
             return parse_v6(inner).map(Host::V6);
         }
-        if s.is_empty() {
-            return bad("empty host");
-        }
-        let b = s.as_bytes();
-        if b.last().is_some_and(u8::is_ascii_digit)
-            && s.bytes().all(|b| b.is_ascii_digit() || b == b'.')
-        {
-            return match s.parse::<Ipv4Addr>() {
+        match classify(s) {
+            HostKind::Name => Ok(Host::Domain(s)),
+            HostKind::Numeric => match s.parse::<Ipv4Addr>() {
                 Ok(a) => Ok(Host::V4(a)),
                 // All-numeric labels are not a valid host name either.
                 Err(_) => bad("invalid IPv4 address"),
-            };
-        }
-        if is_hostname(s) {
-            Ok(Host::Domain(s))
-        } else {
-            bad("invalid host name")
+            },
+            HostKind::Invalid => bad("invalid host name"),
         }
     }
 
@@ -100,19 +91,41 @@ impl fmt::Display for Host<'_> {
     }
 }
 
-/// `hostname = *( domainlabel "." ) toplabel [ "." ]`, loosely: labels of alphanum and `-`
-/// (and `_`, which real deployments use), not starting or ending with `-`.
-fn is_hostname(s: &str) -> bool {
-    let s = s.strip_suffix('.').unwrap_or(s);
-    !s.is_empty()
-        && s.len() <= 255
-        && s.split('.').all(|l| {
-            !l.is_empty()
-                && l.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        })
+enum HostKind {
+    Name,
+    Numeric,
+    Invalid,
+}
+
+/// One pass over a host that is not an IPv6 reference: digits and dots only (an IPv4
+/// address to check), a valid `hostname` (`*( domainlabel "." ) toplabel [ "." ]`, with `_`
+/// tolerated since real deployments use it), or neither.
+fn classify(s: &str) -> HostKind {
+    let b = s.strip_suffix('.').unwrap_or(s).as_bytes();
+    if b.is_empty() || b.len() > 255 {
+        return HostKind::Invalid;
+    }
+    let mut prev = b'.';
+    let mut numeric = true;
+    for &c in b {
+        match c {
+            b'.' if prev == b'.' || prev == b'-' => return HostKind::Invalid,
+            b'-' if prev == b'.' => return HostKind::Invalid,
+            b'.' => {}
+            b'0'..=b'9' => {}
+            b'-' | b'_' => numeric = false,
+            c if c.is_ascii_alphabetic() => numeric = false,
+            _ => return HostKind::Invalid,
+        }
+        prev = c;
+    }
+    if prev == b'-' {
+        HostKind::Invalid
+    } else if numeric {
+        HostKind::Numeric
+    } else {
+        HostKind::Name
+    }
 }
 
 /// An IPv6 address; also tolerates the three-colon form before an embedded IPv4 address

@@ -153,10 +153,9 @@ impl<'a> Cursor<'a> {
     #[inline]
     pub(crate) fn take_while(&mut self, f: impl Fn(u8) -> bool) -> &'a str {
         let start = self.pos;
-        let bytes = self.s.as_bytes();
-        while bytes.get(self.pos).is_some_and(|&b| f(b)) {
-            self.pos += 1;
-        }
+        let rest = self.s.as_bytes().get(start..).unwrap_or_default();
+        let n = rest.iter().position(|&b| !f(b)).unwrap_or(rest.len());
+        self.pos = start + n;
         self.slice(start, self.pos)
     }
 
@@ -176,9 +175,11 @@ impl<'a> Cursor<'a> {
         let start = self.pos;
         let bytes = self.s.as_bytes();
         loop {
-            while bytes.get(self.pos).is_some_and(|&b| QDTEXT[b as usize]) {
-                self.pos += 1;
-            }
+            let rest = bytes.get(self.pos..).unwrap_or_default();
+            self.pos += rest
+                .iter()
+                .position(|&b| !QDTEXT[b as usize])
+                .unwrap_or(rest.len());
             match bytes.get(self.pos).copied() {
                 Some(b'"') => {
                     let inner = self.slice(start, self.pos);
@@ -199,7 +200,7 @@ impl<'a> Cursor<'a> {
 /// Replaces each line fold (CRLF and the white space after it) with one SP, as RFC 3261
 /// §7.3.1 allows a recipient to do; borrows when there is none.
 pub fn unfold(s: &str) -> Cow<'_, str> {
-    if !s.contains('\r') {
+    if memchr::memchr(b'\r', s.as_bytes()).is_none() {
         return Cow::Borrowed(s);
     }
     let mut out = Vec::with_capacity(s.len());
@@ -213,8 +214,10 @@ pub fn unfold(s: &str) -> Cow<'_, str> {
 /// Removes the backslashes of `quoted-pair`s and unfolds folded lines, borrowing when there
 /// is nothing to change.
 pub fn unescape_quoted(s: &str) -> Cow<'_, str> {
-    if !s.contains('\\') {
-        return unfold(s);
+    match memchr::memchr2(b'\\', b'\r', s.as_bytes()) {
+        None => return Cow::Borrowed(s),
+        Some(i) if s.as_bytes().get(i) == Some(&b'\r') && !s.contains('\\') => return unfold(s),
+        Some(_) => {}
     }
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();

@@ -78,6 +78,8 @@ pub struct Header<'a> {
     pub value: &'a str,
     /// Start and end (before CRLF) of the line in [`Message::as_bytes`].
     pub(crate) line: (u32, u32),
+    /// Offset of the colon after the name.
+    pub(crate) colon: u32,
 }
 
 /// A parsed SIP message that borrows the buffer it was read from.

@@ -52,6 +52,11 @@ macro_rules! header_names {
 
             /// Reads a header name (case-insensitive, compact forms allowed).
             pub fn parse(s: &'a str) -> HeaderName<'a> {
+                // Most senders use the canonical spelling: try it first, exactly.
+                match s {
+                    $( $canon => return HeaderName::$variant, )*
+                    _ => {}
+                }
                 let mut buf = [0u8; 24];
                 let Some(dst) = buf.get_mut(..s.len()) else {
                     return HeaderName::Other(s);

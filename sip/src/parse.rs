@@ -1,9 +1,7 @@
 //! Reading a buffer into a [`Message`]: start line, one pass over the header lines, and
 //! Content-Length framing of the body (RFC 3261 §7, §18.3).
 
-use std::sync::LazyLock;
-
-use memchr::{memchr, memchr2, memmem};
+use memchr::memchr2;
 
 use crate::error::ParseError;
 use crate::header::parse_content_length;
@@ -43,38 +41,25 @@ pub(crate) fn parse_lenient<'a>(
     }
     let mut fault = (buf.len() > limits.max_message_size).then_some(ParseError::TooLarge);
 
-    // The header section: up to the empty line, or (datagram) to the end of the buffer.
-    let window = buf
-        .get(..limits.max_head_size.saturating_add(4))
-        .unwrap_or(buf);
-    let (head_len, body_start) = match HEAD_END.find(window) {
-        Some(i) => (i + 2, i + 4),
-        None if buf.len() <= limits.max_head_size => (buf.len(), buf.len()),
-        None => return Err(ParseError::HeadTooLarge),
-    };
-    if head_len > limits.max_head_size {
-        return Err(ParseError::HeadTooLarge);
-    }
-    let head_bytes = buf.get(..head_len).unwrap_or_default();
-    let head = std::str::from_utf8(head_bytes).map_err(|_| ParseError::NotUtf8)?;
-
-    // Start line.
-    let (sl_end, _) = line_end(head_bytes, 0)?;
-    let line = head.get(..sl_end).ok_or(ParseError::StartLine)?;
-    let (start, start_fault) = parse_start_line(line)?;
-
-    // Header lines.
+    // Pass 1: walk the line ends (rejecting bare CR and LF) up to the empty line, or
+    // (datagram) the end of the buffer, noting each header line's span and colon.
+    let (sl_end, _) = line_end(buf, 0)?;
     let mut headers: Vec<Header<'a>> = Vec::with_capacity(16);
-    let mut first = [0u16; KNOWN];
-    let mut count = [0u8; KNOWN];
-    let mut content_length: Option<Result<usize, ()>> = None;
-    let mut pos = sl_end + 2;
     let max_headers = limits.max_headers.min(usize::from(u16::MAX) - 1);
-    while pos < head_len {
+    let mut pos = sl_end + 2;
+    let (head_len, body_start) = loop {
+        if pos > limits.max_head_size {
+            return Err(ParseError::HeadTooLarge);
+        }
+        match buf.get(pos..pos + 2) {
+            None if pos == buf.len() => break (pos, pos),
+            Some(b"\r\n") => break (pos, pos + 2),
+            _ => {}
+        }
         // The line ends at a CRLF not followed by SP/HTAB (which would fold it).
         let mut end = pos;
         loop {
-            let (e, folded) = line_end(head_bytes, end)?;
+            let (e, folded) = line_end(buf, end)?;
             end = e;
             if !folded {
                 break;
@@ -87,21 +72,44 @@ pub(crate) fn parse_lenient<'a>(
         if headers.len() >= max_headers {
             return Err(ParseError::TooManyHeaders);
         }
-        let line = head.get(pos..end).ok_or(ParseError::HeaderLine)?;
-        let colon = memchr(b':', line.as_bytes()).ok_or(ParseError::HeaderLine)?;
-        let raw_name = line
-            .get(..colon)
-            .unwrap_or("")
-            .trim_end_matches([' ', '\t']);
+        let line = buf.get(pos..end).unwrap_or_default();
+        let colon = pos
+            + line
+                .iter()
+                .position(|&b| b == b':')
+                .ok_or(ParseError::HeaderLine)?;
+        headers.push(Header {
+            name: HeaderName::Other(""),
+            raw_name: "",
+            value: "",
+            line: (offset32(pos), offset32(end)),
+            colon: offset32(colon),
+        });
+        pos = end + 2;
+    };
+    if head_len > limits.max_head_size {
+        return Err(ParseError::HeadTooLarge);
+    }
+    let head = std::str::from_utf8(buf.get(..head_len).unwrap_or_default())
+        .map_err(|_| ParseError::NotUtf8)?;
+    let (start, start_fault) = parse_start_line(head.get(..sl_end).ok_or(ParseError::StartLine)?)?;
+
+    // Pass 2: names and values, the table of first occurrences, Content-Length.
+    let mut first = [0u16; KNOWN];
+    let mut count = [0u8; KNOWN];
+    let mut content_length: Option<Result<usize, ()>> = None;
+    for (i, h) in headers.iter_mut().enumerate() {
+        let (pos, colon, end) = (h.line.0 as usize, h.colon as usize, h.line.1 as usize);
+        let raw_name = trim_end_sp(head.get(pos..colon).unwrap_or(""));
         if !is_token_str(raw_name) {
             return Err(ParseError::HeaderLine);
         }
-        let value = trim_ws(line.get(colon + 1..).unwrap_or(""));
+        let value = trim_ws(head.get(colon + 1..end).unwrap_or(""));
         let name = HeaderName::parse(raw_name);
         if let Some(k) = name.index() {
             if let (Some(f), Some(c)) = (first.get_mut(k), count.get_mut(k)) {
                 if *f == 0 {
-                    *f = u16::try_from(headers.len() + 1).unwrap_or(u16::MAX);
+                    *f = u16::try_from(i + 1).unwrap_or(u16::MAX);
                 }
                 *c = c.saturating_add(1);
             }
@@ -114,13 +122,9 @@ pub(crate) fn parse_lenient<'a>(
                 };
             }
         }
-        headers.push(Header {
-            name,
-            raw_name,
-            value,
-            line: (offset32(pos), offset32(end)),
-        });
-        pos = end + 2;
+        h.name = name;
+        h.raw_name = raw_name;
+        h.value = value;
     }
 
     // Body.
@@ -155,13 +159,18 @@ pub(crate) fn parse_lenient<'a>(
     Ok((msg, fault))
 }
 
+/// Trims SP and HTAB from the end (between a header name and its colon).
+fn trim_end_sp(s: &str) -> &str {
+    let n = s
+        .bytes()
+        .rposition(|b| b != b' ' && b != b'\t')
+        .map_or(0, |i| i + 1);
+    s.get(..n).unwrap_or("")
+}
+
 fn offset32(v: usize) -> u32 {
     u32::try_from(v).unwrap_or(u32::MAX)
 }
-
-/// The end of the header section, with its searcher built once.
-static HEAD_END: LazyLock<memmem::Finder<'static>> =
-    LazyLock::new(|| memmem::Finder::new(b"\r\n\r\n"));
 
 /// Finds the CRLF ending the line that starts at `from`: returns its offset and whether
 /// the next line folds into this one (starts with SP or HTAB). A bare CR or LF, or a buffer
@@ -178,6 +187,9 @@ fn line_end(buf: &[u8], from: usize) -> Result<(usize, bool), ParseError> {
 
 /// `SIP/x.y`, case-insensitive.
 fn parse_version(s: &str) -> Option<Version> {
+    if s == "SIP/2.0" {
+        return Some(Version::SIP_2_0);
+    }
     let v = s.get(..4).filter(|p| p.eq_ignore_ascii_case("SIP/"))?;
     let _ = v;
     let (maj, min) = s.get(4..)?.split_once('.')?;

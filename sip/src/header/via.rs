@@ -32,6 +32,12 @@ pub enum Transport<'a> {
 impl<'a> Transport<'a> {
     /// Reads a transport token, case-insensitively.
     pub fn parse(s: &'a str) -> Transport<'a> {
+        match s {
+            "UDP" => return Transport::Udp,
+            "TCP" => return Transport::Tcp,
+            "TLS" => return Transport::Tls,
+            _ => {}
+        }
         const KNOWN: [(&str, Transport<'static>); 6] = [
             ("UDP", Transport::Udp),
             ("TCP", Transport::Tcp),
