@@ -4,7 +4,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::error::{bad, SResult};
+use crate::error::{bad, SResult, SyntaxError};
 
 /// A host: domain name or IP address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -28,11 +28,10 @@ impl<'a> Host<'a> {
         }
         match classify(s) {
             HostKind::Name => Ok(Host::Domain(s)),
-            HostKind::Numeric => match s.parse::<Ipv4Addr>() {
-                Ok(a) => Ok(Host::V4(a)),
-                // All-numeric labels are not a valid host name either.
-                Err(_) => bad("invalid IPv4 address"),
-            },
+            // All-numeric labels are not a valid host name either.
+            HostKind::Numeric => parse_v4(s)
+                .map(Host::V4)
+                .ok_or(SyntaxError("invalid IPv4 address")),
             HostKind::Invalid => bad("invalid host name"),
         }
     }
@@ -43,7 +42,7 @@ impl<'a> Host<'a> {
         if s.starts_with('[') {
             return Host::parse(s);
         }
-        if let Ok(a) = s.parse::<Ipv4Addr>() {
+        if let Some(a) = parse_v4(s) {
             return Ok(Host::V4(a));
         }
         parse_v6(s).map(Host::V6)
@@ -89,6 +88,25 @@ impl fmt::Display for Host<'_> {
             Host::V6(a) => write!(f, "[{a}]"),
         }
     }
+}
+
+/// `IPv4address = 1*3DIGIT "." 1*3DIGIT "." 1*3DIGIT "." 1*3DIGIT`, each at most 255
+/// (leading zeros allowed, as the grammar allows them).
+fn parse_v4(s: &str) -> Option<Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut parts = s.split('.');
+    for o in &mut octets {
+        let p = parts.next()?;
+        if p.is_empty() || p.len() > 3 || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        *o = p
+            .bytes()
+            .fold(0u16, |v, b| v * 10 + u16::from(b - b'0'))
+            .try_into()
+            .ok()?;
+    }
+    parts.next().is_none().then(|| Ipv4Addr::from(octets))
 }
 
 enum HostKind {
@@ -166,6 +184,13 @@ mod tests {
         assert!(Host::parse("2001:db8::10").is_err());
         assert!(Host::parse("[2001:db8::10").is_err());
         assert!(Host::parse("256.1.1.1").is_err());
+        assert!(Host::parse("1.2.3").is_err());
+        assert!(Host::parse("1.2.3.4.5").is_err());
+        assert!(Host::parse("1..3.4").is_err());
+        assert_eq!(
+            Host::parse("010.000.002.001"),
+            Ok(Host::V4(Ipv4Addr::new(10, 0, 2, 1)))
+        );
         assert!(Host::parse("-bad.com").is_err());
         assert!(Host::parse("").is_err());
         assert!(Host::parse("a b").is_err());

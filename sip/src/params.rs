@@ -98,6 +98,15 @@ impl<'a> Params<'a> {
     /// Reads `*( SEMI generic-param )` from the cursor. Stops (without error) at the first
     /// thing that is not `;`; the caller decides whether more may follow.
     pub(crate) fn parse(c: &mut Cursor<'a>) -> SResult<Params<'a>> {
+        Params::parse_with(c, |_| Ok(()))
+    }
+
+    /// Like [`Params::parse`], handing each parameter to `each` as it is read, so a header
+    /// can check and remember the parameters it cares about in the same pass.
+    pub(crate) fn parse_with(
+        c: &mut Cursor<'a>,
+        mut each: impl FnMut(Param<'a>) -> SResult<()>,
+    ) -> SResult<Params<'a>> {
         let save = c.pos();
         c.skip_ws();
         if c.peek() != Some(b';') {
@@ -112,7 +121,7 @@ impl<'a> Params<'a> {
                 c.set_pos(mark);
                 break;
             }
-            param(c)?;
+            each(param(c)?)?;
             end = c.pos();
         }
         c.set_pos(end);

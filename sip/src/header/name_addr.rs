@@ -57,6 +57,9 @@ pub struct NameAddr<'a> {
     pub bracketed: bool,
     /// Header parameters (after the URI).
     pub params: Params<'a>,
+    /// `tag` and `expires`, remembered from the parsing pass.
+    tag: Option<&'a str>,
+    expires: Option<&'a str>,
 }
 
 impl<'a> NameAddr<'a> {
@@ -117,7 +120,15 @@ impl<'a> NameAddr<'a> {
             }
         }
         let uri = Uri::parse(uri_text)?;
-        let params = Params::parse(&mut c)?;
+        let (mut tag, mut expires) = (None, None);
+        let params = Params::parse_with(&mut c, |p| {
+            if p.name.len() == 3 && p.name.eq_ignore_ascii_case("tag") {
+                tag = tag.or(p.value);
+            } else if p.name.len() == 7 && p.name.eq_ignore_ascii_case("expires") {
+                expires = expires.or(p.value);
+            }
+            Ok(())
+        })?;
         c.skip_ws();
         if !c.at_end() {
             return bad("unexpected text after address");
@@ -127,12 +138,14 @@ impl<'a> NameAddr<'a> {
             uri,
             bracketed,
             params,
+            tag,
+            expires,
         })
     }
 
     /// The `tag` parameter (From/To).
     pub fn tag(&self) -> Option<&'a str> {
-        self.params.value("tag").flatten()
+        self.tag
     }
 
     /// The `q` parameter (Contact) in thousandths: `q=0.33` gives 330. `None` when absent
@@ -144,7 +157,7 @@ impl<'a> NameAddr<'a> {
     /// The `expires` parameter (Contact), saturating at `u32::MAX` for longer numbers (a
     /// registrar clamps to its own maximum anyway). `None` when absent or not a number.
     pub fn expires(&self) -> Option<u32> {
-        parse_delta_seconds(self.params.value("expires")??)
+        parse_delta_seconds(self.expires?)
     }
 
     /// The `+sip.instance` parameter (RFC 5626), without its quotes and `<>`.

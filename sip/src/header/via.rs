@@ -86,6 +86,16 @@ pub struct Via<'a> {
     pub port: Option<u16>,
     /// Via parameters.
     pub params: Params<'a>,
+    /// `branch`, `received` and `rport` as read while checking the parameters.
+    known: Known<'a>,
+}
+
+/// The parameters every Via lookup wants, remembered from the parsing pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Known<'a> {
+    branch: Option<&'a str>,
+    received: Option<&'a str>,
+    rport: Option<Option<&'a str>>,
 }
 
 impl<'a> Via<'a> {
@@ -93,12 +103,13 @@ impl<'a> Via<'a> {
     pub fn parse(s: &'a str) -> SResult<Via<'a>> {
         let mut c = Cursor::new(s);
         let mut via = sent_protocol_and_by(&mut c)?;
-        via.params = Params::parse(&mut c)?;
+        let mut known = Known::default();
+        via.params = Params::parse_with(&mut c, |p| check_param(p, &mut known))?;
+        via.known = known;
         c.skip_ws();
         if !c.at_end() {
             return bad("unexpected text in Via");
         }
-        via.check_params()?;
         Ok(via)
     }
 
@@ -114,33 +125,9 @@ impl<'a> Via<'a> {
         }
     }
 
-    fn check_params(&self) -> SResult<()> {
-        for p in self.params.iter() {
-            let name = p.name;
-            let v = p.value;
-            let ok = if name.eq_ignore_ascii_case("branch") {
-                v.is_some_and(|v| !v.starts_with('"'))
-            } else if name.eq_ignore_ascii_case("received") {
-                v.is_some_and(|v| Host::parse_address(v).is_ok())
-            } else if name.eq_ignore_ascii_case("rport") {
-                v.is_none_or(|v| v.parse::<u16>().is_ok())
-            } else if name.eq_ignore_ascii_case("ttl") {
-                v.is_some_and(|v| v.len() <= 3 && parse_u32(v).is_some_and(|t| t <= 255))
-            } else if name.eq_ignore_ascii_case("maddr") {
-                v.is_some_and(|v| Host::parse(v).is_ok())
-            } else {
-                true
-            };
-            if !ok {
-                return bad("invalid Via parameter");
-            }
-        }
-        Ok(())
-    }
-
     /// The `branch` parameter.
     pub fn branch(&self) -> Option<&'a str> {
-        self.params.value("branch").flatten()
+        self.known.branch
     }
 
     /// Whether the branch is an RFC 3261 transaction id: starts with the magic cookie and
@@ -152,7 +139,7 @@ impl<'a> Via<'a> {
 
     /// The `received` parameter, as an address.
     pub fn received(&self) -> Option<Host<'a>> {
-        Host::parse_address(self.params.value("received")??).ok()
+        Host::parse_address(self.known.received?).ok()
     }
 
     /// The `rport` parameter: `None` when absent, `Some(None)` when present without value
@@ -181,6 +168,36 @@ impl<'a> Via<'a> {
             } else {
                 5060
             })
+    }
+}
+
+/// Checks one Via parameter and remembers the ones [`Via`] looks up.
+fn check_param<'a>(p: crate::params::Param<'a>, known: &mut Known<'a>) -> SResult<()> {
+    let name = p.name;
+    let v = p.value;
+    let ok = match name.len() {
+        6 if name.eq_ignore_ascii_case("branch") => {
+            known.branch = known.branch.or(v);
+            v.is_some_and(|v| !v.starts_with('"'))
+        }
+        8 if name.eq_ignore_ascii_case("received") => {
+            known.received = known.received.or(v);
+            v.is_some_and(|v| Host::parse_address(v).is_ok())
+        }
+        5 if name.eq_ignore_ascii_case("rport") => {
+            known.rport = known.rport.or(Some(v));
+            v.is_none_or(|v| v.parse::<u16>().is_ok())
+        }
+        3 if name.eq_ignore_ascii_case("ttl") => {
+            v.is_some_and(|v| v.len() <= 3 && parse_u32(v).is_some_and(|t| t <= 255))
+        }
+        5 if name.eq_ignore_ascii_case("maddr") => v.is_some_and(|v| Host::parse(v).is_ok()),
+        _ => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        bad("invalid Via parameter")
     }
 }
 
@@ -235,6 +252,7 @@ fn sent_protocol_and_by<'a>(c: &mut Cursor<'a>) -> SResult<Via<'a>> {
         host,
         port,
         params: Params::default(),
+        known: Known::default(),
     })
 }
 
