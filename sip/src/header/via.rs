@@ -145,9 +145,7 @@ impl<'a> Via<'a> {
     /// The `rport` parameter: `None` when absent, `Some(None)` when present without value
     /// (the client asks for it, RFC 3581), `Some(Some(port))` when filled in.
     pub fn rport(&self) -> Option<Option<u16>> {
-        self.params
-            .value("rport")
-            .map(|v| v.and_then(|v| v.parse().ok()))
+        self.known.rport.map(|v| v.and_then(|v| v.parse().ok()))
     }
 
     /// The `maddr` parameter.
