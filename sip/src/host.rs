@@ -94,19 +94,27 @@ impl fmt::Display for Host<'_> {
 /// (leading zeros allowed, as the grammar allows them).
 fn parse_v4(s: &str) -> Option<Ipv4Addr> {
     let mut octets = [0u8; 4];
-    let mut parts = s.split('.');
-    for o in &mut octets {
-        let p = parts.next()?;
-        if p.is_empty() || p.len() > 3 || !p.bytes().all(|b| b.is_ascii_digit()) {
+    let (mut idx, mut val, mut digits) = (0usize, 0u16, 0u8);
+    for &b in s.as_bytes() {
+        if b == b'.' {
+            if digits == 0 {
+                return None;
+            }
+            *octets.get_mut(idx)? = u8::try_from(val).ok()?;
+            idx += 1;
+            (val, digits) = (0, 0);
+        } else if b.is_ascii_digit() && digits < 3 {
+            val = val * 10 + u16::from(b - b'0');
+            digits += 1;
+        } else {
             return None;
         }
-        *o = p
-            .bytes()
-            .fold(0u16, |v, b| v * 10 + u16::from(b - b'0'))
-            .try_into()
-            .ok()?;
     }
-    parts.next().is_none().then(|| Ipv4Addr::from(octets))
+    if idx != 3 || digits == 0 {
+        return None;
+    }
+    *octets.get_mut(3)? = u8::try_from(val).ok()?;
+    Some(Ipv4Addr::from(octets))
 }
 
 enum HostKind {

@@ -35,7 +35,6 @@ static QDTEXT: [bool; 256] = {
         i += 1;
     }
     t[b'\t' as usize] = true;
-    t[b'\r' as usize] = true;
     t[b'\n' as usize] = true;
     t[0x7f] = false;
     t[b'"' as usize] = false;
@@ -169,11 +168,18 @@ impl<'a> Cursor<'a> {
     /// A `quoted-string` starting at the cursor (which must be on the opening quote). Returns
     /// the raw text between the quotes, escapes kept.
     pub(crate) fn quoted(&mut self) -> Option<&'a str> {
+        self.quoted_plain().map(|(inner, _)| inner)
+    }
+
+    /// Like [`Cursor::quoted`], also telling whether the text is plain: no quoted-pair and no
+    /// line fold, so that it needs no [`unescape_quoted`].
+    pub(crate) fn quoted_plain(&mut self) -> Option<(&'a str, bool)> {
         if !self.eat(b'"') {
             return None;
         }
         let start = self.pos;
         let bytes = self.s.as_bytes();
+        let mut plain = true;
         loop {
             let rest = bytes.get(self.pos..).unwrap_or_default();
             self.pos += rest
@@ -184,13 +190,21 @@ impl<'a> Cursor<'a> {
                 Some(b'"') => {
                     let inner = self.slice(start, self.pos);
                     self.pos += 1;
-                    return Some(inner);
+                    return Some((inner, plain));
                 }
                 // quoted-pair: any octet but CR and LF.
                 Some(b'\\') => match bytes.get(self.pos + 1) {
                     Some(b'\r') | Some(b'\n') | None => return None,
-                    Some(_) => self.pos += 2,
+                    Some(_) => {
+                        plain = false;
+                        self.pos += 2;
+                    }
                 },
+                // A fold: CR LF then white space (the header indexer guarantees the LF).
+                Some(b'\r') => {
+                    plain = false;
+                    self.pos += 1;
+                }
                 _ => return None,
             }
         }

@@ -40,8 +40,9 @@ impl<'a> AuthParams<'a> {
     }
 }
 
-/// Reads one `auth-param` at the cursor.
-fn next_auth_param<'a>(c: &mut Cursor<'a>) -> SResult<(&'a str, &'a str)> {
+/// Reads one `auth-param` at the cursor: name, raw value, and the value ready for use when it
+/// needed no unquoting work.
+fn next_auth_param<'a>(c: &mut Cursor<'a>) -> SResult<(&'a str, &'a str, Option<&'a str>)> {
     let Some(name) = c.token() else {
         return bad("invalid auth parameter name");
     };
@@ -49,17 +50,19 @@ fn next_auth_param<'a>(c: &mut Cursor<'a>) -> SResult<(&'a str, &'a str)> {
         return bad("auth parameter without value");
     }
     let start = c.pos();
-    if c.peek() == Some(b'"') {
-        if c.quoted().is_none() {
-            return bad("unterminated quoted auth parameter");
+    let ready = if c.peek() == Some(b'"') {
+        match c.quoted_plain() {
+            None => return bad("unterminated quoted auth parameter"),
+            Some((inner, plain)) => plain.then_some(inner),
         }
-    } else if c
-        .take_while(|b| is_token(b) || b == b'/' || b == b'=')
-        .is_empty()
-    {
-        return bad("empty auth parameter value");
-    }
-    Ok((name, c.slice(start, c.pos())))
+    } else {
+        let t = c.take_while(|b| is_token(b) || b == b'/' || b == b'=');
+        if t.is_empty() {
+            return bad("empty auth parameter value");
+        }
+        Some(t)
+    };
+    Ok((name, c.slice(start, c.pos()), ready))
 }
 
 /// `auth-param-name EQUAL ( token / quoted-string )`
@@ -159,7 +162,7 @@ impl<'a> Credentials<'a> {
         }
         let mut d = DigestCredentials::default();
         for (name, value) in self.params.iter() {
-            d.set(name, value);
+            d.set(name, value, None);
         }
         Some(d)
     }
@@ -181,9 +184,9 @@ impl<'a> DigestCredentials<'a> {
         let mut d = DigestCredentials::default();
         // One pass: param, then `,` or the end.
         loop {
-            let (name, value) = next_auth_param(&mut c)?;
+            let (name, value, ready) = next_auth_param(&mut c)?;
             if digest {
-                d.set(name, value);
+                d.set(name, value, ready);
             }
             c.skip_ws();
             if c.at_end() {
@@ -197,7 +200,7 @@ impl<'a> DigestCredentials<'a> {
         Ok(digest.then_some(d))
     }
 
-    fn set(&mut self, name: &str, value: &'a str) {
+    fn set(&mut self, name: &str, value: &'a str, ready: Option<&'a str>) {
         let slot = match name.len() {
             2 if name.eq_ignore_ascii_case("nc") => &mut self.nc,
             3 if name.eq_ignore_ascii_case("uri") => &mut self.uri,
@@ -211,7 +214,10 @@ impl<'a> DigestCredentials<'a> {
             9 if name.eq_ignore_ascii_case("algorithm") => &mut self.algorithm,
             _ => return,
         };
-        *slot = Some(unquote(value));
+        *slot = Some(match ready {
+            Some(v) => Cow::Borrowed(v),
+            None => unquote(value),
+        });
     }
 }
 
