@@ -415,17 +415,25 @@ impl Message<'_> {
     }
 }
 
-/// Appends a header value with each fold (CRLF followed by white space) replaced by one SP.
+/// Appends a header value with each fold (CRLF followed by white space) replaced by one SP
+/// (except right after a backslash, where unfolding would change what the value means).
 pub(crate) fn push_unfolded(out: &mut Vec<u8>, value: &str) {
     let b = value.as_bytes();
     let mut i = 0;
     while let Some(rel) = memchr::memchr(b'\r', b.get(i..).unwrap_or_default()) {
         out.extend_from_slice(b.get(i..i + rel).unwrap_or_default());
-        let mut j = i + rel + 2;
+        let cr = i + rel;
+        let mut j = cr + 2;
         while matches!(b.get(j), Some(b' ') | Some(b'\t')) {
             j += 1;
         }
-        out.push(b' ');
+        if cr > 0 && b.get(cr - 1) == Some(&b'\\') {
+            // A backslash right before a fold: a quoted-pair cannot escape CR, so the value is
+            // malformed as written. Keep the fold so printing does not make it well-formed.
+            out.extend_from_slice(b.get(cr..j).unwrap_or_default());
+        } else {
+            out.push(b' ');
+        }
         i = j;
     }
     out.extend_from_slice(b.get(i..).unwrap_or_default());
