@@ -59,7 +59,7 @@ fn every_problem_is_named_with_its_key_and_line() {
         "bad address named:\n{text}"
     );
     assert!(
-        text.contains("1001") && text.to_lowercase().contains("duplicate"),
+        text.contains("extension[1].number") && text.contains("already used"),
         "duplicate named:\n{text}"
     );
     // Lines: the unknown key is on line 11 of the file.

@@ -68,7 +68,7 @@ fn as_pid_1_it_reaps_orphans_and_stops_on_sigterm() {
             "--",
             "sh",
             "-c",
-            "sleep 300 & exit 0",
+            "sleep 300 </dev/null >/dev/null 2>&1 & exit 0",
         ])
         .output()
         .expect("nsenter");
