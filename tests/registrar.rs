@@ -233,6 +233,23 @@ fn twenty_wrong_passwords_ban_the_source_but_not_others() {
         "{}",
         server.log()
     );
+    // Every worker ignores the banned source, and the operator sees the ban.
+    for _ in 0..8 {
+        let mut other_port = Phone::udp(server.udp_addr(), "1001", "pw1001");
+        let text = other_port.register_text("");
+        other_port.send(&text);
+        assert!(
+            other_port.recv(Duration::from_millis(200)).is_none(),
+            "ban holds on every worker"
+        );
+    }
+    let bans = server.status()["bans"].clone();
+    let listed = bans
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|b| b.as_str().unwrap().starts_with("127.0.0.1 auth-failures"));
+    assert!(listed, "{bans}");
 
     // The right password from another source (another loopback address) still registers.
     let mut other = common::sip::Phone::udp_from("127.0.0.2", server.udp_addr(), "1001", "pw1001");

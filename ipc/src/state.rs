@@ -5,7 +5,7 @@
 //! the numbers asks for a snapshot instead of guessing.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 use sipcraft_config::{Extension, Transport};
@@ -57,6 +57,19 @@ pub enum Update {
     BindingsCleared {
         aor: String,
     },
+    /// A source banned by one worker, so every worker ignores it (a flood from many source
+    /// ports reaches every worker of a reuseport group).
+    SourceBanned(Ban),
+}
+
+/// A banned source address.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ban {
+    pub ip: IpAddr,
+    /// Milliseconds since the Unix epoch when the ban ends.
+    pub until_ms: u64,
+    /// Why, as logged (`auth-failures`, `rate`).
+    pub reason: String,
 }
 
 /// Part of a snapshot. A snapshot is sent as parts so no frame grows with the state.
@@ -64,6 +77,7 @@ pub enum Update {
 pub enum SnapshotPart {
     Extensions(Vec<Extension>),
     Bindings(Vec<Binding>),
+    Bans(Vec<Ban>),
 }
 
 /// Items per snapshot part.
@@ -76,6 +90,7 @@ pub struct Replica {
     seq: u64,
     extensions: HashMap<String, Extension>,
     bindings: HashMap<String, Vec<Binding>>,
+    bans: HashMap<IpAddr, Ban>,
 }
 
 /// An update arrived out of order: the receiver must resync from a snapshot.
@@ -156,6 +171,15 @@ impl Replica {
             Update::BindingsCleared { aor } => {
                 self.bindings.remove(aor);
             }
+            Update::SourceBanned(ban) => {
+                let longer = self
+                    .bans
+                    .get(&ban.ip)
+                    .is_none_or(|b| b.until_ms < ban.until_ms);
+                if longer {
+                    self.bans.insert(ban.ip, ban.clone());
+                }
+            }
         }
     }
 
@@ -181,9 +205,20 @@ impl Replica {
         self.bindings.values().map(Vec::len).sum()
     }
 
+    /// Whether `ip` is banned at `now_ms`.
+    pub fn is_banned(&self, ip: IpAddr, now_ms: u64) -> bool {
+        self.bans.get(&ip).is_some_and(|b| b.until_ms > now_ms)
+    }
+
+    /// Bans in force at `now_ms`.
+    pub fn bans(&self, now_ms: u64) -> impl Iterator<Item = &Ban> {
+        self.bans.values().filter(move |b| b.until_ms > now_ms)
+    }
+
     /// Drops bindings that expired at or before `now_ms`. Every process does this on its
     /// own; it changes nothing another process could observe, since lookups ignore them.
     pub fn purge_expired(&mut self, now_ms: u64) -> usize {
+        self.bans.retain(|_, b| b.until_ms > now_ms);
         let before = self.binding_count();
         self.bindings.retain(|_, list| {
             list.retain(|b| b.expires_at_ms > now_ms);
@@ -205,6 +240,9 @@ impl Replica {
                 .chunks(SNAPSHOT_CHUNK)
                 .map(|c| SnapshotPart::Bindings(c.to_vec())),
         );
+        if !self.bans.is_empty() {
+            parts.push(SnapshotPart::Bans(self.bans.values().cloned().collect()));
+        }
         parts
     }
 
@@ -231,6 +269,11 @@ impl Replica {
             SnapshotPart::Bindings(list) => {
                 for b in list {
                     self.reduce(&Update::BindingUpserted(b.clone()));
+                }
+            }
+            SnapshotPart::Bans(list) => {
+                for b in list {
+                    self.reduce(&Update::SourceBanned(b.clone()));
                 }
             }
         }

@@ -218,6 +218,8 @@ pub struct Status {
     pub extensions: u64,
     pub bindings: u64,
     pub children: Vec<ChildStatus>,
+    /// Sources banned now: `ip reason seconds-left`.
+    pub bans: Vec<String>,
 }
 
 /// One child's line in `ctl status`.

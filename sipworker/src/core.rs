@@ -95,10 +95,21 @@ impl Core {
 
     /// Handles one received message; returns what to send.
     pub fn on_message(&mut self, bytes: &[u8], from: Target, now: Instant) -> Vec<Out> {
+        // Bans made by any worker (shared through the replicated state).
+        if self
+            .replica
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_banned(from.peer.ip(), crate::now_ms())
+        {
+            self.counters.banned += 1;
+            return Vec::new();
+        }
         match self.guard.admit(from.peer.ip(), now) {
             Admission::Allow => {}
             Admission::NewBan(event) => {
                 tracing::warn!("{}", event.log_line());
+                share_ban(&self.outbox, &event);
                 self.counters.banned += 1;
                 return Vec::new();
             }
@@ -310,6 +321,16 @@ fn with_received(msg: &Message<'_>, from: &Target) -> Option<Vec<u8>> {
     rw.set_top_via_received(from.peer.ip(), from.peer.port())
         .ok()?;
     Some(rw.finish())
+}
+
+/// Tells every worker about a ban, through the replicated state.
+pub fn share_ban(outbox: &Outbox, event: &crate::security::BanEvent) {
+    let ban = sipcraft_ipc::state::Ban {
+        ip: event.ip,
+        until_ms: crate::now_ms() + event.ban_s * 1000,
+        reason: event.reason.as_str().to_owned(),
+    };
+    outbox.publish(sipcraft_ipc::state::Update::SourceBanned(ban));
 }
 
 /// `bytes` (a response) with a Server header after the status line.

@@ -102,6 +102,7 @@ impl Registrar {
             );
             if let Some(ban) = guard.record_failure(ip, creds.username, now) {
                 tracing::warn!("{}", ban.log_line());
+                crate::core::share_ban(outbox, &ban);
             }
         }
         match verdict {

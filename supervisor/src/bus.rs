@@ -119,6 +119,26 @@ impl Hub {
         )
     }
 
+    /// Bans in force, one line each, for `ctl status`.
+    pub fn bans(&self) -> Vec<String> {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = crate::now_ms();
+        let mut lines: Vec<String> = st
+            .replica
+            .bans(now)
+            .map(|b| {
+                format!(
+                    "{} {} {}s",
+                    b.ip,
+                    b.reason,
+                    (b.until_ms - now).div_ceil(1000)
+                )
+            })
+            .collect();
+        lines.sort();
+        lines
+    }
+
     fn route(&self, to: &str, from: &str, msg: Direct) -> bool {
         let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
         match routes.get(to) {

@@ -105,6 +105,9 @@ pub fn status_table(status: &Status) -> String {
             let _ = writeln!(out, "  ALARM {}: {alarm}", c.name);
         }
     }
+    for ban in &status.bans {
+        let _ = writeln!(out, "BANNED {ban}");
+    }
     out
 }
 

@@ -604,6 +604,7 @@ impl Supervisor {
             extensions,
             bindings,
             children: self.children.iter().map(|c| c.status(now)).collect(),
+            bans: self.hub.bans(),
         }
     }
 
