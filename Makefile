@@ -29,7 +29,7 @@ run: build
 test-deps:
 	@bash scripts/test-deps.sh
 
-test: test-deps
+test: test-deps lint
 	$(CARGO) test --workspace --locked
 
 lint:
