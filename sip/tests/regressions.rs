@@ -10,7 +10,10 @@ fn round_trip_holds(raw: &[u8]) {
     let printed = m.to_bytes();
     let again = parse(&printed, &Limits::default()).expect("printed form parses");
     assert_eq!(again.from(), m.from());
-    assert_eq!(again.validate(&Default::default()), m.validate(&Default::default()));
+    assert_eq!(
+        again.validate(&Default::default()),
+        m.validate(&Default::default())
+    );
     assert_eq!(again.to(), m.to());
     assert_eq!(
         again.vias().collect::<Vec<_>>(),
