@@ -228,26 +228,29 @@ pub fn unfold(s: &str) -> Cow<'_, str> {
 /// Removes the backslashes of `quoted-pair`s and unfolds folded lines, borrowing when there
 /// is nothing to change.
 pub fn unescape_quoted(s: &str) -> Cow<'_, str> {
-    match memchr::memchr2(b'\\', b'\r', s.as_bytes()) {
-        None => return Cow::Borrowed(s),
-        Some(i) if s.as_bytes().get(i) == Some(&b'\r') && !s.contains('\\') => return unfold(s),
-        Some(_) => {}
+    if !s.bytes().any(|b| b == b'\\' || b == b'\r') {
+        return Cow::Borrowed(s);
     }
+    // Folds are undone first (they are white space of the raw text), escapes second: an
+    // escaped SP right after a fold stays an SP of its own.
     let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
+    let mut chars = s.chars().peekable();
     while let Some(c) = chars.next() {
-        if c == '\\' {
-            if let Some(n) = chars.next() {
-                out.push(n);
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    out.push(n);
+                }
             }
-        } else {
-            out.push(c);
+            '\r' => {
+                chars.next_if_eq(&'\n');
+                while chars.next_if(|c| *c == ' ' || *c == '\t').is_some() {}
+                out.push(' ');
+            }
+            _ => out.push(c),
         }
     }
-    match unfold(&out) {
-        Cow::Borrowed(_) => Cow::Owned(out),
-        Cow::Owned(o) => Cow::Owned(o),
-    }
+    Cow::Owned(out)
 }
 
 /// Splits a list header value (`a, b, c`) at top-level commas: commas inside quoted strings
