@@ -173,6 +173,33 @@ pub struct Health {
 pub enum Direct {
     /// A SIP message handed to the worker that owns its flow or transaction.
     Sip(SipHandoff),
+    /// A finished call attempt, from the worker that proxied it to the dbagent.
+    CallRecord(CallRecord),
+}
+
+/// One call attempt (an initial INVITE and its outcome), as the proxy saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallRecord {
+    /// Unique per record across the instance and restarts (worker name, pid, counter):
+    /// the key that makes storing it idempotent.
+    pub id: String,
+    pub call_id: String,
+    /// Calling extension (From user), or the From URI for an unauthenticated caller.
+    pub caller: String,
+    /// Dialled number (Request-URI user).
+    pub callee: String,
+    /// Milliseconds since the Unix epoch: INVITE received.
+    pub started_ms: u64,
+    /// 2xx forwarded, if the call was answered.
+    pub answered_ms: Option<u64>,
+    /// BYE seen, or the final non-2xx response sent.
+    pub ended_ms: Option<u64>,
+    /// Final status sent to the caller (200, 404, 486, 487, ...).
+    pub final_status: u16,
+    /// Reason phrase, or why the call ended (`BYE from caller`, `ring timeout`).
+    pub reason: String,
+    /// Worker that handled it.
+    pub worker: String,
 }
 
 /// A SIP message handed from one worker to another.
