@@ -49,17 +49,23 @@ fn run(cmd: &mut Command) -> Output {
     out
 }
 
-/// `make -C <repo> ARGS`, outside any make or cargo jobserver this test may have inherited.
+/// `make -C <repo> ARGS`.
 fn make(args: &[&str]) -> Output {
     let mut cmd = Command::new("make");
     cmd.arg("-C")
         .arg(REPO)
         .arg("--no-print-directory")
         .args(args);
+    without_jobserver(&mut cmd);
+    run(&mut cmd)
+}
+
+/// Leaves out a make or cargo jobserver this test may have inherited from `make test`.
+fn without_jobserver(cmd: &mut Command) -> &mut Command {
     for var in ["MAKEFLAGS", "MFLAGS", "MAKELEVEL", "CARGO_MAKEFLAGS"] {
         cmd.env_remove(var);
     }
-    run(&mut cmd)
+    cmd
 }
 
 fn read(path: &Path) -> String {
@@ -257,7 +263,7 @@ fn make_dist_tarball_builds_offline_from_a_clean_directory() {
     // nothing may come from this machine's registry cache.
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let target = w.join("target");
-    run(Command::new(cargo)
+    run(without_jobserver(&mut Command::new(cargo))
         .args(["build", "--offline", "--frozen"])
         .current_dir(&root)
         .env("CARGO_HOME", w.join("cargo-home"))
