@@ -132,6 +132,11 @@ fn main() {
     while warm.elapsed() < Duration::from_millis(if iterations() < 400_000 { 1 } else { 200 }) {
         black_box(parse(black_box(INVITE), &Limits::default()).ok());
     }
-    run("INVITE", INVITE);
-    run("REGISTER", REGISTER);
+    // `SIP_BENCH_ONLY=REGISTER` (or INVITE) runs one message, for profiling.
+    let only = std::env::var("SIP_BENCH_ONLY").unwrap_or_default();
+    for (name, msg) in [("INVITE", INVITE), ("REGISTER", REGISTER)] {
+        if only.is_empty() || only.eq_ignore_ascii_case(name) {
+            run(name, msg);
+        }
+    }
 }

@@ -101,11 +101,12 @@ pub(crate) fn parse_lenient<'a>(
     for (i, h) in headers.iter_mut().enumerate() {
         let (pos, colon, end) = (h.line.0 as usize, h.colon as usize, h.line.1 as usize);
         let raw_name = trim_end_sp(head.get(pos..colon).unwrap_or(""));
-        if !is_token_str(raw_name) {
+        let name = HeaderName::parse(raw_name);
+        // Known names are tokens already; anything else must be one.
+        if matches!(name, HeaderName::Other(_)) && !is_token_str(raw_name) {
             return Err(ParseError::HeaderLine);
         }
         let value = trim_ws(head.get(colon + 1..end).unwrap_or(""));
-        let name = HeaderName::parse(raw_name);
         if let Some(k) = name.index() {
             if let (Some(f), Some(c)) = (first.get_mut(k), count.get_mut(k)) {
                 if *f == 0 {

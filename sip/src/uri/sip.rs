@@ -92,21 +92,30 @@ impl<'a> SipUri<'a> {
         let mut tail = rest.get(host_end..).unwrap_or("");
         let mut port = None;
         if let Some(p) = tail.strip_prefix(':') {
-            let end = p.find([';', '?']).unwrap_or(p.len());
+            let end = p
+                .bytes()
+                .position(|b| b == b';' || b == b'?')
+                .unwrap_or(p.len());
             let digits = p.get(..end).unwrap_or("");
             if digits.is_empty() || digits.len() > 5 || !digits.bytes().all(|b| b.is_ascii_digit())
             {
                 return bad("invalid port in SIP URI");
             }
-            port = match digits.parse::<u16>() {
+            let value = digits
+                .bytes()
+                .fold(0u32, |v, b| v * 10 + u32::from(b - b'0'));
+            port = match u16::try_from(value) {
                 Ok(v) => Some(v),
                 Err(_) => return bad("port out of range"),
             };
             tail = p.get(end..).unwrap_or("");
         }
-        let (params_raw, headers) = match memchr::memchr(b'?', tail.as_bytes()) {
-            Some(i) => (tail.get(..i).unwrap_or(""), tail.get(i + 1..)),
-            None => (tail, None),
+        let (params_raw, headers) = match tail.is_empty() {
+            true => (tail, None),
+            false => match memchr::memchr(b'?', tail.as_bytes()) {
+                Some(i) => (tail.get(..i).unwrap_or(""), tail.get(i + 1..)),
+                None => (tail, None),
+            },
         };
         let params = UriParams::parse(params_raw)?;
         if let Some(h) = headers {
