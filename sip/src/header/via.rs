@@ -158,6 +158,18 @@ impl<'a> Via<'a> {
         self.params.value("ttl")??.parse().ok()
     }
 
+    /// Where a response to this Via goes over an unreliable transport (RFC 3261 §18.2.2,
+    /// RFC 3581 §4): `received` (or the sent-by host) and the filled-in `rport` (or the
+    /// sent-by port, or the transport's default). `maddr` multicast is left to the caller.
+    pub fn response_target(&self) -> (Host<'a>, u16) {
+        let host = self.received().unwrap_or(self.host);
+        let port = match self.rport() {
+            Some(Some(p)) => p,
+            _ => self.port_or_default(),
+        };
+        (host, port)
+    }
+
     /// The port to reply to when none is written: 5060, or 5061 over TLS.
     pub fn port_or_default(&self) -> u16 {
         self.port
@@ -310,6 +322,14 @@ mod tests {
         let v = p("SIP/2.0/UDP h.example.com;rport=5061;received=[2001:db8::9:255]");
         assert_eq!(v.rport(), Some(Some(5061)));
         assert!(v.received().is_some());
+        assert_eq!(v.response_target(), (v.received().unwrap_or(v.host), 5061));
+        let v = p("SIP/2.0/TLS h.example.com");
+        assert_eq!(v.response_target(), (Host::Domain("h.example.com"), 5061));
+        let v = p("SIP/2.0/UDP h.example.com:5070;received=192.0.2.9;rport");
+        assert_eq!(
+            v.response_target(),
+            (Host::V4(Ipv4Addr::new(192, 0, 2, 9)), 5070)
+        );
         assert_eq!(Transport::parse("unknown"), Transport::Other("unknown"));
         assert_eq!(Transport::parse("tls"), Transport::Tls);
     }
