@@ -47,6 +47,10 @@ pub enum RewriteError {
 }
 
 /// Collects edits to one message and writes the edited copy.
+///
+/// The edits add at most a Via, a Record-Route, a Max-Forwards and a Content-Length line
+/// (plus any [`Rewriter::add_header`]): a message received right at a peer's [`crate::Limits`]
+/// can exceed them once forwarded, so a proxy checks the size of what it sends.
 #[derive(Debug)]
 pub struct Rewriter<'m, 'a> {
     msg: &'m Message<'a>,

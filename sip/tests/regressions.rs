@@ -79,3 +79,30 @@ fn fold_then_escaped_space() {
     assert_eq!(sipcraft_sip::unescape_quoted("a\r\n \\ b"), "a  b");
     assert_eq!(sipcraft_sip::unescape_quoted("a \\ b"), "a  b");
 }
+
+/// A request carrying exactly `max_headers` header lines, rewritten by a proxy (Via and
+/// Record-Route added), no longer fits the same limits. That is the receiver's limit doing
+/// its job, not a broken message: with room for the added lines it parses.
+#[test]
+fn rewrite_at_the_header_limit() {
+    use sipcraft_sip::rewrite::Rewriter;
+    let raw = include_bytes!("regressions/rewrite-at-header-limit.bin");
+    let m = parse(raw, &Limits::default()).expect("parses");
+    let mut w = Rewriter::new(&m);
+    let _ = w.set_top_via_received("192.0.2.1".parse().unwrap(), 5060);
+    let _ = w.decrement_max_forwards();
+    let _ = w.pop_route();
+    w.add_record_route("<sip:proxy.example.com;lr>");
+    w.prepend_via("SIP/2.0/UDP proxy.example.com;branch=z9hG4bKfuzz");
+    let out = w.finish();
+    let d = Limits::default();
+    let roomy = Limits {
+        max_headers: d.max_headers + 4,
+        ..d
+    };
+    assert!(parse(&out, &roomy).is_ok());
+    assert_eq!(
+        parse(&out, &d).err(),
+        Some(sipcraft_sip::ParseError::TooManyHeaders)
+    );
+}
