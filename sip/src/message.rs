@@ -8,7 +8,7 @@ use crate::header::{
     parse_call_id, parse_content_length, parse_expires, parse_max_forwards, parse_token_item, CSeq,
     Challenge, Contacts, Credentials, DigestCredentials, MediaType, NameAddr, Via,
 };
-use crate::lex::split_commas;
+use crate::lex::{split_commas, Cursor};
 use crate::method::Method;
 use crate::name::{HeaderName, KNOWN};
 use crate::uri::Uri;
@@ -220,18 +220,18 @@ impl<'a> Message<'a> {
             .ok_or(HeaderError::Missing(static_name(name)))
     }
 
-    /// Every Via value, top first, across all Via lines.
+    /// Every Via value, top first, across all Via lines. Reading a line stops at its first
+    /// malformed value (reported as an error).
     pub fn vias<'s>(&'s self) -> impl Iterator<Item = Result<Via<'a>, SyntaxError>> + 's {
-        self.values(HeaderName::Via).map(Via::parse)
+        ListItems::new(self.headers_named(HeaderName::Via), Via::parse_item)
     }
 
     /// The topmost Via.
     pub fn top_via(&self) -> Result<Via<'a>, HeaderError> {
-        let v = self
-            .values(HeaderName::Via)
+        self.vias()
             .next()
-            .ok_or(HeaderError::Missing("Via"))?;
-        Via::parse(v).map_err(|e| malformed(HeaderName::Via, e))
+            .ok_or(HeaderError::Missing("Via"))?
+            .map_err(|e| malformed(HeaderName::Via, e))
     }
 
     /// From.
@@ -293,11 +293,13 @@ impl<'a> Message<'a> {
     pub fn contacts(&self) -> Result<Contacts<'a>, HeaderError> {
         let mut list = Vec::new();
         let mut star = false;
-        for v in self.values(HeaderName::Contact) {
-            if v == "*" {
+        for h in self.headers_named(HeaderName::Contact) {
+            if h.value == "*" {
                 star = true;
-            } else {
-                list.push(NameAddr::parse(v).map_err(|e| malformed(HeaderName::Contact, e))?);
+                continue;
+            }
+            for c in ListItems::new(std::iter::once(h), NameAddr::parse_item) {
+                list.push(c.map_err(|e| malformed(HeaderName::Contact, e))?);
             }
         }
         match (star, list.is_empty()) {
@@ -312,14 +314,17 @@ impl<'a> Message<'a> {
 
     /// Route values, top first.
     pub fn routes<'s>(&'s self) -> impl Iterator<Item = Result<NameAddr<'a>, SyntaxError>> + 's {
-        self.values(HeaderName::Route).map(NameAddr::parse)
+        ListItems::new(self.headers_named(HeaderName::Route), NameAddr::parse_item)
     }
 
     /// Record-Route values, top first.
     pub fn record_routes<'s>(
         &'s self,
     ) -> impl Iterator<Item = Result<NameAddr<'a>, SyntaxError>> + 's {
-        self.values(HeaderName::RecordRoute).map(NameAddr::parse)
+        ListItems::new(
+            self.headers_named(HeaderName::RecordRoute),
+            NameAddr::parse_item,
+        )
     }
 
     /// Authorization (`proxy = false`) or Proxy-Authorization credentials, one per line.
@@ -372,6 +377,66 @@ impl<'a> Message<'a> {
         self.values(name)
             .filter(|v| !v.is_empty())
             .map(parse_token_item)
+    }
+}
+
+/// The values of a list header read one after the other straight from each line (no
+/// splitting pass first): a value, then `,` or the end of the line. An empty line, an empty
+/// value (`a,,b`, `a,`) or a malformed value is an error, and ends that line.
+struct ListItems<'a, I, T> {
+    lines: I,
+    cur: Option<Cursor<'a>>,
+    need_item: bool,
+    parse: fn(&mut Cursor<'a>) -> Result<T, SyntaxError>,
+}
+
+impl<'a, 'h, I, T> ListItems<'a, I, T>
+where
+    'a: 'h,
+    I: Iterator<Item = &'h Header<'a>>,
+{
+    fn new(lines: I, parse: fn(&mut Cursor<'a>) -> Result<T, SyntaxError>) -> Self {
+        ListItems {
+            lines,
+            cur: None,
+            need_item: false,
+            parse,
+        }
+    }
+}
+
+impl<'a, 'h, I, T> Iterator for ListItems<'a, I, T>
+where
+    'a: 'h,
+    I: Iterator<Item = &'h Header<'a>>,
+{
+    type Item = Result<T, SyntaxError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(c) = &mut self.cur {
+                c.skip_ws();
+                if c.at_end() {
+                    self.cur = None;
+                    if std::mem::take(&mut self.need_item) {
+                        return Some(Err(SyntaxError("empty value in list")));
+                    }
+                    continue;
+                }
+                let item = (self.parse)(c);
+                match &item {
+                    Ok(_) => self.need_item = c.eat(b','),
+                    Err(_) => {
+                        self.cur = None;
+                        self.need_item = false;
+                    }
+                }
+                return Some(item);
+            }
+            let h = self.lines.next()?;
+            self.cur = Some(Cursor::new(h.value));
+            self.need_item = true;
+        }
     }
 }
 
@@ -437,4 +502,44 @@ pub(crate) fn push_unfolded(out: &mut Vec<u8>, value: &str) {
         i = j;
     }
     out.extend_from_slice(b.get(i..).unwrap_or_default());
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{parse, Limits};
+
+    fn vias(v: &str) -> Vec<bool> {
+        let raw = format!("OPTIONS sip:a SIP/2.0\r\nVia: {v}\r\nVia: SIP/2.0/UDP z\r\n\r\n");
+        let m = parse(raw.as_bytes(), &Limits::default()).unwrap();
+        m.vias().map(|v| v.is_ok()).collect()
+    }
+
+    #[test]
+    fn list_values_one_after_the_other() {
+        assert_eq!(
+            vias("SIP/2.0/UDP a, SIP/2.0/UDP b;branch=\"x,y\""),
+            [true, false, true]
+        );
+        assert_eq!(
+            vias("SIP/2.0/UDP a ,\r\n SIP/2.0/UDP b"),
+            [true, true, true]
+        );
+        assert_eq!(vias("SIP/2.0/UDP a,,SIP/2.0/UDP b"), [true, false, true]);
+        assert_eq!(vias("SIP/2.0/UDP a,"), [true, false, true]);
+        assert_eq!(vias(""), [false, true]);
+        assert_eq!(vias("SIP/2.0/UDP a;;"), [false, true]);
+    }
+
+    #[test]
+    fn contacts_across_lines_and_star() {
+        let raw = b"REGISTER sip:a SIP/2.0\r\nContact: <sip:a@h>;q=0.5, \"B, b\" <sip:b@h>\r\nm: sip:c@h;expires=5\r\n\r\n";
+        let m = parse(raw, &Limits::default()).unwrap();
+        let Ok(crate::header::Contacts::List(l)) = m.contacts() else {
+            panic!("contacts")
+        };
+        assert_eq!(l.len(), 3);
+        assert_eq!(l[2].expires(), Some(5));
+        let raw = b"REGISTER sip:a SIP/2.0\r\nContact: *\r\nContact: <sip:a@h>\r\n\r\n";
+        assert!(parse(raw, &Limits::default()).unwrap().contacts().is_err());
+    }
 }

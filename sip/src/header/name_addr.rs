@@ -66,6 +66,16 @@ impl<'a> NameAddr<'a> {
     /// Parses one value (one item of a comma list, or a whole From/To value).
     pub fn parse(s: &'a str) -> SResult<NameAddr<'a>> {
         let mut c = Cursor::new(s);
+        let n = NameAddr::parse_item(&mut c)?;
+        if !c.at_end() {
+            return bad("unexpected text after address");
+        }
+        Ok(n)
+    }
+
+    /// Reads one value of a list at the cursor, up to (not including) the `,` that separates
+    /// it from the next, or the end; trailing white space is skipped.
+    pub(crate) fn parse_item(c: &mut Cursor<'a>) -> SResult<NameAddr<'a>> {
         c.skip_ws();
         let mut display_name = None;
         let bracketed;
@@ -79,10 +89,10 @@ impl<'a> NameAddr<'a> {
             if !c.eat(b'<') {
                 return bad("quoted display name without <URI>");
             }
-            uri_text = angle_uri(&mut c)?;
+            uri_text = angle_uri(c)?;
             bracketed = true;
         } else if c.eat(b'<') {
-            uri_text = angle_uri(&mut c)?;
+            uri_text = angle_uri(c)?;
             bracketed = true;
         } else {
             // Either tokens then <URI>, or a bare addr-spec (whose scheme ends at ':').
@@ -115,13 +125,13 @@ impl<'a> NameAddr<'a> {
                     raw: c.slice(start, end),
                     quoted: false,
                 });
-                uri_text = angle_uri(&mut c)?;
+                uri_text = angle_uri(c)?;
                 bracketed = true;
             }
         }
         let uri = Uri::parse(uri_text)?;
         let (mut tag, mut expires) = (None, None);
-        let params = Params::parse_with(&mut c, |p| {
+        let params = Params::parse_with(c, |p| {
             if p.name.len() == 3 && p.name.eq_ignore_ascii_case("tag") {
                 tag = tag.or(p.value);
             } else if p.name.len() == 7 && p.name.eq_ignore_ascii_case("expires") {
@@ -130,7 +140,7 @@ impl<'a> NameAddr<'a> {
             Ok(())
         })?;
         c.skip_ws();
-        if !c.at_end() {
+        if !c.at_end() && c.peek() != Some(b',') {
             return bad("unexpected text after address");
         }
         Ok(NameAddr {

@@ -102,12 +102,22 @@ impl<'a> Via<'a> {
     /// Parses one Via value strictly, parameters checked.
     pub fn parse(s: &'a str) -> SResult<Via<'a>> {
         let mut c = Cursor::new(s);
-        let mut via = sent_protocol_and_by(&mut c)?;
+        let via = Via::parse_item(&mut c)?;
+        if !c.at_end() {
+            return bad("unexpected text in Via");
+        }
+        Ok(via)
+    }
+
+    /// Reads one value of a Via list at the cursor, up to (not including) the separating `,`
+    /// or the end; trailing white space is skipped.
+    pub(crate) fn parse_item(c: &mut Cursor<'a>) -> SResult<Via<'a>> {
+        let mut via = sent_protocol_and_by(c)?;
         let mut known = Known::default();
-        via.params = Params::parse_with(&mut c, |p| check_param(p, &mut known))?;
+        via.params = Params::parse_with(c, |p| check_param(p, &mut known))?;
         via.known = known;
         c.skip_ws();
-        if !c.at_end() {
+        if !c.at_end() && c.peek() != Some(b',') {
             return bad("unexpected text in Via");
         }
         Ok(via)
