@@ -235,6 +235,27 @@ fn parse_start_line(line: &str) -> Result<(StartLine<'_>, Option<&'static str>),
             None,
         ));
     }
+    // The usual shape, `METHOD SP URI SP SIP/2.0` with single spaces and no white space in
+    // the URI, takes a short path.
+    if let Some(head) = line.strip_suffix(" SIP/2.0") {
+        let b = head.as_bytes();
+        if let Some(sp) = b.iter().position(|&c| c == b' ') {
+            let uri = head.get(sp + 1..).unwrap_or("");
+            if !uri.is_empty() && !uri.bytes().any(|c| c == b' ' || c == b'\t') {
+                let method = head
+                    .get(..sp)
+                    .and_then(Method::parse)
+                    .ok_or(ParseError::StartLine)?;
+                let rl = RequestLine {
+                    method,
+                    uri,
+                    version: Version::SIP_2_0,
+                    uri_offset: sp + 1,
+                };
+                return Ok((StartLine::Request(rl), None));
+            }
+        }
+    }
     let mut fault = None;
     let trimmed = line.trim_end_matches(' ');
     if trimmed.len() != line.len() {

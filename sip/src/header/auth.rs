@@ -214,10 +214,13 @@ impl<'a> DigestCredentials<'a> {
             9 if name.eq_ignore_ascii_case("algorithm") => &mut self.algorithm,
             _ => return,
         };
-        *slot = Some(match ready {
-            Some(v) => Cow::Borrowed(v),
-            None => unquote(value),
-        });
+        // The first occurrence counts; a repeated parameter is ignored.
+        if slot.is_none() {
+            *slot = Some(match ready {
+                Some(v) => Cow::Borrowed(v),
+                None => unquote(value),
+            });
+        }
     }
 }
 
