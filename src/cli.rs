@@ -53,6 +53,8 @@ pub struct WorkerArgs {
     listen: usize,
     #[arg(long)]
     fd: Option<i32>,
+    #[arg(long)]
+    udp_fd: Option<i32>,
 }
 
 /// Logs to stderr. Under systemd (JOURNAL_STREAM set) journald adds its own timestamps.
@@ -128,6 +130,7 @@ pub fn run_worker(args: WorkerArgs) -> ExitCode {
         parent: args.child.parent,
         listen: args.listen,
         fd: args.fd,
+        udp_fd: args.udp_fd,
     };
     match child_runtime().block_on(sipcraft_sipworker::run(worker).instrument(span)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -166,6 +166,8 @@ pub struct Health {
     pub dropped: u64,
     /// A warning an operator must see (journal near its limit, database unreachable).
     pub alarm: Option<String>,
+    /// Generation of this child's replica: equal to the supervisor's once it has caught up.
+    pub generation: u64,
 }
 
 /// A message passed between two processes through the supervisor.

@@ -1,7 +1,8 @@
-//! The worker's SIP core: classification, server transactions and dispatch by method.
+//! The worker's SIP core: classification, transactions and dispatch by method.
 //!
 //! Sans I/O: bytes and their origin go in, messages to send come out, so the core is driven
-//! by the transports in `lib.rs` and tested without sockets.
+//! by the transports in `lib.rs`. The registrar lives in `registrar.rs`, the proxy in
+//! `proxy/` (as further `impl Core` blocks).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -10,19 +11,22 @@ use std::time::Instant;
 use sipcraft_config::Config;
 use sipcraft_ipc::child::Outbox;
 use sipcraft_ipc::state::Replica;
+use sipcraft_ipc::wire::{Direct, FromChild, SipHandoff};
 use sipcraft_sip::build::ResponseBuilder;
 use sipcraft_sip::rewrite::Rewriter;
-use sipcraft_sip::transaction::{self, Action, Reliability, ServerKey, TransactionTable};
+use sipcraft_sip::transaction::{
+    self, Action, ClientKey, Reliability, ServerKey, TransactionKey, TransactionTable,
+};
 use sipcraft_sip::{check, parse, Limits, Message, Policy, Verdict};
 
+use crate::proxy::{branch_owner, Proxy};
 use crate::registrar::Registrar;
 use crate::security::{Admission, Guard};
 use crate::transport::{Out, Target};
 
 /// Methods this server handles itself or routes.
-pub const ALLOW: &str =
-    "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, INFO, UPDATE, REFER, NOTIFY, PRACK";
-/// Option tags we support (none yet beyond the base protocol and outbound keep-alives).
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, INFO, UPDATE, REFER, NOTIFY, PRACK, SUBSCRIBE";
+/// Option tags we support.
 const SUPPORTED: &[&str] = &["path", "outbound"];
 
 /// Counters for `ctl status` and the log.
@@ -31,6 +35,7 @@ pub struct Counters {
     pub dropped: u64,
     pub rate_limited: u64,
     pub banned: u64,
+    pub handed_off: u64,
 }
 
 /// One worker's SIP state.
@@ -42,6 +47,7 @@ pub struct Core {
     pub limits: Limits,
     pub txns: TransactionTable<Out>,
     pub registrar: Registrar,
+    pub proxy: Proxy,
     /// Ban list and per-source rate limit.
     pub guard: Guard,
     pub counters: Counters,
@@ -71,8 +77,10 @@ impl Core {
         );
         Core {
             registrar: Registrar::new(secret, &config),
+            proxy: Proxy::new(&config),
             guard: Guard::new(&config.security),
-            name: name.clone(),
+            server_header: format!("sipcraft/{} ({name})", env!("CARGO_PKG_VERSION")),
+            name,
             config,
             replica,
             outbox,
@@ -80,7 +88,6 @@ impl Core {
             txns,
             counters: Counters::default(),
             draining: false,
-            server_header: format!("sipcraft/{} ({name})", env!("CARGO_PKG_VERSION")),
             conns: HashMap::new(),
         }
     }
@@ -88,9 +95,18 @@ impl Core {
     /// Applies a reloaded configuration.
     pub fn reload(&mut self, config: Config) {
         self.registrar.reload(&config);
+        self.proxy.reload(&config);
         self.guard.reconfigure(&config.security);
         self.limits.max_message_size = config.limits.max_message_bytes as usize;
         self.config = config;
+    }
+
+    /// The next time `poll_timers` has work.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        match (self.txns.next_deadline(), self.proxy.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Handles one received message; returns what to send.
@@ -122,6 +138,10 @@ impl Core {
                 return Vec::new();
             }
         }
+        self.on_admitted(bytes, from, now)
+    }
+
+    fn on_admitted(&mut self, bytes: &[u8], from: Target, now: Instant) -> Vec<Out> {
         let policy = Policy {
             supported: SUPPORTED,
             check_require: true,
@@ -140,12 +160,27 @@ impl Core {
                 })
             }
             Verdict::Accept(msg) if msg.is_request() => self.on_request(&msg, from, now),
-            Verdict::Accept(_) => {
-                // Responses belong to client transactions; the proxy is not routing yet.
-                self.counters.dropped += 1;
-                Vec::new()
-            }
+            Verdict::Accept(msg) => self.on_response(&msg, from, now),
         }
+    }
+
+    /// A message another worker handed over: one to send on a flow this worker owns, or a
+    /// response for a transaction this worker holds.
+    pub fn on_handoff(&mut self, from_worker: &str, h: SipHandoff, now: Instant) -> Vec<Out> {
+        let target = Target {
+            transport: h.transport,
+            peer: h.peer,
+            conn: h.connection,
+            owner: None,
+        };
+        if h.outbound {
+            return vec![Out {
+                target,
+                bytes: Arc::from(h.bytes),
+            }];
+        }
+        tracing::trace!(from = from_worker, "handed-off message");
+        self.on_admitted(&h.bytes, target, now)
     }
 
     /// Answers without a transaction (for requests that cannot start one).
@@ -185,18 +220,18 @@ impl Core {
             bytes: Arc::from(msg.as_bytes()),
         };
         if let Some(actions) = self.txns.on_request(&key, method, request.clone(), now) {
-            return self.run(actions);
+            return self.run(None, actions, now);
         }
         if method == "ACK" {
-            // An ACK for a 2xx: end to end, routed by the proxy (not yet).
-            return Vec::new();
+            // The ACK for a 2xx: end to end, routed without a transaction.
+            return self.proxy_ack(msg);
         }
         match self
             .txns
             .start_server(key.clone(), reliability, request, now)
         {
             Ok(actions) => {
-                let mut out = self.run(actions);
+                let mut out = self.run(None, actions, now);
                 out.extend(self.dispatch(msg, &key, &from, now));
                 out
             }
@@ -212,7 +247,7 @@ impl Core {
         }
     }
 
-    /// A new request with its server transaction started: produce the TU's answer.
+    /// A new request with its server transaction started: answer it or route it.
     fn dispatch(
         &mut self,
         msg: &Message<'_>,
@@ -233,6 +268,10 @@ impl Core {
             None => msg,
         };
         let method = msg.method().map(|m| m.as_str()).unwrap_or_default();
+        let to_server = msg
+            .request_uri()
+            .and_then(Result::ok)
+            .is_some_and(|u| u.as_sip().is_some_and(|s| s.user.is_none()));
         let response = match method {
             "REGISTER" if self.draining => draining(msg),
             "REGISTER" => self.registrar.register(
@@ -244,30 +283,114 @@ impl Core {
                 &mut self.guard,
                 now,
             ),
-            "OPTIONS" => options(msg),
-            "CANCEL" => ResponseBuilder::new(msg, 481, "Call/Transaction Does Not Exist").build(),
-            "INVITE" if self.draining => draining(msg),
-            "INVITE" | "MESSAGE" | "SUBSCRIBE" | "PUBLISH" | "BYE" | "INFO" | "UPDATE"
-            | "REFER" | "NOTIFY" | "PRACK" => ResponseBuilder::new(msg, 501, "Not Implemented")
-                .header("Allow", "OPTIONS, REGISTER")
-                .build(),
+            "OPTIONS" if to_server => options(msg),
+            "CANCEL" => return self.proxy_cancel(msg, key, from, now),
+            "INVITE" | "MESSAGE" | "OPTIONS" | "SUBSCRIBE" | "NOTIFY" | "REFER" | "INFO"
+            | "UPDATE" | "PRACK" | "BYE" | "PUBLISH" => {
+                return self.proxy_request(msg, key, from, now)
+            }
             _ => ResponseBuilder::new(msg, 501, "Not Implemented")
                 .header("Allow", ALLOW)
                 .build(),
         };
+        self.answer(msg, key, from, response, now)
+    }
+
+    /// Sends `response` to `msg` through its server transaction.
+    pub(crate) fn answer(
+        &mut self,
+        msg: &Message<'_>,
+        key: &ServerKey,
+        from: &Target,
+        response: Vec<u8>,
+        now: Instant,
+    ) -> Vec<Out> {
         let status = status_of(&response);
         let out = self.reply_to(msg, from, response);
         match self.txns.respond(key, status, out, now) {
-            Ok(actions) => self.run(actions),
+            Ok(actions) => self.run(None, actions, now),
             Err(_) => Vec::new(),
+        }
+    }
+
+    /// Like [`Core::answer`], for a call attempt that ends here (404, 480): its record is sent.
+    pub(crate) fn answer_with_record(
+        &mut self,
+        msg: &Message<'_>,
+        key: &ServerKey,
+        from: &Target,
+        response: Vec<u8>,
+        record: Option<sipcraft_ipc::wire::CallRecord>,
+        now: Instant,
+    ) -> Vec<Out> {
+        if let Some(mut rec) = record {
+            rec.final_status = status_of(&response);
+            rec.ended_ms = Some(crate::now_ms());
+            rec.reason = parse(&response, &self.limits)
+                .ok()
+                .and_then(|m| m.status_line().map(|l| l.reason.to_owned()))
+                .unwrap_or_default();
+            self.send_record(rec);
+        }
+        self.answer(msg, key, from, response, now)
+    }
+
+    /// A response from the network: to a client transaction of this worker, or handed to the
+    /// worker named in its branch.
+    fn on_response(&mut self, msg: &Message<'_>, from: Target, now: Instant) -> Vec<Out> {
+        let Ok(via) = msg.top_via() else {
+            return Vec::new();
+        };
+        let Some(branch) = via.branch() else {
+            return Vec::new();
+        };
+        if let Some(owner) = branch_owner(branch) {
+            if owner != self.name {
+                self.counters.handed_off += 1;
+                let h = SipHandoff {
+                    transport: from.transport,
+                    peer: from.peer,
+                    connection: from.conn,
+                    outbound: false,
+                    bytes: msg.as_bytes().to_vec(),
+                };
+                self.outbox.send(FromChild::Send {
+                    to: owner.to_owned(),
+                    msg: Direct::Sip(h),
+                });
+                return Vec::new();
+            }
+        }
+        let (Ok(cseq), Some(status)) = (msg.cseq(), msg.status()) else {
+            return Vec::new();
+        };
+        let Ok(key) = ClientKey::new(branch, cseq.method.as_str()) else {
+            return Vec::new();
+        };
+        let response = Out {
+            target: from,
+            bytes: Arc::from(msg.as_bytes()),
+        };
+        match self.txns.on_response(&key, status, response, now) {
+            Some(actions) => self.run(Some(&key), actions, now),
+            None => {
+                // A stray response: dropped (RFC 6026 §8.4: the transaction keeps 2xx
+                // retransmissions while it is in the Accepted state).
+                self.counters.dropped += 1;
+                Vec::new()
+            }
         }
     }
 
     /// Where a response to `req` goes (RFC 3261 §18.2.2, RFC 3581): back over the same
     /// connection; for UDP to the source port when `rport` was asked for, else the Via port
     /// at the source address.
-    fn reply_to(&self, req: &Message<'_>, from: &Target, bytes: Vec<u8>) -> Out {
-        let bytes = with_server_header(&bytes, &self.server_header);
+    pub(crate) fn reply_to(&self, req: &Message<'_>, from: &Target, bytes: Vec<u8>) -> Out {
+        let bytes = if bytes.is_empty() {
+            bytes
+        } else {
+            with_server_header(&bytes, &self.server_header)
+        };
         let mut target = from.clone();
         if !from.is_reliable() {
             if let Ok(via) = req.top_via() {
@@ -282,26 +405,76 @@ impl Core {
         }
     }
 
-    /// Turns transaction actions into messages to send.
-    pub fn run(&mut self, actions: Vec<Action<Out>>) -> Vec<Out> {
-        actions
-            .into_iter()
-            .filter_map(|a| match a {
-                Action::Send { message, .. } => Some(message),
-                _ => None,
-            })
-            .collect()
+    /// Carries out transaction actions; `client` names the client transaction they came from.
+    pub(crate) fn run(
+        &mut self,
+        client: Option<&ClientKey>,
+        actions: Vec<Action<Out>>,
+        now: Instant,
+    ) -> Vec<Out> {
+        let mut out = Vec::new();
+        for action in actions {
+            match action {
+                Action::Send { message, .. } => out.push(message),
+                Action::SendAck { request, response } => {
+                    if let Some(ack) =
+                        crate::proxy::ack_for(&request.bytes, &response.bytes, &self.limits)
+                    {
+                        out.push(Out {
+                            target: request.target.clone(),
+                            bytes: Arc::from(ack),
+                        });
+                    }
+                }
+                Action::SendTrying { request } => {
+                    let Ok(req) = parse(&request.bytes, &self.limits) else {
+                        continue;
+                    };
+                    let Some(key) = server_key(&req, "INVITE") else {
+                        continue;
+                    };
+                    let trying = self.reply_to(
+                        &req,
+                        &request.target,
+                        ResponseBuilder::new(&req, 100, "Trying").build(),
+                    );
+                    if let Ok(actions) = self.txns.respond(&key, 100, trying, now) {
+                        out.extend(self.run(None, actions, now));
+                    }
+                }
+                Action::PassToTu(msg) => {
+                    if let Some(ck) = client {
+                        out.extend(self.proxy_response(ck, &msg, now));
+                    }
+                }
+                Action::Timeout(_) => {
+                    if let Some(ck) = client {
+                        out.extend(self.proxy_branch_failed(ck, 408, now));
+                    }
+                }
+                Action::TransportError => {
+                    if let Some(ck) = client {
+                        out.extend(self.proxy_branch_failed(ck, 503, now));
+                    }
+                }
+                Action::Terminated => {}
+            }
+        }
+        out
     }
 
-    /// Fires due transaction timers.
+    /// Fires due transaction timers and proxy timers (Timer C, cleanup).
     pub fn poll_timers(&mut self, now: Instant) -> Vec<Out> {
-        let actions: Vec<_> = self
-            .txns
-            .poll_timers(now)
-            .into_iter()
-            .map(|(_, a)| a)
-            .collect();
-        self.run(actions)
+        let mut out = Vec::new();
+        for (key, action) in self.txns.poll_timers(now) {
+            let client = match &key {
+                TransactionKey::Client(ck) => Some(ck.clone()),
+                TransactionKey::Server(_) => None,
+            };
+            out.extend(self.run(client.as_ref(), vec![action], now));
+        }
+        out.extend(self.proxy_timers(now));
+        out
     }
 }
 
@@ -334,7 +507,7 @@ pub fn share_ban(outbox: &Outbox, event: &crate::security::BanEvent) {
 }
 
 /// `bytes` (a response) with a Server header after the status line.
-fn with_server_header(bytes: &[u8], server: &str) -> Vec<u8> {
+pub(crate) fn with_server_header(bytes: &[u8], server: &str) -> Vec<u8> {
     let at = bytes
         .windows(2)
         .position(|w| w == b"\r\n")

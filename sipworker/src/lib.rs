@@ -10,6 +10,7 @@ pub mod auth;
 pub mod core;
 #[cfg(unix)]
 mod inherit;
+pub mod proxy;
 pub mod registrar;
 pub mod security;
 pub mod transport;
@@ -38,6 +39,9 @@ pub struct Args {
     pub listen: usize,
     /// The inherited listen socket (Unix); Windows workers bind their own.
     pub fd: Option<i32>,
+    /// A UDP listen socket shared with a UDP worker, for a TCP worker to send to UDP phones
+    /// from the server's port. Never read here: the UDP workers receive.
+    pub udp_fd: Option<i32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +79,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
 
     let (conn_tx, mut conn_rx) = mpsc::channel::<ConnEvent>(4096);
     let open_conns = Arc::new(AtomicUsize::new(0));
+    let receives_udp = matches!(socket, Socket::Udp(_));
     let udp = match socket {
         Socket::Udp(s) => Some(s),
         Socket::Tcp(listener) => {
@@ -88,7 +93,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
                 max,
                 open_conns.clone(),
             ));
-            None
+            shared_udp(&args)?
         }
     };
     tracing::info!(transport = listen.transport.as_str(), address = %listen.address, "worker serving");
@@ -102,7 +107,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
             .next_deadline()
             .map(tokio::time::Instant::from_std);
         let out = tokio::select! {
-            r = recv(udp.as_ref(), &mut buf) => match r {
+            r = recv(udp.as_ref().filter(|_| receives_udp), &mut buf) => match r {
                 Ok((n, peer)) => core.on_message(&buf[..n], Target::udp(peer), Instant::now()),
                 Err(e) => {
                     tracing::warn!(error = %e, "udp receive failed");
@@ -115,7 +120,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
                     Vec::new()
                 }
                 ConnEvent::Message { id, peer, bytes } => {
-                    let from = Target { transport: Transport::Tcp, peer, conn: Some(id) };
+                    let from = Target { transport: Transport::Tcp, peer, conn: Some(id), owner: None };
                     core.on_message(&bytes, from, Instant::now())
                 }
                 ConnEvent::Closed { id } => {
@@ -130,6 +135,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
                     connections: open_conns.load(Ordering::Relaxed) as u64,
                     dropped: core.counters.dropped,
                     alarm: None,
+                    generation: core.replica.read().unwrap_or_else(|p| p.into_inner()).seq(),
                 };
                 link.outbox.send(FromChild::Health(health));
                 core.replica.write().unwrap_or_else(|p| p.into_inner()).purge_expired(now_ms());
@@ -152,6 +158,9 @@ pub async fn run(args: Args) -> Result<(), Error> {
                 Some(LinkEvent::Closed) | None => {
                     tracing::warn!("bus closed: the supervisor is gone; exiting");
                     break;
+                }
+                Some(LinkEvent::Deliver { from, msg: sipcraft_ipc::wire::Direct::Sip(h) }) => {
+                    core.on_handoff(&from, h, Instant::now())
                 }
                 Some(_) => Vec::new(),
             },
@@ -183,6 +192,21 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 }
 
 async fn send(core: &Core, udp: Option<&tokio::net::UdpSocket>, msg: transport::Out) {
+    if let Some(owner) = msg.target.owner.as_ref().filter(|o| **o != core.name) {
+        // The flow belongs to another worker: it sends.
+        let h = sipcraft_ipc::wire::SipHandoff {
+            transport: msg.target.transport,
+            peer: msg.target.peer,
+            connection: msg.target.conn,
+            outbound: true,
+            bytes: msg.bytes.to_vec(),
+        };
+        core.outbox.send(FromChild::Send {
+            to: owner.clone(),
+            msg: sipcraft_ipc::wire::Direct::Sip(h),
+        });
+        return;
+    }
     match (msg.target.conn, udp) {
         (Some(id), _) => match core.conns.get(&id) {
             Some(tx) => {
@@ -260,6 +284,25 @@ async fn open_socket(
             .map(Socket::Tcp),
     }
     .map_err(Error::Socket)
+}
+
+/// The UDP socket a TCP worker sends from (see [`Args::udp_fd`]).
+#[cfg(unix)]
+fn shared_udp(args: &Args) -> Result<Option<tokio::net::UdpSocket>, Error> {
+    let Some(fd) = args.udp_fd else {
+        return Ok(None);
+    };
+    let owned = inherit::take_socket(fd, inherit::Expect::Datagram).map_err(Error::Socket)?;
+    let std_socket = std::net::UdpSocket::from(owned);
+    std_socket.set_nonblocking(true).map_err(Error::Socket)?;
+    tokio::net::UdpSocket::from_std(std_socket)
+        .map(Some)
+        .map_err(Error::Socket)
+}
+
+#[cfg(not(unix))]
+fn shared_udp(_args: &Args) -> Result<Option<tokio::net::UdpSocket>, Error> {
+    Ok(None)
 }
 
 /// A worker's listen socket.

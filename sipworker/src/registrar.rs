@@ -15,6 +15,15 @@ use crate::auth::{Credentials, DigestAuth, NonceKey, Verdict};
 use crate::security::Guard;
 use crate::transport::Target;
 
+/// What authentication needs from the worker besides the message.
+pub struct AuthContext<'c> {
+    pub from: &'c Target,
+    pub replica: &'c Arc<RwLock<Replica>>,
+    pub outbox: &'c Outbox,
+    pub guard: &'c mut Guard,
+    pub now: Instant,
+}
+
 /// Registrar settings and per-worker authentication state.
 pub struct Registrar {
     auth: DigestAuth,
@@ -60,16 +69,39 @@ impl Registrar {
         let Some(user) = aor_user(&to) else {
             return ResponseBuilder::new(msg, 404, "Not Found").build();
         };
-        let extension = read(replica).extension(&user).cloned();
+        let ctx = AuthContext {
+            from,
+            replica,
+            outbox,
+            guard,
+            now,
+        };
+        match self.authenticate(msg, &user, false, ctx) {
+            Ok(ext) => self.update_bindings(msg, from, worker, &ext, replica, outbox),
+            Err(response) => response,
+        }
+    }
 
-        // Authenticate: the same challenge whether or not the user exists (no enumeration).
+    /// Digest authentication of `msg` as extension `user` (the To user of a REGISTER, the
+    /// From user of a call). `proxy` selects 407/Proxy-Authenticate/Proxy-Authorization
+    /// instead of 401/WWW-Authenticate/Authorization. Unknown users get exactly what a
+    /// known user with a wrong password gets. `Err` holds the response to send.
+    pub fn authenticate(
+        &mut self,
+        msg: &Message<'_>,
+        user: &str,
+        proxy: bool,
+        ctx: AuthContext<'_>,
+    ) -> Result<Extension, Vec<u8>> {
+        let extension = read(ctx.replica).extension(user).cloned();
+        let method = msg.method().map(|m| m.as_str()).unwrap_or("REGISTER");
         let digest = msg
-            .credentials(false)
+            .credentials(proxy)
             .filter_map(Result::ok)
             .filter_map(|c| c.digest())
             .find(|d| d.realm.as_deref() == Some(self.realm.as_str()));
         let Some(digest) = digest else {
-            return self.challenge(msg, extension.as_ref(), false);
+            return Err(self.challenge(msg, extension.as_ref(), false, proxy));
         };
         let creds = Credentials {
             username: digest.username.as_deref().unwrap_or_default(),
@@ -84,44 +116,45 @@ impl Registrar {
             opaque: digest.opaque.as_deref(),
         };
         let wall = SystemTime::now();
-        // Credentials must be for the AOR being registered: 1001 cannot register 1002.
+        // Credentials must be for the user in question: 1001 cannot register or call as 1002.
         let verdict = match &extension {
             Some(ext) if creds.username == ext.number => {
-                self.auth.verify(&creds, "REGISTER", ext, &self.realm, wall)
+                self.auth.verify(&creds, method, ext, &self.realm, wall)
             }
-            _ => self
-                .auth
-                .verify_unknown(&creds, "REGISTER", &self.realm, wall),
+            _ => self.auth.verify_unknown(&creds, method, &self.realm, wall),
         };
         if verdict.counts_as_failure() {
-            let ip = from.peer.ip();
+            let ip = ctx.from.peer.ip();
             tracing::warn!(
                 "sipcraft auth failure: ip={ip} user={} reason={}",
                 sanitize(creds.username),
                 verdict.as_str()
             );
-            if let Some(ban) = guard.record_failure(ip, creds.username, now) {
+            if let Some(ban) = ctx.guard.record_failure(ip, creds.username, ctx.now) {
                 tracing::warn!("{}", ban.log_line());
-                crate::core::share_ban(outbox, &ban);
+                crate::core::share_ban(ctx.outbox, &ban);
             }
         }
         match verdict {
             Verdict::Ok { .. } => {}
             Verdict::Stale | Verdict::Replay => {
-                return self.challenge(msg, extension.as_ref(), true)
+                return Err(self.challenge(msg, extension.as_ref(), true, proxy))
             }
-            Verdict::Disabled => return ResponseBuilder::new(msg, 403, "Forbidden").build(),
-            Verdict::Unsupported(why) => return bad(msg, &why.to_string()),
-            Verdict::Malformed(why) => return bad(msg, &why.to_string()),
-            _ => return self.challenge(msg, extension.as_ref(), false),
+            Verdict::Disabled => return Err(ResponseBuilder::new(msg, 403, "Forbidden").build()),
+            Verdict::Unsupported(why) => return Err(bad(msg, &why.to_string())),
+            Verdict::Malformed(why) => return Err(bad(msg, &why.to_string())),
+            _ => return Err(self.challenge(msg, extension.as_ref(), false, proxy)),
         }
-        let Some(ext) = extension else {
-            return self.challenge(msg, None, false);
-        };
-        self.update_bindings(msg, from, worker, &ext, replica, outbox)
+        extension.ok_or_else(|| self.challenge(msg, None, false, proxy))
     }
 
-    fn challenge(&self, msg: &Message<'_>, extension: Option<&Extension>, stale: bool) -> Vec<u8> {
+    fn challenge(
+        &self,
+        msg: &Message<'_>,
+        extension: Option<&Extension>,
+        stale: bool,
+        proxy: bool,
+    ) -> Vec<u8> {
         let values = self
             .auth
             .challenges_for(extension, &self.realm, stale, SystemTime::now());
@@ -129,9 +162,18 @@ impl Registrar {
             // An extension whose secret answers none of its algorithms (config check stops it).
             return ResponseBuilder::new(msg, 403, "Forbidden").build();
         }
-        let mut b = ResponseBuilder::new(msg, 401, "Unauthorized");
+        let (mut b, header) = match proxy {
+            true => (
+                ResponseBuilder::new(msg, 407, "Proxy Authentication Required"),
+                "Proxy-Authenticate",
+            ),
+            false => (
+                ResponseBuilder::new(msg, 401, "Unauthorized"),
+                "WWW-Authenticate",
+            ),
+        };
         for value in values {
-            b = b.header("WWW-Authenticate", &value);
+            b = b.header(header, &value);
         }
         b.build()
     }
@@ -277,7 +319,7 @@ fn bad(msg: &Message<'_>, reason: &str) -> Vec<u8> {
 }
 
 /// The extension number an address of record names.
-fn aor_user(to: &NameAddr<'_>) -> Option<String> {
+pub fn aor_user(to: &NameAddr<'_>) -> Option<String> {
     match &to.uri {
         Uri::Sip(u) => u.user_decoded().map(|u| u.into_owned()),
         Uri::Tel(t) => Some(t.number.to_owned()),

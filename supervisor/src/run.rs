@@ -354,18 +354,20 @@ impl Supervisor {
 
     async fn start(&mut self, i: usize) {
         let args = self.child_args(i);
-        let child = &mut self.children[i];
         let request = SpawnRequest {
             args,
             #[cfg(unix)]
-            inherit_fds: match child.kind {
+            inherit_fds: match self.children[i].kind {
                 Kind::Worker { listen, socket } => {
                     use std::os::fd::AsRawFd;
-                    vec![self.sockets[listen][socket].as_raw_fd()]
+                    let mut fds = vec![self.sockets[listen][socket].as_raw_fd()];
+                    fds.extend(self.shared_udp_fd(listen));
+                    fds
                 }
                 Kind::DbAgent => Vec::new(),
             },
         };
+        let child = &mut self.children[i];
         let restarting = child.started_at.is_some();
         child.restart_at = None;
         child.restart_now = false;
@@ -416,8 +418,36 @@ impl Supervisor {
                 "--fd".into(),
                 self.sockets[listen][socket].as_raw_fd().to_string().into(),
             ]);
+            if let Some(fd) = self.shared_udp_fd(listen) {
+                args.extend(["--udp-fd".into(), fd.to_string().into()]);
+            }
         }
         args
+    }
+
+    /// For a TCP worker: a UDP listen socket to send to UDP phones from the server's port
+    /// (the first UDP socket of the same address family; the UDP worker that owns it keeps
+    /// receiving on it, the TCP worker only sends).
+    #[cfg(unix)]
+    fn shared_udp_fd(&self, listen: usize) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        let me = &self.config.listen[listen];
+        if me.transport == Transport::Udp {
+            return None;
+        }
+        let same_family =
+            |l: &&sipcraft_config::Listen| l.address.is_ipv4() == me.address.is_ipv4();
+        let udp = self
+            .config
+            .listen
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.transport == Transport::Udp);
+        let (i, _) = udp
+            .clone()
+            .find(|(_, l)| same_family(l))
+            .or_else(|| udp.clone().next())?;
+        self.sockets.get(i)?.first().map(|s| s.as_raw_fd())
     }
 
     fn on_exit(&mut self, exit: Exit) {

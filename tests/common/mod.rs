@@ -210,6 +210,25 @@ impl Server {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
+    /// Waits until every worker's replica has caught up with the supervisor's generation
+    /// (replication is asynchronous; workers report their generation once a second).
+    pub fn wait_replicated(&self) {
+        let target = self.status()["generation"].as_u64().unwrap_or(0);
+        wait_for(
+            "every worker's replica caught up",
+            Duration::from_secs(5),
+            || {
+                let s = self.try_status()?;
+                s["children"]
+                    .as_array()?
+                    .iter()
+                    .filter(|c| c["role"] == "worker")
+                    .all(|c| c["health"]["generation"].as_u64().unwrap_or(0) >= target)
+                    .then_some(())
+            },
+        );
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("sipcraft.log")).unwrap_or_default()
     }

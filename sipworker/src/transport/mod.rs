@@ -15,6 +15,9 @@ pub struct Target {
     pub peer: SocketAddr,
     /// The connection, for connection-oriented transports.
     pub conn: Option<u64>,
+    /// The worker that owns the connection, when it is not this one: sending means handing
+    /// the message over the bus.
+    pub owner: Option<String>,
 }
 
 impl Target {
@@ -23,6 +26,7 @@ impl Target {
             transport: Transport::Udp,
             peer,
             conn: None,
+            owner: None,
         }
     }
 

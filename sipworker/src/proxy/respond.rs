@@ -1,0 +1,338 @@
+//! Responses on the proxy's branches (RFC 3261 §16.7): provisional responses relayed, every
+//! 2xx forwarded and the other branches cancelled, the best final response chosen when all
+//! branches are done; Timer C; CANCEL and ACK built for a branch (§9.1, §17.1.1.3).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sipcraft_sip::build::ResponseBuilder;
+use sipcraft_sip::rewrite::Rewriter;
+use sipcraft_sip::transaction::{ClientKey, ServerKey};
+use sipcraft_sip::{parse, HeaderName, Limits, Message};
+
+use super::fork::BranchState;
+use crate::core::Core;
+use crate::transport::Out;
+
+/// How long a finished fork is kept, for 2xx retransmissions (64·T1).
+const LINGER: Duration = Duration::from_secs(32);
+
+impl Core {
+    /// A response on branch `ck`, passed up by its client transaction.
+    pub(crate) fn proxy_response(
+        &mut self,
+        ck: &ClientKey,
+        response: &Out,
+        now: Instant,
+    ) -> Vec<Out> {
+        let Some(key) = self.proxy.by_branch.get(ck).cloned() else {
+            return Vec::new();
+        };
+        if ck.method() == "CANCEL" {
+            return Vec::new(); // the 200 to our CANCEL ends there
+        }
+        let Ok(msg) = parse(&response.bytes, &self.limits) else {
+            return Vec::new();
+        };
+        let Some(status) = msg.status() else {
+            return Vec::new();
+        };
+        // The response as the caller gets it: our Via removed.
+        let mut w = Rewriter::new(&msg);
+        if w.remove_top_via().is_err() {
+            return Vec::new();
+        }
+        let relayed = w.finish();
+        let Some(fork) = self.proxy.forks.get_mut(&key) else {
+            return Vec::new();
+        };
+        let Some(branch) = fork.branches.iter_mut().find(|b| &b.key == ck) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        match status {
+            100 => {
+                branch.state = BranchState::Proceeding;
+            }
+            101..=199 => {
+                if branch.state == BranchState::Trying {
+                    branch.state = BranchState::Proceeding;
+                }
+                if !fork.finished {
+                    let caller = fork.caller.clone();
+                    out.extend(self.to_caller(&key, status, relayed, caller, now));
+                }
+            }
+            200..=299 => {
+                branch.state = BranchState::Done(status);
+                let first = !fork.answered;
+                fork.answered = true;
+                fork.finished = true;
+                fork.timer_c = None;
+                fork.later.clear();
+                let caller = fork.caller.clone();
+                if first {
+                    if let Some(mut rec) = fork.record.take() {
+                        rec.answered_ms = Some(crate::now_ms());
+                        rec.final_status = status;
+                        rec.reason = msg
+                            .status_line()
+                            .map(|l| l.reason.to_owned())
+                            .unwrap_or_default();
+                        if let (Ok(f), Ok(t)) = (msg.from(), msg.to()) {
+                            rec.id = super::answered_id(
+                                &rec.call_id,
+                                f.tag().unwrap_or(""),
+                                t.tag().unwrap_or(""),
+                            );
+                        }
+                        self.send_record(rec);
+                    }
+                }
+                out.extend(self.to_caller(&key, status, relayed, caller, now));
+                if first {
+                    out.extend(self.cancel_branches(&key, now));
+                }
+                self.linger(&key, now);
+            }
+            _ => {
+                branch.state = BranchState::Done(status);
+                if fork.finished {
+                    return out;
+                }
+                if status >= 600 {
+                    fork.later.clear();
+                    fork.offer(status, relayed);
+                    out.extend(self.cancel_branches(&key, now));
+                    out.extend(self.finish_fork(&key, now));
+                    return out;
+                }
+                fork.offer(status, relayed);
+                if fork.all_done() {
+                    out.extend(self.next_group(&key, now));
+                }
+            }
+        }
+        out
+    }
+
+    /// A branch failed without a response (timeout, transport error).
+    pub(crate) fn proxy_branch_failed(
+        &mut self,
+        ck: &ClientKey,
+        status: u16,
+        now: Instant,
+    ) -> Vec<Out> {
+        let Some(key) = self.proxy.by_branch.get(ck).cloned() else {
+            return Vec::new();
+        };
+        if ck.method() == "CANCEL" {
+            return Vec::new();
+        }
+        let Some(fork) = self.proxy.forks.get_mut(&key) else {
+            return Vec::new();
+        };
+        let Some(branch) = fork.branches.iter_mut().find(|b| &b.key == ck) else {
+            return Vec::new();
+        };
+        if matches!(branch.state, BranchState::Done(_)) {
+            return Vec::new();
+        }
+        branch.state = BranchState::Done(status);
+        if fork.finished {
+            return Vec::new();
+        }
+        let request = fork.request.clone();
+        if let Ok(req) = parse(&request, &self.limits) {
+            let reason = if status == 408 {
+                "Request Timeout"
+            } else {
+                "Service Unavailable"
+            };
+            let r = ResponseBuilder::new(&req, status, reason).build();
+            if let Some(f) = self.proxy.forks.get_mut(&key) {
+                f.offer(status, r);
+            }
+        }
+        if self.proxy.forks.get(&key).is_some_and(|f| f.all_done()) {
+            return self.next_group(&key, now);
+        }
+        Vec::new()
+    }
+
+    /// No branch is left: the best final response goes to the caller (a 503 becomes 500,
+    /// §16.7 step 6; no response at all becomes 408).
+    pub(crate) fn finish_fork(&mut self, key: &ServerKey, now: Instant) -> Vec<Out> {
+        let Some(fork) = self.proxy.forks.get_mut(key) else {
+            return Vec::new();
+        };
+        if fork.finished {
+            return Vec::new();
+        }
+        fork.finished = true;
+        fork.timer_c = None;
+        let caller = fork.caller.clone();
+        let request = fork.request.clone();
+        let (status, bytes) = match fork.best.take() {
+            Some((503, _)) | None => {
+                let Ok(req) = parse(&request, &self.limits) else {
+                    return Vec::new();
+                };
+                let (s, reason) = if fork.best.is_none() && fork.branches.is_empty() {
+                    (480, "Temporarily Unavailable")
+                } else {
+                    (500, "Server Internal Error")
+                };
+                (s, ResponseBuilder::new(&req, s, reason).build())
+            }
+            Some((s, b)) if b.is_empty() => {
+                let Ok(req) = parse(&request, &self.limits) else {
+                    return Vec::new();
+                };
+                (
+                    s,
+                    ResponseBuilder::new(&req, s, "Service Unavailable").build(),
+                )
+            }
+            Some(best) => best,
+        };
+        if let Some(mut rec) = fork.record.take() {
+            rec.final_status = status;
+            rec.ended_ms = Some(crate::now_ms());
+            if rec.reason.is_empty() {
+                rec.reason = parse(&bytes, &self.limits)
+                    .ok()
+                    .and_then(|m| m.status_line().map(|l| l.reason.to_owned()))
+                    .unwrap_or_default();
+            }
+            self.send_record(rec);
+        }
+        let out = self.to_caller(key, status, bytes, caller, now);
+        self.linger(key, now);
+        out
+    }
+
+    /// Sends a response to the caller through the server transaction.
+    fn to_caller(
+        &mut self,
+        key: &ServerKey,
+        status: u16,
+        bytes: Vec<u8>,
+        caller: crate::transport::Target,
+        now: Instant,
+    ) -> Vec<Out> {
+        let bytes = crate::core::with_server_header(&bytes, &self.server_header);
+        let o = Out {
+            target: caller,
+            bytes: Arc::from(bytes),
+        };
+        match self.txns.respond(key, status, o, now) {
+            Ok(actions) => self.run(None, actions, now),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Keeps a finished fork around for retransmitted 2xx, then forgets it.
+    fn linger(&mut self, key: &ServerKey, now: Instant) {
+        if let Some(f) = self.proxy.forks.get_mut(key) {
+            f.timer_c = None;
+            f.forget_at = Some(now + LINGER);
+        }
+    }
+
+    /// Timer C and fork cleanup.
+    pub(crate) fn proxy_timers(&mut self, now: Instant) -> Vec<Out> {
+        let ringing: Vec<ServerKey> = self
+            .proxy
+            .forks
+            .iter()
+            .filter(|(_, f)| f.timer_c.is_some_and(|t| t <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut out = Vec::new();
+        for key in ringing {
+            tracing::debug!("ring timeout");
+            if let Some(f) = self.proxy.forks.get_mut(&key) {
+                f.timer_c = None;
+                f.later.clear();
+                if let Some(rec) = f.record.as_mut() {
+                    rec.reason = "ring timeout".into();
+                }
+                let request = f.request.clone();
+                if let Ok(req) = parse(&request, &self.limits) {
+                    f.best = Some((
+                        408,
+                        ResponseBuilder::new(&req, 408, "Request Timeout").build(),
+                    ));
+                }
+            }
+            out.extend(self.cancel_branches(&key, now));
+            out.extend(self.finish_fork(&key, now));
+        }
+        let gone: Vec<ServerKey> = self
+            .proxy
+            .forks
+            .iter()
+            .filter(|(_, f)| f.forget_at.is_some_and(|t| t <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in gone {
+            if let Some(f) = self.proxy.forks.remove(&key) {
+                for b in f.branches {
+                    self.proxy.by_branch.remove(&b.key);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The CANCEL for a forwarded request (§9.1): same Request-URI, Call-ID, From, To, CSeq
+/// number and top Via; Route headers copied.
+pub fn cancel_for(request: &[u8], limits: &Limits) -> Option<Vec<u8>> {
+    let req = parse(request, limits).ok()?;
+    let rl = req.request_line()?;
+    let mut out = format!("CANCEL {} SIP/2.0\r\n", rl.uri);
+    out += &format!("Via: {}\r\n", req.values(HeaderName::Via).next()?);
+    copy_headers(&req, &mut out, &[HeaderName::Route]);
+    out += "Max-Forwards: 70\r\n";
+    copy_headers(
+        &req,
+        &mut out,
+        &[HeaderName::From, HeaderName::To, HeaderName::CallId],
+    );
+    out += &format!(
+        "CSeq: {} CANCEL\r\nContent-Length: 0\r\n\r\n",
+        req.cseq().ok()?.seq
+    );
+    Some(out.into_bytes())
+}
+
+/// The ACK for a non-2xx final response to a forwarded INVITE (§17.1.1.3).
+pub fn ack_for(request: &[u8], response: &[u8], limits: &Limits) -> Option<Vec<u8>> {
+    let req = parse(request, limits).ok()?;
+    let resp = parse(response, limits).ok()?;
+    let rl = req.request_line()?;
+    let mut out = format!("ACK {} SIP/2.0\r\n", rl.uri);
+    out += &format!("Via: {}\r\n", req.values(HeaderName::Via).next()?);
+    copy_headers(&req, &mut out, &[HeaderName::Route]);
+    out += "Max-Forwards: 70\r\n";
+    copy_headers(&req, &mut out, &[HeaderName::From, HeaderName::CallId]);
+    copy_headers(&resp, &mut out, &[HeaderName::To]);
+    out += &format!(
+        "CSeq: {} ACK\r\nContent-Length: 0\r\n\r\n",
+        req.cseq().ok()?.seq
+    );
+    Some(out.into_bytes())
+}
+
+fn copy_headers(msg: &Message<'_>, out: &mut String, names: &[HeaderName<'_>]) {
+    for name in names {
+        for h in msg.headers_named(*name) {
+            out.push_str(h.raw_name);
+            out.push_str(": ");
+            out.push_str(h.value);
+            out.push_str("\r\n");
+        }
+    }
+}

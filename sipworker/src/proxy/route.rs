@@ -1,0 +1,121 @@
+//! Where a proxied request goes: the bindings of an extension, a Route, or a Request-URI,
+//! and the addresses that are this server's own.
+
+use std::net::{IpAddr, SocketAddr};
+
+use sipcraft_config::{Config, Transport};
+use sipcraft_ipc::state::Binding;
+use sipcraft_sip::{Host, Uri};
+
+use crate::transport::Target;
+
+/// The addresses this instance listens on, to recognise its own Route entries.
+#[derive(Debug, Clone)]
+pub struct Local {
+    pub listens: Vec<(Transport, SocketAddr)>,
+    pub domain: String,
+}
+
+impl Local {
+    pub fn new(config: &Config) -> Self {
+        Local {
+            listens: config
+                .listen
+                .iter()
+                .map(|l| (l.transport, l.address))
+                .collect(),
+            domain: config.server.domain.clone(),
+        }
+    }
+
+    /// The address to put in Via and Record-Route for `transport`.
+    pub fn address(&self, transport: Transport) -> SocketAddr {
+        self.listens
+            .iter()
+            .find(|(t, _)| *t == transport)
+            .or_else(|| self.listens.first())
+            .map(|(_, a)| *a)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5060)))
+    }
+
+    /// A Record-Route / Route value naming this server on `transport`.
+    pub fn route_uri(&self, transport: Transport) -> String {
+        let a = self.address(transport);
+        format!("<sip:{};transport={};lr>", host_port(a), transport.as_str())
+    }
+
+    /// Whether `uri` names this server: one of its listen addresses, or its domain without
+    /// a user part.
+    pub fn is_me(&self, uri: &Uri<'_>) -> bool {
+        let Some(sip) = uri.as_sip() else {
+            return false;
+        };
+        if let Host::Domain(name) = sip.host {
+            return sip.user.is_none() && name.eq_ignore_ascii_case(&self.domain);
+        }
+        let Some(ip) = sip.host.ip() else {
+            return false;
+        };
+        let port = sip.port.unwrap_or(5060);
+        self.listens
+            .iter()
+            .any(|(_, a)| a.port() == port && (a.ip() == ip || a.ip().is_unspecified()))
+    }
+}
+
+/// `ip:port`, bracketed for IPv6.
+pub fn host_port(a: SocketAddr) -> String {
+    match a.ip() {
+        IpAddr::V4(ip) => format!("{ip}:{}", a.port()),
+        IpAddr::V6(ip) => format!("[{ip}]:{}", a.port()),
+    }
+}
+
+/// How to reach a registered phone. Over TCP: its connection (the flow it registered on,
+/// owned by some worker). Over UDP: the Contact address when the phone sent from that IP
+/// (no NAT in between), else the address the REGISTER came from, which is where the NAT
+/// pinhole is (the nathelper habit of Kamailio operators).
+pub fn binding_target(b: &Binding, me: &str) -> Target {
+    if b.transport != Transport::Udp {
+        let owner = (b.owner != me).then(|| b.owner.clone());
+        return Target {
+            transport: b.transport,
+            peer: b.source,
+            conn: b.connection,
+            owner,
+        };
+    }
+    let contact = Uri::parse(&b.contact).ok().and_then(|u| uri_target(&u));
+    let peer = match contact {
+        Some(t) if t.peer.ip() == b.source.ip() => t.peer,
+        _ => b.source,
+    };
+    Target {
+        transport: Transport::Udp,
+        peer,
+        conn: None,
+        owner: None,
+    }
+}
+
+/// How to reach a URI that is not a registered contact: its host must be an IP address
+/// (no DNS on the call path).
+pub fn uri_target(uri: &Uri<'_>) -> Option<Target> {
+    let sip = uri.as_sip()?;
+    let ip = sip
+        .maddr()
+        .and_then(|m| m.parse().ok())
+        .or_else(|| sip.host.ip())?;
+    let transport = match sip.transport().map(|t| t.to_ascii_lowercase()) {
+        Some(t) if t == "tcp" => Transport::Tcp,
+        _ if sip.secure => Transport::Tcp,
+        _ => Transport::Udp,
+    };
+    let port = sip.port.unwrap_or(5060);
+    Some(Target {
+        transport,
+        peer: SocketAddr::new(ip, port),
+        conn: None,
+        owner: None,
+    })
+}
