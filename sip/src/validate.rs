@@ -120,6 +120,8 @@ pub fn check<'a>(buf: &'a [u8], limits: &Limits, policy: &Policy<'_>) -> Verdict
     };
     match rejection {
         None => Verdict::Accept(msg),
+        // Nothing ever answers an ACK (RFC 3261 §17.1.1.3): a bad one is dropped.
+        Some(_) if msg.method() == Some(Method::Ack) => Verdict::Drop("malformed ACK".into()),
         Some(rejection) => Verdict::Reject {
             request: msg,
             rejection,
@@ -286,6 +288,18 @@ mod tests {
         assert_eq!(status(&verdict("Max-Forwards: 70\r\n")), Some(400));
         assert_eq!(status(&verdict("Contact: <sip:x\r\n")), Some(400));
         assert_eq!(status(&verdict("Content-Length: 5\r\n")), Some(400));
+    }
+
+    #[test]
+    fn bad_ack_is_dropped() {
+        let ack = BASE
+            .replace("OPTIONS sip", "ACK sip")
+            .replace("1 OPTIONS", "1 ACK");
+        let s: &'static str = Box::leak(format!("{ack}Max-Forwards: 70\r\n\r\n").into_boxed_str());
+        assert!(matches!(
+            check(s.as_bytes(), &Limits::default(), &Policy::default()),
+            Verdict::Drop(_)
+        ));
     }
 
     #[test]
