@@ -118,6 +118,9 @@ impl Core {
             }
             _ => {}
         }
+        if self.is_loop(msg) {
+            return self.answer(msg, key, from, ResponseBuilder::new(msg, 482, "Loop Detected").build(), now);
+        }
         let in_dialog = msg.to().ok().and_then(|t| t.tag()).is_some();
         if in_dialog {
             return self.proxy_in_dialog(msg, key, from, &method, now);
@@ -232,6 +235,19 @@ impl Core {
         self.proxy.forks.insert(key.clone(), fork);
         out.extend(self.next_group(key, now));
         out
+    }
+
+    /// A request that already went through this server (one of its Vias is ours: sent-by one
+    /// of our addresses with a branch one of our workers made) has looped back (§16.3 4).
+    fn is_loop(&self, msg: &Message<'_>) -> bool {
+        msg.vias().flatten().any(|via| {
+            let ours_branch = via.branch().and_then(branch_owner).is_some();
+            let port = via.port.unwrap_or(5060);
+            let ours_addr = via.host.ip().is_some_and(|ip| {
+                self.proxy.local.listens.iter().any(|(_, a)| a.port() == port && (a.ip() == ip || a.ip().is_unspecified()))
+            });
+            ours_branch && ours_addr
+        })
     }
 
     /// Starts the next serial group of a fork; answers the caller when none is left.
