@@ -24,6 +24,9 @@ enum CtlCommand {
     Status {
         #[arg(long)]
         json: bool,
+        /// Exit 1 unless every child is ready (for health checks).
+        #[arg(long)]
+        check: bool,
     },
     /// Restart one child by name (`udp-0`, `tcp-0`, `dbagent`).
     Restart { name: String },
@@ -175,8 +178,12 @@ pub fn ctl(args: CtlArgs) -> ExitCode {
             }
         }
     };
+    let mut check_ready = false;
     let (request, json) = match args.command {
-        CtlCommand::Status { json } => (ControlRequest::Status, json),
+        CtlCommand::Status { json, check } => {
+            check_ready = check;
+            (ControlRequest::Status, json)
+        }
         CtlCommand::Restart { name } => (ControlRequest::Restart { name }, false),
         CtlCommand::Reload => (ControlRequest::Reload, false),
         CtlCommand::Drain => (ControlRequest::Drain, false),
@@ -184,16 +191,24 @@ pub fn ctl(args: CtlArgs) -> ExitCode {
     };
     let result = child_runtime().block_on(sipcraft_supervisor::ctl::request(&socket, request));
     match result {
-        Ok(ControlResponse::Status(status)) if json => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&status).expect("status is JSON")
-            );
-            ExitCode::SUCCESS
-        }
         Ok(ControlResponse::Status(status)) => {
-            print!("{}", sipcraft_supervisor::ctl::status_table(&status));
-            ExitCode::SUCCESS
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&status).expect("status is JSON")
+                );
+            } else {
+                print!("{}", sipcraft_supervisor::ctl::status_table(&status));
+            }
+            let all_ready = status
+                .children
+                .iter()
+                .all(|c| c.state == sipcraft_ipc::wire::ChildState::Ready);
+            if check_ready && !all_ready {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Ok(ControlResponse::Done(msg)) => {
             println!("{msg}");

@@ -25,6 +25,16 @@ fn status_lists_every_child_ready() {
         assert_eq!(c["restarts"], 0);
     }
     assert_eq!(status["extensions"], 3);
+    assert!(
+        server.ctl(&["status", "--check"]).status.success(),
+        "health check passes when all are ready"
+    );
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", server.pid_of("udp-0"))).unwrap();
+    assert_eq!(
+        comm.trim(),
+        "sipcraft",
+        "children are named sipcraft, not exe"
+    );
     let table = String::from_utf8(server.ctl(&["status"]).stdout).unwrap();
     assert!(
         table.contains("NAME") && table.contains("udp-1") && table.contains("ready"),
@@ -118,6 +128,11 @@ fn child_failing_at_every_start_goes_to_crash_loop_and_others_stay_ready() {
     assert!(
         server.log().contains("CRASH LOOP"),
         "the crash loop is logged loudly"
+    );
+    let check = server.ctl(&["status", "--check"]);
+    assert!(
+        !check.status.success(),
+        "a health check fails while a child is in a crash loop"
     );
 }
 

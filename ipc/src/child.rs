@@ -233,6 +233,9 @@ pub fn guard_parent(parent: u32) -> bool {
     #[cfg(target_os = "linux")]
     {
         use nix::sys::signal::Signal;
+        // Children are re-executed through /proc/self/exe, which names them "exe" in top,
+        // pidof and killall; they are sipcraft.
+        let _ = nix::sys::prctl::set_name(c"sipcraft");
         if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM) {
             tracing::warn!(error = %e, "could not set the parent-death signal");
         }
