@@ -29,7 +29,7 @@ VOLUME ["/var/lib/sipcraft"]
 EXPOSE 5060/udp 5060/tcp 5061/tcp
 # Healthy while the supervisor answers on its control socket.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
-    CMD ["sipcraft", "ctl", "-c", "/etc/sipcraft/sipcraft.toml", "status"]
+    CMD ["sipcraft", "ctl", "-c", "/etc/sipcraft/sipcraft.toml", "status", "--check"]
 # SIGTERM (docker stop) is an orderly stop within [supervisor] stop_timeout_s (5 s), well
 # inside docker's 10 s grace period.
 STOPSIGNAL SIGTERM
