@@ -27,7 +27,7 @@ USER sipcraft:sipcraft
 VOLUME ["/var/lib/sipcraft"]
 # SIP over UDP and TCP; 5061 for TLS (not served yet).
 EXPOSE 5060/udp 5060/tcp 5061/tcp
-# Healthy while the supervisor answers on its control socket.
+# Healthy while every child (dbagent, workers) is ready; a crash loop fails the check.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
     CMD ["sipcraft", "ctl", "-c", "/etc/sipcraft/sipcraft.toml", "status", "--check"]
 # SIGTERM (docker stop) is an orderly stop within [supervisor] stop_timeout_s (5 s), well
