@@ -119,7 +119,13 @@ impl Core {
             _ => {}
         }
         if self.is_loop(msg) {
-            return self.answer(msg, key, from, ResponseBuilder::new(msg, 482, "Loop Detected").build(), now);
+            return self.answer(
+                msg,
+                key,
+                from,
+                ResponseBuilder::new(msg, 482, "Loop Detected").build(),
+                now,
+            );
         }
         let in_dialog = msg.to().ok().and_then(|t| t.tag()).is_some();
         if in_dialog {
@@ -202,7 +208,7 @@ impl Core {
             return out;
         }
         // Serial groups by q-value, highest first; parallel within a group.
-        bindings.sort_by(|a, b| b.q.unwrap_or(1000).cmp(&a.q.unwrap_or(1000)));
+        bindings.sort_by_key(|b| std::cmp::Reverse(b.q.unwrap_or(1000)));
         let mut groups: Vec<Vec<Hop>> = Vec::new();
         let mut last_q = None;
         for b in &bindings {
@@ -244,7 +250,11 @@ impl Core {
             let ours_branch = via.branch().and_then(branch_owner).is_some();
             let port = via.port.unwrap_or(5060);
             let ours_addr = via.host.ip().is_some_and(|ip| {
-                self.proxy.local.listens.iter().any(|(_, a)| a.port() == port && (a.ip() == ip || a.ip().is_unspecified()))
+                self.proxy
+                    .local
+                    .listens
+                    .iter()
+                    .any(|(_, a)| a.port() == port && (a.ip() == ip || a.ip().is_unspecified()))
             });
             ours_branch && ours_addr
         })

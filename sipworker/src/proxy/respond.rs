@@ -60,7 +60,7 @@ impl Core {
                 }
                 if !fork.finished {
                     let caller = fork.caller.clone();
-                    out.extend(self.to_caller(&key, status, relayed, caller, now));
+                    out.extend(self.send_to_caller(&key, status, relayed, caller, now));
                 }
             }
             200..=299 => {
@@ -89,7 +89,7 @@ impl Core {
                         self.send_record(rec);
                     }
                 }
-                out.extend(self.to_caller(&key, status, relayed, caller, now));
+                out.extend(self.send_to_caller(&key, status, relayed, caller, now));
                 if first {
                     out.extend(self.cancel_branches(&key, now));
                 }
@@ -149,7 +149,7 @@ impl Core {
             } else {
                 "Service Unavailable"
             };
-            let r = ResponseBuilder::new(&req, status, reason).build();
+            let r = local_response(&req, status, reason, &self.server_header);
             if let Some(f) = self.proxy.forks.get_mut(&key) {
                 f.offer(status, r);
             }
@@ -183,7 +183,7 @@ impl Core {
                 } else {
                     (500, "Server Internal Error")
                 };
-                (s, ResponseBuilder::new(&req, s, reason).build())
+                (s, local_response(&req, s, reason, &self.server_header))
             }
             Some((s, b)) if b.is_empty() => {
                 let Ok(req) = parse(&request, &self.limits) else {
@@ -191,7 +191,7 @@ impl Core {
                 };
                 (
                     s,
-                    ResponseBuilder::new(&req, s, "Service Unavailable").build(),
+                    local_response(&req, s, "Service Unavailable", &self.server_header),
                 )
             }
             Some(best) => best,
@@ -207,13 +207,13 @@ impl Core {
             }
             self.send_record(rec);
         }
-        let out = self.to_caller(key, status, bytes, caller, now);
+        let out = self.send_to_caller(key, status, bytes, caller, now);
         self.linger(key, now);
         out
     }
 
     /// Sends a response to the caller through the server transaction.
-    fn to_caller(
+    fn send_to_caller(
         &mut self,
         key: &ServerKey,
         status: u16,
@@ -221,7 +221,6 @@ impl Core {
         caller: crate::transport::Target,
         now: Instant,
     ) -> Vec<Out> {
-        let bytes = crate::core::with_server_header(&bytes, &self.server_header);
         let o = Out {
             target: caller,
             bytes: Arc::from(bytes),
@@ -262,7 +261,7 @@ impl Core {
                 if let Ok(req) = parse(&request, &self.limits) {
                     f.best = Some((
                         408,
-                        ResponseBuilder::new(&req, 408, "Request Timeout").build(),
+                        local_response(&req, 408, "Request Timeout", &self.server_header),
                     ));
                 }
             }
@@ -285,6 +284,11 @@ impl Core {
         }
         out
     }
+}
+
+/// A response the proxy makes itself (not relayed), with its Server header.
+fn local_response(req: &Message<'_>, status: u16, reason: &str, server: &str) -> Vec<u8> {
+    crate::core::with_server_header(&ResponseBuilder::new(req, status, reason).build(), server)
 }
 
 /// The CANCEL for a forwarded request (§9.1): same Request-URI, Call-ID, From, To, CSeq

@@ -13,6 +13,8 @@ use crate::transport::Target;
 #[derive(Debug, Clone)]
 pub struct Local {
     pub listens: Vec<(Transport, SocketAddr)>,
+    /// What phones are told to reach: `listens` with wildcards replaced.
+    pub advertised: Vec<(Transport, SocketAddr)>,
     pub domain: String,
 }
 
@@ -24,16 +26,22 @@ impl Local {
                 .iter()
                 .map(|l| (l.transport, l.address))
                 .collect(),
+            advertised: config
+                .listen
+                .iter()
+                .map(|l| (l.transport, advertised(l.address)))
+                .collect(),
             domain: config.server.domain.clone(),
         }
     }
 
-    /// The address to put in Via and Record-Route for `transport`.
+    /// The address to put in Via and Record-Route for `transport`: the listen address, or
+    /// for a wildcard listen address the host's primary address.
     pub fn address(&self, transport: Transport) -> SocketAddr {
-        self.listens
+        self.advertised
             .iter()
             .find(|(t, _)| *t == transport)
-            .or_else(|| self.listens.first())
+            .or_else(|| self.advertised.first())
             .map(|(_, a)| *a)
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5060)))
     }
@@ -59,8 +67,36 @@ impl Local {
         let port = sip.port.unwrap_or(5060);
         self.listens
             .iter()
+            .chain(&self.advertised)
             .any(|(_, a)| a.port() == port && (a.ip() == ip || a.ip().is_unspecified()))
     }
+}
+
+/// For a wildcard listen address (0.0.0.0, ::), the address the host would use to reach the
+/// outside: found by connecting a UDP socket (which sends nothing) towards a documentation
+/// address. Falls back to loopback on a host without a route.
+fn advertised(listen: SocketAddr) -> SocketAddr {
+    if !listen.ip().is_unspecified() {
+        return listen;
+    }
+    let (bind, probe): (SocketAddr, SocketAddr) = if listen.is_ipv4() {
+        (([0, 0, 0, 0], 0).into(), ([192, 0, 2, 1], 9).into())
+    } else {
+        (
+            ([0u16; 8], 0).into(),
+            ([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1], 9).into(),
+        )
+    };
+    let loopback = if listen.is_ipv4() {
+        IpAddr::from([127, 0, 0, 1])
+    } else {
+        IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])
+    };
+    let ip = std::net::UdpSocket::bind(bind)
+        .and_then(|s| s.connect(probe).map(|()| s))
+        .and_then(|s| s.local_addr())
+        .map_or(loopback, |a| a.ip());
+    SocketAddr::new(ip, listen.port())
 }
 
 /// `ip:port`, bracketed for IPv6.
