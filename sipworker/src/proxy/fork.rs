@@ -113,3 +113,40 @@ mod tests {
         assert_eq!(branch_owner("z9hG4bK..1"), None);
     }
 }
+
+#[cfg(test)]
+mod choice {
+    use super::*;
+    use sipcraft_sip::transaction::ServerKey;
+
+    fn fork() -> Fork {
+        Fork {
+            server_key: ServerKey::new("z9hG4bKx", "127.0.0.1:4000", "INVITE").unwrap(),
+            method: "INVITE".into(),
+            request: Vec::new(),
+            caller: Target::udp("127.0.0.1:4000".parse().unwrap()),
+            branches: Vec::new(),
+            later: Vec::new(),
+            best: None,
+            finished: false,
+            answered: false,
+            timer_c: None,
+            record: None,
+            forget_at: None,
+        }
+    }
+
+    #[test]
+    fn best_final_response_follows_rfc3261_16_7() {
+        let mut f = fork();
+        f.offer(503, b"503".to_vec());
+        f.offer(486, b"486".to_vec());
+        assert_eq!(f.best.as_ref().unwrap().0, 486, "4xx beats 5xx");
+        f.offer(302, b"302".to_vec());
+        assert_eq!(f.best.as_ref().unwrap().0, 302, "3xx beats 4xx");
+        f.offer(603, b"603".to_vec());
+        assert_eq!(f.best.as_ref().unwrap().0, 603, "6xx beats everything");
+        f.offer(404, b"404".to_vec());
+        assert_eq!(f.best.as_ref().unwrap().0, 603);
+    }
+}

@@ -340,3 +340,53 @@ fn copy_headers(msg: &Message<'_>, out: &mut String, names: &[HeaderName<'_>]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INVITE: &[u8] = b"INVITE sip:1002@127.0.0.1:5070 SIP/2.0\r\n\
+        Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK.udp-0.5;rport\r\n\
+        Via: SIP/2.0/UDP 127.0.0.1:4000;branch=z9hG4bKcaller;rport=4000\r\n\
+        Record-Route: <sip:127.0.0.1:5060;transport=udp;lr>\r\n\
+        Route: <sip:edge.example.test;lr>\r\n\
+        Max-Forwards: 69\r\nFrom: <sip:1001@pbx.test>;tag=a\r\nTo: <sip:1002@pbx.test>\r\n\
+        Call-ID: c1\r\nCSeq: 7 INVITE\r\nContent-Length: 0\r\n\r\n";
+
+    #[test]
+    fn cancel_matches_the_forwarded_invite() {
+        let cancel = cancel_for(INVITE, &Limits::default()).expect("builds");
+        let m = parse(&cancel, &Limits::default()).unwrap();
+        assert_eq!(m.method().unwrap().as_str(), "CANCEL");
+        assert_eq!(
+            m.request_uri().unwrap().unwrap().to_string(),
+            "sip:1002@127.0.0.1:5070"
+        );
+        assert_eq!(
+            m.vias().count(),
+            1,
+            "only our Via: the CANCEL is hop by hop"
+        );
+        assert_eq!(m.top_via().unwrap().branch(), Some("z9hG4bK.udp-0.5"));
+        assert_eq!(m.cseq().unwrap().seq, 7);
+        assert_eq!(m.cseq().unwrap().method.as_str(), "CANCEL");
+        assert_eq!(m.routes().count(), 1);
+        assert_eq!(m.call_id().unwrap(), "c1");
+    }
+
+    #[test]
+    fn ack_takes_the_to_tag_of_the_response() {
+        let resp = b"SIP/2.0 486 Busy Here\r\n\
+            Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK.udp-0.5;rport\r\n\
+            Via: SIP/2.0/UDP 127.0.0.1:4000;branch=z9hG4bKcaller;rport=4000\r\n\
+            From: <sip:1001@pbx.test>;tag=a\r\nTo: <sip:1002@pbx.test>;tag=callee\r\n\
+            Call-ID: c1\r\nCSeq: 7 INVITE\r\nContent-Length: 0\r\n\r\n";
+        let ack = ack_for(INVITE, resp, &Limits::default()).expect("builds");
+        let m = parse(&ack, &Limits::default()).unwrap();
+        assert_eq!(m.method().unwrap().as_str(), "ACK");
+        assert_eq!(m.to().unwrap().tag(), Some("callee"));
+        assert_eq!(m.cseq().unwrap().seq, 7);
+        assert_eq!(m.top_via().unwrap().branch(), Some("z9hG4bK.udp-0.5"));
+        assert_eq!(m.vias().count(), 1);
+    }
+}
