@@ -11,6 +11,13 @@ command -v strip >/dev/null 2>&1 || need+=(binutils)
 command -v lintian >/dev/null 2>&1 || need+=(lintian)
 command -v useradd >/dev/null 2>&1 || need+=(passwd)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
+# dbagent tests (tests/dbagent*.rs) start their own PostgreSQL from the server programs
+# (Debian keeps initdb and postgres in /usr/lib/postgresql/VERSION/bin, off the PATH).
+have_initdb() {
+  command -v initdb >/dev/null 2>&1 && return 0
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null
+}
+have_initdb || need+=(postgresql)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing: ${need[*]}"
@@ -20,4 +27,9 @@ if ((${#need[@]})); then
     echo "missing test dependencies: ${need[*]} (install them, or run as root)" >&2
     exit 1
   fi
+fi
+# PostgreSQL refuses to run as root: as root, the dbagent tests run it as this system user.
+if [ "$(id -u)" = 0 ] && ! id -u sipcraft-pg >/dev/null 2>&1; then
+  echo "creating the system user sipcraft-pg (runs the tests' PostgreSQL)"
+  useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin sipcraft-pg
 fi

@@ -1,17 +1,33 @@
 //! sipcraft dbagent (`sipcraft dbagent`, started by the supervisor).
 //!
 //! The only process that talks to PostgreSQL, so a slow, dead or hung database never stalls
-//! call handling. It follows the replicated state on the bus and persists what must
-//! survive; without a `[database]` section it still keeps the local state for the file's
-//! extensions.
+//! call handling. It has two halves joined by channels:
+//!
+//! - the bus side ([`agent`]): follows the replicated state, journals every registration
+//!   change and call record ([`journal`]), keeps the local cache file ([`cache`]), restores
+//!   bindings after a full restart, publishes extensions, and reports health and alarms. It
+//!   never waits on the database.
+//! - the database side ([`db`]): one task owning the connections; loads and follows the
+//!   extensions (LISTEN/NOTIFY), writes journal entries in order, and reconnects with
+//!   backoff after any failure or missed deadline.
+//!
+//! Without a `[database]` section only the bus side runs: bindings still survive a full
+//! restart through the journal and the cache.
 
 #![forbid(unsafe_code)]
 
+mod agent;
+pub mod cache;
+pub mod db;
+pub mod journal;
+pub mod store;
+
 use std::path::PathBuf;
-use std::time::Duration;
 
 use sipcraft_ipc::child::{self, LinkEvent};
-use sipcraft_ipc::wire::{FromChild, Health, Role};
+use sipcraft_ipc::wire::{Direct, FromChild, Role};
+
+use crate::agent::Agent;
 
 /// How the supervisor started the dbagent.
 #[derive(Debug, Clone)]
@@ -27,35 +43,74 @@ pub enum Error {
     Orphaned(u32),
     #[error("could not join the bus")]
     Join(#[from] child::LinkError),
+    #[error("could not open the write journal")]
+    OpenJournal(#[from] journal::JournalError),
+    #[error("could not create the state directory {path}")]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
+
+/// Environment variable that sets the journal's size limit in bytes (default 64 MiB).
+pub const JOURNAL_MAX_ENV: &str = "SIPCRAFT_JOURNAL_MAX_BYTES";
+/// Default journal size limit.
+pub const JOURNAL_MAX_DEFAULT: u64 = 64 << 20;
 
 /// Runs the dbagent until it is told to stop or loses the supervisor.
 pub async fn run(args: Args) -> Result<(), Error> {
     if !child::guard_parent(args.parent) {
         return Err(Error::Orphaned(args.parent));
     }
-    let mut link = child::join(&args.bus, Role::DbAgent, &args.name, true).await?;
-    link.outbox.send(FromChild::Ready);
-    tracing::info!(database = link.config.database.is_some(), "dbagent serving");
+    let link = child::join(&args.bus, Role::DbAgent, &args.name, true).await?;
+    let mut agent = Agent::start(link, journal_max()).await?;
+    agent.link.outbox.send(FromChild::Ready);
+    tracing::info!(database = agent.has_database(), "dbagent serving");
 
-    let mut health_tick = tokio::time::interval(Duration::from_secs(1));
+    let mut health_tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut sync_tick = tokio::time::interval(agent::SYNC_EVERY);
+    sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = health_tick.tick() => {
-                link.outbox.send(FromChild::Health(Health::default()));
-            }
-            ev = link.events.recv() => match ev {
+            _ = health_tick.tick() => agent.on_tick(),
+            _ = sync_tick.tick() => agent.sync_journal(),
+            ev = agent.link.events.recv() => match ev {
+                Some(LinkEvent::Applied { update, .. }) => agent.on_update(&update),
+                Some(LinkEvent::Resynced { seq }) => {
+                    tracing::info!(seq, "replica resynced; comparing every binding");
+                    agent.sync_all();
+                }
+                Some(LinkEvent::Deliver { msg: Direct::CallRecord(record), .. }) => {
+                    agent.on_call_record(record);
+                }
+                Some(LinkEvent::Deliver { from, .. }) => {
+                    tracing::debug!(%from, "message for the dbagent ignored");
+                }
+                Some(LinkEvent::Reload(config)) => agent.link.config = *config,
+                Some(LinkEvent::Drain) => {}
                 Some(LinkEvent::Stop) => break,
-                Some(LinkEvent::Reload(config)) => link.config = *config,
                 Some(LinkEvent::Closed) | None => {
                     tracing::warn!("bus closed: the supervisor is gone; exiting");
                     break;
                 }
-                Some(_) => {}
             },
+            Some(ev) = agent::next_db_event(&mut agent.db) => agent.on_db(ev),
+            done = agent::job_done(&mut agent.cache_job) => agent.on_cache_written(done),
+            done = agent::job_done(&mut agent.sync_job) => agent.on_synced(done),
             _ = child::stop_signal() => break,
         }
     }
+    agent.finish().await;
     tracing::info!("dbagent stopped");
     Ok(())
+}
+
+/// The journal size limit: [`JOURNAL_MAX_ENV`] or the default, at least 16 KiB.
+fn journal_max() -> u64 {
+    std::env::var(JOURNAL_MAX_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(JOURNAL_MAX_DEFAULT)
+        .max(16 << 10)
 }

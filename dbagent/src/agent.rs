@@ -1,0 +1,688 @@
+//! The bus side of the dbagent: local state at start, bindings journaled as they change,
+//! extensions published from the database, health and alarms. Nothing here waits on
+//! PostgreSQL; disk writes that may take a while (fsync, the cache file) run on blocking
+//! threads while the bus keeps being served.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use sipcraft_config::Extension;
+use sipcraft_ipc::child::Link;
+use sipcraft_ipc::state::{Binding, SnapshotPart, Update};
+use sipcraft_ipc::wire::{CallRecord, FromChild, Health};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::cache::{self, Cache, CacheError};
+use crate::db::{self, DbConfig, DbEvent, Item};
+use crate::journal::{Append, Entry, Journal, Op};
+use crate::store::{BindingId, Store};
+use crate::Error;
+
+/// How often journal appends are fsynced (the batch window).
+pub const SYNC_EVERY: Duration = Duration::from_millis(50);
+/// A dirty cache is written at most this often.
+const CACHE_EVERY: Duration = Duration::from_secs(2);
+/// Bindings published to restore them are kept this long while their echo is awaited.
+const RESTORE_GRACE: Duration = Duration::from_secs(10);
+/// Largest extension set published as one `ExtensionsReplaced` (bytes, postcard); bigger
+/// sets go out as single upserts and deletes so no bus frame nears its limit.
+const REPLACE_MAX_BYTES: usize = 2 << 20;
+/// The journal alarm starts at this share of the limit (percent).
+const JOURNAL_WARN_PERCENT: u64 = 80;
+
+/// The database task's channels.
+pub struct Db {
+    items: mpsc::UnboundedSender<Item>,
+    events: mpsc::UnboundedReceiver<DbEvent>,
+}
+
+/// Where the database stands, for the alarm.
+#[derive(Debug, Clone, PartialEq)]
+enum DbState {
+    Connecting,
+    Up,
+    Down(String),
+}
+
+/// The dbagent's bus side.
+pub struct Agent {
+    pub link: Link,
+    dir: PathBuf,
+    instance: String,
+    store: Store,
+    journal: Journal,
+    next_seq: u64,
+    /// `state_seq` of the cache file on disk.
+    cache_seq: u64,
+    pub db: Option<Db>,
+    db_state: DbState,
+    db_applied: u64,
+    /// A binding change was refused by a full journal: rewrite this node's registrations.
+    reconcile_needed: bool,
+    /// Sequence number of a rewrite sent and not yet confirmed.
+    reconcile_sent: Option<u64>,
+    /// Bindings published from the local state, not yet echoed by the bus.
+    restoring: HashSet<BindingId>,
+    restoring_until: Option<Instant>,
+    cache_dirty: bool,
+    last_cache_write: Instant,
+    pub cache_job: Option<JoinHandle<Result<u64, CacheError>>>,
+    pub sync_job: Option<JoinHandle<std::io::Result<()>>>,
+    journal_full: bool,
+    refused_bindings: u64,
+    dropped_records: u64,
+    ticks: u64,
+}
+
+impl Agent {
+    /// Loads the local state, restores or catches up bindings, publishes cached extensions
+    /// and starts the database task.
+    pub async fn start(link: Link, journal_max: u64) -> Result<Agent, Error> {
+        let dir = link.config.server.state_dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|source| Error::StateDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let loaded = match cache::load(&dir) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %chain(&e), "cache file unusable; starting without it");
+                None
+            }
+        };
+        let fresh = loaded.is_none();
+        let cached = loaded.unwrap_or_else(Cache::new);
+        let (journal, entries) = Journal::open(&dir, journal_max)?;
+        let mut store = Store::new(cached.bindings);
+        let mut last = cached.state_seq;
+        let mut replayed = 0;
+        for e in &entries {
+            if e.seq > cached.state_seq {
+                store.apply(&e.op);
+                replayed += 1;
+            }
+            last = last.max(e.seq);
+        }
+        let instance = fingerprint(&link.secret);
+        let same_instance = !fresh && cached.instance == instance;
+        tracing::info!(
+            cached_extensions = cached.extensions.len(),
+            bindings = store.len(),
+            journal_entries = entries.len(),
+            replayed_locally = replayed,
+            journal_bytes = journal.bytes(),
+            same_supervisor = same_instance,
+            "local state loaded"
+        );
+        let mut agent = Agent {
+            link,
+            dir,
+            instance,
+            store,
+            journal,
+            // Time-based floor: numbers stay increasing even if the state directory is lost.
+            next_seq: (last + 1).max(now_us()),
+            cache_seq: cached.state_seq,
+            db: None,
+            db_state: DbState::Connecting,
+            db_applied: cached.db_applied_seq,
+            reconcile_needed: cached.reconcile,
+            reconcile_sent: None,
+            restoring: HashSet::new(),
+            restoring_until: None,
+            cache_dirty: true,
+            last_cache_write: Instant::now(),
+            cache_job: None,
+            sync_job: None,
+            journal_full: false,
+            refused_bindings: 0,
+            dropped_records: 0,
+            ticks: 0,
+        };
+        let database = agent.link.config.database.clone();
+        if database.is_some() && !same_instance && !cached.extensions.is_empty() {
+            tracing::info!(
+                extensions = cached.extensions.len(),
+                "serving the cached extensions until the database answers"
+            );
+            agent.publish_extensions(cached.extensions);
+        }
+        agent.store.purge_expired(crate::store::now_ms());
+        if same_instance {
+            // Only the dbagent restarted: the supervisor's state is newer than ours.
+            agent.sync_all();
+        } else {
+            let bindings: Vec<Binding> = agent.store.all().cloned().collect();
+            agent.restore(bindings);
+            agent.sync_all();
+        }
+        agent.write_cache_now().await;
+        if let Some(database) = database {
+            let cfg = DbConfig {
+                url: database.url.clone(),
+                connect_timeout: Duration::from_millis(database.connect_timeout_ms.max(1)),
+                statement_timeout: Duration::from_millis(database.statement_timeout_ms.max(1)),
+                node: agent.link.config.server.node_name.clone(),
+                adopt: fresh,
+            };
+            let queue: VecDeque<Item> = entries
+                .into_iter()
+                .filter(|e| e.seq > cached.db_applied_seq)
+                .map(|e| Item::Write(Box::new(e)))
+                .collect();
+            if !queue.is_empty() {
+                tracing::info!(
+                    pending = queue.len(),
+                    "journal entries waiting for the database"
+                );
+            }
+            let (items, events) = db::spawn(cfg, queue);
+            agent.db = Some(Db { items, events });
+        }
+        Ok(agent)
+    }
+
+    pub fn has_database(&self) -> bool {
+        self.db.is_some()
+    }
+
+    /// Publishes bindings from the local state (or the database) that the bus lacks.
+    fn restore(&mut self, bindings: Vec<Binding>) {
+        let now = crate::store::now_ms();
+        let mut published = 0;
+        for b in bindings {
+            if b.expires_at_ms <= now {
+                continue;
+            }
+            let known = self.replica().bindings(&b.aor, 0).any(|x| x.key == b.key);
+            if known {
+                continue;
+            }
+            self.restoring.insert((b.aor.clone(), b.key.clone()));
+            if self.link.outbox.publish(Update::BindingUpserted(b)) {
+                published += 1;
+            }
+        }
+        if published > 0 {
+            self.restoring_until = Some(Instant::now() + RESTORE_GRACE);
+            tracing::info!(bindings = published, "registrations restored");
+        }
+    }
+
+    fn replica(&self) -> std::sync::RwLockReadGuard<'_, sipcraft_ipc::state::Replica> {
+        self.link.replica.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Handles an update the bus applied.
+    pub fn on_update(&mut self, update: &Update) {
+        match update {
+            Update::BindingUpserted(b) => {
+                self.restoring.remove(&(b.aor.clone(), b.key.clone()));
+                self.sync_aor(&b.aor);
+            }
+            Update::BindingRemoved { aor, .. } | Update::BindingsCleared { aor } => {
+                self.sync_aor(aor);
+            }
+            Update::ExtensionDeleted(number) => {
+                self.sync_aor(number);
+                self.cache_dirty = true;
+            }
+            Update::ExtensionUpserted(_) => self.cache_dirty = true,
+            Update::ExtensionsReplaced(_) => {
+                self.sync_all();
+                self.cache_dirty = true;
+            }
+            Update::SourceBanned(_) => {}
+        }
+    }
+
+    fn sync_aor(&mut self, aor: &str) {
+        let now: Vec<Binding> = self.replica().bindings(aor, 0).cloned().collect();
+        let ops = self.store.sync_aor(aor, now, &self.restoring);
+        for op in ops {
+            self.record(op);
+        }
+    }
+
+    /// Compares every binding with the replica and journals the differences.
+    pub fn sync_all(&mut self) {
+        let mut hub: HashMap<String, Vec<Binding>> = HashMap::new();
+        for part in self.replica().snapshot() {
+            if let SnapshotPart::Bindings(list) = part {
+                for b in list {
+                    hub.entry(b.aor.clone()).or_default().push(b);
+                }
+            }
+        }
+        let aors: BTreeSet<String> = self
+            .store
+            .aors()
+            .cloned()
+            .chain(hub.keys().cloned())
+            .collect();
+        for aor in aors {
+            let now = hub.remove(&aor).unwrap_or_default();
+            let ops = self.store.sync_aor(&aor, now, &self.restoring);
+            for op in ops {
+                self.record(op);
+            }
+        }
+    }
+
+    /// A call record from a worker.
+    pub fn on_call_record(&mut self, record: CallRecord) {
+        if self.db.is_none() {
+            tracing::info!(
+                target: "sipcraft::cdr",
+                id = %record.id,
+                call_id = %record.call_id,
+                caller = %record.caller,
+                callee = %record.callee,
+                status = record.final_status,
+                "call record (no database configured)"
+            );
+            return;
+        }
+        self.record(Op::CallRecord(record));
+    }
+
+    /// Numbers, journals and forwards one operation.
+    fn record(&mut self, op: Op) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let is_binding = !matches!(op, Op::CallRecord(_));
+        if is_binding {
+            self.cache_dirty = true;
+        }
+        let entry = Entry { seq, op };
+        let appended = match self.journal.append(&entry) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %chain(&e), "journal write failed; treating the journal as full");
+                Append::Full
+            }
+        };
+        match appended {
+            Append::Written => {
+                if self.journal_full {
+                    tracing::warn!("journal accepts writes again");
+                }
+                self.journal_full = false;
+                if let Some(db) = &self.db {
+                    let _ = db.items.send(Item::Write(Box::new(entry)));
+                }
+            }
+            Append::Full => {
+                if !self.journal_full {
+                    tracing::error!(
+                        bytes = self.journal.bytes(),
+                        limit = self.journal.max_bytes(),
+                        "JOURNAL FULL: call records are dropped until the database catches \
+                         up; registrations are kept in the cache file and rewritten in full \
+                         when it returns"
+                    );
+                    // Make whatever room the cache file can make.
+                    self.cache_dirty = true;
+                }
+                self.journal_full = true;
+                if is_binding {
+                    self.refused_bindings += 1;
+                    if self.db.is_some() {
+                        self.reconcile_needed = true;
+                    }
+                } else {
+                    self.dropped_records += 1;
+                }
+            }
+        }
+    }
+
+    /// Handles what the database task reports.
+    pub fn on_db(&mut self, ev: DbEvent) {
+        match ev {
+            DbEvent::Loaded {
+                extensions,
+                skipped,
+                ..
+            } => {
+                if self.db_state != DbState::Up {
+                    tracing::info!(
+                        extensions = extensions.len(),
+                        "database up: extensions loaded in full"
+                    );
+                }
+                self.db_state = DbState::Up;
+                for why in skipped {
+                    tracing::warn!(problem = %why, "extension row skipped");
+                }
+                self.publish_extensions(extensions);
+                if self.reconcile_needed && self.reconcile_sent.is_none() {
+                    self.send_reconcile();
+                }
+            }
+            DbEvent::Changed(list) => {
+                for (number, ext) in list {
+                    self.publish_change(number, ext);
+                }
+            }
+            DbEvent::Applied {
+                seq,
+                written,
+                skipped,
+            } => {
+                self.db_applied = self.db_applied.max(seq);
+                tracing::debug!(seq, written, skipped, "journal entries in the database");
+                if self.reconcile_sent.is_some_and(|r| r <= seq) {
+                    tracing::info!("registrations rewritten in full after the journal overflowed");
+                    self.reconcile_sent = None;
+                    self.cache_dirty = true;
+                }
+                self.trim();
+            }
+            DbEvent::Adopt(bindings) => self.restore(bindings),
+            DbEvent::Down { reason, .. } => {
+                if self.db_state == DbState::Up {
+                    tracing::error!(%reason, "database lost: serving from the cache, journaling writes");
+                }
+                self.db_state = DbState::Down(reason);
+            }
+        }
+    }
+
+    fn send_reconcile(&mut self) {
+        let Some(db) = &self.db else { return };
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let bindings: Vec<Binding> = self.store.all().cloned().collect();
+        tracing::warn!(
+            bindings = bindings.len(),
+            "journal overflowed earlier: rewriting this node's registrations in full"
+        );
+        if db.items.send(Item::Reconcile { seq, bindings }).is_ok() {
+            self.reconcile_needed = false;
+            self.reconcile_sent = Some(seq);
+        }
+    }
+
+    /// Publishes a full extension set from the database (or the cache): as one replacement
+    /// when it differs from the bus's and fits a frame comfortably, else change by change.
+    fn publish_extensions(&mut self, loaded: Vec<Extension>) {
+        let registrar = self.link.config.registrar.clone();
+        let mut wanted: Vec<Extension> = Vec::with_capacity(loaded.len());
+        for e in loaded {
+            if e.challenge_algorithms(&registrar).is_empty() {
+                tracing::warn!(number = %e.number, "extension skipped: its secret answers none of its challenge algorithms");
+                continue;
+            }
+            wanted.push(e);
+        }
+        let current = self.replica_extensions();
+        let same = current.len() == wanted.len()
+            && wanted.iter().all(|e| current.get(&e.number) == Some(e));
+        if same {
+            return;
+        }
+        let size = postcard::to_allocvec(&wanted).map_or(usize::MAX, |v| v.len());
+        if size <= REPLACE_MAX_BYTES {
+            tracing::info!(extensions = wanted.len(), "extensions published");
+            self.link.outbox.publish(Update::ExtensionsReplaced(wanted));
+            return;
+        }
+        let numbers: HashSet<&str> = wanted.iter().map(|e| e.number.as_str()).collect();
+        for number in current.keys().filter(|n| !numbers.contains(n.as_str())) {
+            self.link
+                .outbox
+                .publish(Update::ExtensionDeleted(number.clone()));
+        }
+        for e in wanted {
+            if current.get(&e.number) != Some(&e) {
+                self.link.outbox.publish(Update::ExtensionUpserted(e));
+            }
+        }
+    }
+
+    fn publish_change(&mut self, number: String, ext: Option<Extension>) {
+        let registrar = &self.link.config.registrar;
+        let ext = ext.filter(|e| {
+            let ok = !e.challenge_algorithms(registrar).is_empty();
+            if !ok {
+                tracing::warn!(%number, "extension skipped: its secret answers none of its challenge algorithms");
+            }
+            ok
+        });
+        let current = self.replica().extension(&number).cloned();
+        match (ext, current) {
+            (Some(new), old) if old.as_ref() != Some(&new) => {
+                tracing::info!(%number, enabled = new.enabled, "extension changed in the database");
+                self.link.outbox.publish(Update::ExtensionUpserted(new));
+            }
+            (None, Some(_)) => {
+                tracing::info!(%number, "extension deleted in the database");
+                self.link.outbox.publish(Update::ExtensionDeleted(number));
+            }
+            _ => {}
+        }
+    }
+
+    fn replica_extensions(&self) -> HashMap<String, Extension> {
+        let mut out = HashMap::new();
+        for part in self.replica().snapshot() {
+            if let SnapshotPart::Extensions(list) = part {
+                out.extend(list.into_iter().map(|e| (e.number.clone(), e)));
+            }
+        }
+        out
+    }
+
+    /// Every second: health, expiry, the cache file.
+    pub fn on_tick(&mut self) {
+        self.ticks += 1;
+        let health = Health {
+            alarm: self.alarm(),
+            ..Health::default()
+        };
+        self.link.outbox.send(FromChild::Health(health));
+        if self.restoring_until.is_some_and(|t| Instant::now() >= t) {
+            self.restoring.clear();
+            self.restoring_until = None;
+        }
+        if self.ticks % 30 == 0 {
+            self.store.purge_expired(crate::store::now_ms());
+        }
+        let pressed = self.journal.bytes() * 100 >= self.journal.max_bytes() * 50;
+        if self.cache_dirty
+            && self.cache_job.is_none()
+            && (self.last_cache_write.elapsed() >= CACHE_EVERY || pressed)
+        {
+            self.start_cache_write();
+        }
+    }
+
+    /// The alarm for `ctl status`, if any.
+    fn alarm(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if let DbState::Down(reason) = &self.db_state {
+            parts.push(format!(
+                "database unreachable ({reason}); serving cached extensions, journaling writes"
+            ));
+        }
+        let (bytes, max) = (self.journal.bytes(), self.journal.max_bytes());
+        if self.journal_full {
+            parts.push(format!(
+                "journal FULL ({bytes} of {max} bytes): {} call records dropped, {} registration \
+                 changes kept in the cache only (rewritten in full when the database returns)",
+                self.dropped_records, self.refused_bindings
+            ));
+        } else if bytes * 100 >= max * JOURNAL_WARN_PERCENT {
+            let percent = bytes * 100 / max / 10 * 10;
+            parts.push(format!(
+                "journal at {percent}% of its limit ({max} bytes) while the database is away"
+            ));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+
+    fn snapshot_cache(&self) -> Cache {
+        let mut extensions: Vec<Extension> = self.replica_extensions().into_values().collect();
+        extensions.sort_by(|a, b| a.number.cmp(&b.number));
+        Cache {
+            written_ms: crate::store::now_ms(),
+            instance: self.instance.clone(),
+            node: self.link.config.server.node_name.clone(),
+            state_seq: self.next_seq - 1,
+            db_applied_seq: self.db_applied,
+            reconcile: self.reconcile_needed || self.reconcile_sent.is_some(),
+            extensions,
+            bindings: self.store.all().cloned().collect(),
+            ..Cache::new()
+        }
+    }
+
+    fn start_cache_write(&mut self) {
+        let snapshot = self.snapshot_cache();
+        let dir = self.dir.clone();
+        self.cache_dirty = false;
+        self.last_cache_write = Instant::now();
+        self.cache_job = Some(tokio::task::spawn_blocking(move || {
+            cache::store(&dir, &snapshot).map(|()| snapshot.state_seq)
+        }));
+    }
+
+    /// Writes the cache and waits for it (at start and at stop).
+    async fn write_cache_now(&mut self) {
+        if let Some(job) = self.cache_job.take() {
+            let done = job.await;
+            self.on_cache_written(done);
+        }
+        self.start_cache_write();
+        if let Some(job) = self.cache_job.take() {
+            let done = job.await;
+            self.on_cache_written(done);
+        }
+    }
+
+    pub fn on_cache_written(
+        &mut self,
+        done: Result<Result<u64, CacheError>, tokio::task::JoinError>,
+    ) {
+        match done {
+            Ok(Ok(seq)) => {
+                self.cache_seq = self.cache_seq.max(seq);
+                self.trim();
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %chain(&e), "cache file not written; retrying");
+                self.cache_dirty = true;
+            }
+            Err(e) => tracing::error!(error = %e, "cache writer failed"),
+        }
+    }
+
+    /// Deletes journal segments that the cache file and the database both cover.
+    fn trim(&mut self) {
+        let upto = if self.db.is_some() {
+            self.cache_seq.min(self.db_applied)
+        } else {
+            self.cache_seq
+        };
+        let removed = self.journal.trim(upto);
+        if removed > 0 {
+            tracing::debug!(
+                segments = removed,
+                bytes = self.journal.bytes(),
+                "journal trimmed"
+            );
+        }
+    }
+
+    /// Starts an fsync of recent appends unless one is running.
+    pub fn sync_journal(&mut self) {
+        if self.sync_job.is_some() {
+            return;
+        }
+        if let Some(job) = self.journal.take_sync() {
+            self.sync_job = Some(tokio::task::spawn_blocking(move || job.run()));
+        }
+    }
+
+    pub fn on_synced(&mut self, done: Result<std::io::Result<()>, tokio::task::JoinError>) {
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "journal fsync failed"),
+            Err(e) => tracing::error!(error = %e, "journal fsync task failed"),
+        }
+    }
+
+    /// At stop: fsync the journal, give the database a moment to take what is queued,
+    /// write the cache.
+    pub async fn finish(&mut self) {
+        if let Some(job) = self.sync_job.take() {
+            let done = job.await;
+            self.on_synced(done);
+        }
+        if let Some(job) = self.journal.take_sync() {
+            let done = tokio::task::spawn_blocking(move || job.run()).await;
+            self.on_synced(done);
+        }
+        let last = self.next_seq - 1;
+        if self.db_state == DbState::Up && self.db_applied < last {
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+            while self.db_applied < last {
+                let Some(db) = self.db.as_mut() else { break };
+                match tokio::time::timeout_at(deadline, db.events.recv()).await {
+                    Ok(Some(ev @ DbEvent::Applied { .. })) => self.on_db(ev),
+                    Ok(Some(_)) => {}
+                    _ => break,
+                }
+            }
+        }
+        self.write_cache_now().await;
+    }
+}
+
+/// The next event from the database task; never, without a database.
+pub async fn next_db_event(db: &mut Option<Db>) -> Option<DbEvent> {
+    match db {
+        Some(db) => db.events.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The result of a background job once it is done; never, when there is none.
+pub async fn job_done<T>(job: &mut Option<JoinHandle<T>>) -> Result<T, tokio::task::JoinError> {
+    let Some(handle) = job.as_mut() else {
+        return std::future::pending().await;
+    };
+    let out = handle.await;
+    *job = None;
+    out
+}
+
+/// A stable fingerprint of the supervisor's instance secret (never the secret itself).
+fn fingerprint(secret: &[u8]) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    "sipcraft-instance".hash(&mut h);
+    secret.hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// An error and its causes on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -1,0 +1,441 @@
+//! The write journal: every registration change and call record, numbered, appended to
+//! segment files in `state_dir` before it goes anywhere else.
+//!
+//! A segment (`journal-<first seq>.log`) is an 8-byte header (`SIPJRNL` and a format
+//! version) followed by records: `u32` little-endian body length, `u32` CRC-32 of the body,
+//! and the body (postcard, [`Entry`]). Appends go to the newest segment; fsync is batched
+//! by the caller ([`Journal::take_sync`], run off the async thread). A segment is deleted
+//! whole once every entry in it is both in the cache file and in PostgreSQL (without a
+//! database: in the cache file), so nothing is ever rewritten in place.
+//!
+//! The journal is bounded: an append that would pass `max_bytes` is refused
+//! ([`Append::Full`]) and the caller applies the documented policy (`docs/schema.md`).
+//! Reading at start stops at the first record that is torn or fails its checksum (a crash
+//! in the middle of a write); the rest of that segment is cut off.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sipcraft_ipc::state::Binding;
+use sipcraft_ipc::wire::CallRecord;
+
+/// Segment header: magic and format version 1.
+const HEADER: &[u8; 8] = b"SIPJRNL\x01";
+/// Largest body a record may have; anything bigger is corruption.
+const MAX_RECORD: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("cannot read the journal directory {path}")]
+    ListDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read journal segment {path}")]
+    ReadSegment {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot repair journal segment {path}")]
+    Repair {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create journal segment {path}")]
+    CreateSegment {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot append to journal segment {path}")]
+    Append {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot encode a journal entry")]
+    Encode(#[source] postcard::Error),
+}
+
+/// One journaled write. Append variants only: postcard encodes by position, and segments
+/// written by an older build are read by a newer one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Op {
+    BindingUpserted(Binding),
+    BindingRemoved { aor: String, key: String },
+    CallRecord(CallRecord),
+}
+
+/// An operation with its sequence number (unique and increasing for this node).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub seq: u64,
+    pub op: Op,
+}
+
+/// What became of an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Append {
+    Written,
+    /// The journal is at its size limit; nothing was written.
+    Full,
+}
+
+#[derive(Debug)]
+struct Segment {
+    path: PathBuf,
+    last_seq: u64,
+    bytes: u64,
+}
+
+/// Files to fsync, taken from the journal and synced on a blocking thread.
+#[derive(Debug)]
+pub struct SyncJob {
+    files: Vec<File>,
+    dir: Option<PathBuf>,
+}
+
+impl SyncJob {
+    /// Runs the fsyncs (blocking).
+    pub fn run(self) -> std::io::Result<()> {
+        for f in &self.files {
+            f.sync_data()?;
+        }
+        if let Some(dir) = self.dir {
+            sync_dir(&dir)?;
+        }
+        Ok(())
+    }
+}
+
+/// The journal of one state directory.
+#[derive(Debug)]
+pub struct Journal {
+    dir: PathBuf,
+    max_bytes: u64,
+    segment_bytes: u64,
+    /// Oldest first; the last one is appended to when `current` is open.
+    segments: Vec<Segment>,
+    current: Option<File>,
+    total: u64,
+    /// Finished segments written since their last fsync.
+    unsynced: Vec<File>,
+    /// The open segment was written since its last fsync.
+    current_dirty: bool,
+    dir_changed: bool,
+}
+
+impl Journal {
+    /// Opens the journal in `dir`, returning it and every entry it holds, oldest first.
+    pub fn open(dir: &Path, max_bytes: u64) -> Result<(Journal, Vec<Entry>), JournalError> {
+        let mut names: Vec<(u64, PathBuf)> = Vec::new();
+        let list = fs::read_dir(dir).map_err(|source| JournalError::ListDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        for item in list.flatten() {
+            let name = item.file_name().to_string_lossy().into_owned();
+            if let Some(first) = name
+                .strip_prefix("journal-")
+                .and_then(|n| n.strip_suffix(".log"))
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                names.push((first, item.path()));
+            }
+        }
+        names.sort();
+        let mut entries = Vec::new();
+        let mut segments = Vec::new();
+        let mut total = 0;
+        for (_, path) in names {
+            let (mut found, bytes) = read_segment(&path)?;
+            let last_seq = found.last().map_or(0, |e: &Entry| e.seq);
+            total += bytes;
+            entries.append(&mut found);
+            segments.push(Segment {
+                path,
+                last_seq,
+                bytes,
+            });
+        }
+        let journal = Journal {
+            dir: dir.to_owned(),
+            max_bytes,
+            segment_bytes: (max_bytes / 8).clamp(4 << 10, 4 << 20),
+            segments,
+            current: None,
+            total,
+            unsynced: Vec::new(),
+            current_dirty: false,
+            dir_changed: false,
+        };
+        Ok((journal, entries))
+    }
+
+    /// Appends one entry unless that would pass the size limit.
+    pub fn append(&mut self, entry: &Entry) -> Result<Append, JournalError> {
+        let body = postcard::to_allocvec(entry).map_err(JournalError::Encode)?;
+        let len = 8 + body.len() as u64;
+        if self.total + len > self.max_bytes {
+            return Ok(Append::Full);
+        }
+        let rotate = match (&self.current, self.segments.last()) {
+            (Some(_), Some(seg)) => seg.bytes + len > self.segment_bytes,
+            _ => true,
+        };
+        if rotate {
+            if self.total + len + HEADER.len() as u64 > self.max_bytes {
+                return Ok(Append::Full);
+            }
+            self.open_segment(entry.seq)?;
+        }
+        let mut record = Vec::with_capacity(len as usize);
+        record.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        record.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        record.extend_from_slice(&body);
+        let seg = self.segments.last_mut().expect("a segment is open");
+        let file = self.current.as_mut().expect("a segment is open");
+        file.write_all(&record)
+            .map_err(|source| JournalError::Append {
+                path: seg.path.clone(),
+                source,
+            })?;
+        seg.bytes += len;
+        seg.last_seq = entry.seq;
+        self.total += len;
+        self.current_dirty = true;
+        Ok(Append::Written)
+    }
+
+    fn open_segment(&mut self, first_seq: u64) -> Result<(), JournalError> {
+        if let Some(old) = self.current.take() {
+            if std::mem::take(&mut self.current_dirty) {
+                // The finished segment still needs its fsync.
+                self.unsynced.push(old);
+            }
+        }
+        let path = self.dir.join(format!("journal-{first_seq:020}.log"));
+        let err = |source| JournalError::CreateSegment {
+            path: path.clone(),
+            source,
+        };
+        let mut file = create_private(&path).map_err(err)?;
+        file.write_all(HEADER).map_err(err)?;
+        self.total += HEADER.len() as u64;
+        self.segments.push(Segment {
+            path,
+            last_seq: first_seq,
+            bytes: HEADER.len() as u64,
+        });
+        self.current = Some(file);
+        self.dir_changed = true;
+        Ok(())
+    }
+
+    /// Deletes every segment whose entries all have `seq <= upto`; returns how many.
+    pub fn trim(&mut self, upto: u64) -> usize {
+        let mut removed = 0;
+        while let Some(seg) = self.segments.first() {
+            if seg.last_seq > upto {
+                break;
+            }
+            let is_current = self.segments.len() == 1 && self.current.is_some();
+            if is_current {
+                self.current = None;
+                self.current_dirty = false;
+            }
+            if let Err(e) = fs::remove_file(&seg.path) {
+                tracing::warn!(path = %seg.path.display(), error = %e, "cannot delete a journal segment");
+            }
+            self.total -= seg.bytes;
+            self.segments.remove(0);
+            self.dir_changed = true;
+            removed += 1;
+        }
+        removed
+    }
+
+    /// What must be fsynced now, if anything; the journal counts it as synced.
+    pub fn take_sync(&mut self) -> Option<SyncJob> {
+        if self.unsynced.is_empty() && !self.current_dirty && !self.dir_changed {
+            return None;
+        }
+        let mut files = std::mem::take(&mut self.unsynced);
+        if std::mem::take(&mut self.current_dirty) {
+            if let Some(f) = self.current.as_ref().and_then(|f| f.try_clone().ok()) {
+                files.push(f);
+            }
+        }
+        let dir = std::mem::take(&mut self.dir_changed).then(|| self.dir.clone());
+        Some(SyncJob { files, dir })
+    }
+
+    /// Bytes on disk.
+    pub fn bytes(&self) -> u64 {
+        self.total
+    }
+
+    /// The size limit.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+}
+
+/// Reads one segment; cuts off a torn or corrupt tail. Returns its entries and its size.
+fn read_segment(path: &Path) -> Result<(Vec<Entry>, u64), JournalError> {
+    let mut data = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut data))
+        .map_err(|source| JournalError::ReadSegment {
+            path: path.to_owned(),
+            source,
+        })?;
+    let mut entries = Vec::new();
+    if data.len() < HEADER.len() || &data[..HEADER.len()] != HEADER {
+        tracing::error!(path = %path.display(), "journal segment has no valid header; ignoring it");
+        return Ok((entries, data.len() as u64));
+    }
+    let mut at = HEADER.len();
+    let good_end = loop {
+        if at == data.len() {
+            break at;
+        }
+        let Some(head) = data.get(at..at + 8) else {
+            break at;
+        };
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        if len > MAX_RECORD {
+            break at;
+        }
+        let Some(body) = data.get(at + 8..at + 8 + len) else {
+            break at;
+        };
+        if crc32fast::hash(body) != crc {
+            break at;
+        }
+        match postcard::from_bytes::<Entry>(body) {
+            Ok(e) => entries.push(e),
+            Err(_) => break at,
+        }
+        at += 8 + len;
+    };
+    if good_end < data.len() {
+        tracing::warn!(
+            path = %path.display(),
+            cut = data.len() - good_end,
+            kept = entries.len(),
+            "journal segment ends in a torn or corrupt record (a crash mid-write); cutting it off"
+        );
+        let repair = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|f| f.set_len(good_end as u64).and_then(|()| f.sync_all()));
+        repair.map_err(|source| JournalError::Repair {
+            path: path.to_owned(),
+            source,
+        })?;
+    }
+    Ok((entries, good_end as u64))
+}
+
+/// Creates a new file readable by this user only (it holds registrations, or secrets).
+pub fn create_private(path: &Path) -> std::io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.create(true).truncate(true).write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)
+}
+
+/// fsyncs a directory, so a file created, renamed or deleted in it stays so after a crash.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(seq: u64) -> Entry {
+        Entry {
+            seq,
+            op: Op::BindingRemoved {
+                aor: "1001".into(),
+                key: format!("k{seq}"),
+            },
+        }
+    }
+
+    #[test]
+    fn appends_survive_reopen_and_trim_drops_whole_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, found) = Journal::open(dir.path(), 64 << 10).unwrap();
+        assert!(found.is_empty());
+        for seq in 1..=2000 {
+            assert_eq!(j.append(&entry(seq)).unwrap(), Append::Written);
+        }
+        j.take_sync().unwrap().run().unwrap();
+        let before = j.bytes();
+        drop(j);
+        let (mut j, found) = Journal::open(dir.path(), 64 << 10).unwrap();
+        assert_eq!(found.len(), 2000);
+        assert_eq!(found[1999], entry(2000));
+        assert_eq!(j.bytes(), before);
+        assert!(j.trim(1000) >= 1);
+        assert!(j.bytes() < before);
+        let (_, found) = Journal::open(dir.path(), 64 << 10).unwrap();
+        assert!(found.first().unwrap().seq <= 1001);
+        assert_eq!(found.last().unwrap().seq, 2000);
+    }
+
+    #[test]
+    fn refuses_past_the_limit_and_recovers_after_trim() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path(), 16 << 10).unwrap();
+        let mut seq = 0;
+        while j.append(&entry(seq + 1)).unwrap() == Append::Written {
+            seq += 1;
+        }
+        assert!(j.bytes() <= 16 << 10);
+        assert!(seq > 100);
+        j.trim(seq);
+        assert_eq!(j.append(&entry(seq + 1)).unwrap(), Append::Written);
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path(), 1 << 20).unwrap();
+        for seq in 1..=3 {
+            j.append(&entry(seq)).unwrap();
+        }
+        drop(j);
+        let seg = fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap();
+        let mut f = OpenOptions::new().append(true).open(seg.path()).unwrap();
+        f.write_all(&[40, 0, 0, 0, 1, 2, 3]).unwrap();
+        drop(f);
+        let (mut j, found) = Journal::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(found.len(), 3);
+        j.append(&entry(4)).unwrap();
+        drop(j);
+        let (_, found) = Journal::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(found.len(), 4);
+    }
+}

@@ -1,0 +1,174 @@
+//! The dbagent's own view of the bindings: what it has persisted (journal and cache).
+//!
+//! The bus replica is the truth; after every update the dbagent compares the affected AOR
+//! in the replica with this view and journals the difference. Comparing rather than
+//! copying updates one by one means a missed stretch (the dbagent was killed, or fell behind
+//! and was resynced from a snapshot) is caught up the same way as a single change.
+
+use std::collections::{HashMap, HashSet};
+
+use sipcraft_ipc::state::Binding;
+
+use crate::journal::Op;
+
+/// Bindings by AOR, as persisted.
+#[derive(Debug, Default)]
+pub struct Store {
+    bindings: HashMap<String, Vec<Binding>>,
+}
+
+/// (aor, key) of one binding.
+pub type BindingId = (String, String);
+
+impl Store {
+    pub fn new(bindings: Vec<Binding>) -> Store {
+        let mut store = Store::default();
+        for b in bindings {
+            store.apply(&Op::BindingUpserted(b));
+        }
+        store
+    }
+
+    /// Applies a journaled operation (replaying the journal at start).
+    pub fn apply(&mut self, op: &Op) {
+        match op {
+            Op::BindingUpserted(b) => {
+                let list = self.bindings.entry(b.aor.clone()).or_default();
+                match list.iter_mut().find(|x| x.key == b.key) {
+                    Some(x) => *x = b.clone(),
+                    None => list.push(b.clone()),
+                }
+            }
+            Op::BindingRemoved { aor, key } => {
+                if let Some(list) = self.bindings.get_mut(aor) {
+                    list.retain(|x| &x.key != key);
+                    if list.is_empty() {
+                        self.bindings.remove(aor);
+                    }
+                }
+            }
+            Op::CallRecord(_) => {}
+        }
+    }
+
+    /// Makes `aor` hold exactly `now` (the replica's bindings) and returns the operations
+    /// that do the same to the persisted copy. Bindings in `keep` (being restored, not yet
+    /// back from the bus) are kept even when the replica lacks them.
+    pub fn sync_aor(&mut self, aor: &str, now: Vec<Binding>, keep: &HashSet<BindingId>) -> Vec<Op> {
+        let mut ops = Vec::new();
+        let old = self.bindings.remove(aor).unwrap_or_default();
+        for b in &now {
+            if !old.iter().any(|o| o == b) {
+                ops.push(Op::BindingUpserted(b.clone()));
+            }
+        }
+        let mut next = now;
+        for o in old {
+            if next.iter().any(|b| b.key == o.key) {
+                continue;
+            }
+            if keep.contains(&(o.aor.clone(), o.key.clone())) {
+                next.push(o);
+            } else {
+                ops.push(Op::BindingRemoved {
+                    aor: o.aor,
+                    key: o.key,
+                });
+            }
+        }
+        if !next.is_empty() {
+            self.bindings.insert(aor.to_owned(), next);
+        }
+        ops
+    }
+
+    /// Every AOR that has bindings here.
+    pub fn aors(&self) -> impl Iterator<Item = &String> {
+        self.bindings.keys()
+    }
+
+    /// Every binding.
+    pub fn all(&self) -> impl Iterator<Item = &Binding> {
+        self.bindings.values().flatten()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bindings.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.bindings.values().map(Vec::len).sum()
+    }
+
+    /// Forgets bindings expired at `now_ms` (nothing is journaled: every replica and the
+    /// database drop them by their absolute expiry).
+    pub fn purge_expired(&mut self, now_ms: u64) {
+        self.bindings.retain(|_, list| {
+            list.retain(|b| b.expires_at_ms > now_ms);
+            !list.is_empty()
+        });
+    }
+}
+
+/// Milliseconds since the Unix epoch: the clock bindings expire by.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sipcraft_config::Transport;
+
+    pub(crate) fn binding(aor: &str, key: &str, cseq: u32) -> Binding {
+        Binding {
+            aor: aor.into(),
+            key: key.into(),
+            contact: format!("sip:{aor}@127.0.0.1:5070"),
+            source: "127.0.0.1:5070".parse().unwrap(),
+            transport: Transport::Udp,
+            owner: "udp-0".into(),
+            connection: None,
+            instance: None,
+            reg_id: None,
+            user_agent: None,
+            call_id: "c".into(),
+            cseq,
+            q: None,
+            expires_at_ms: u64::MAX,
+        }
+    }
+
+    #[test]
+    fn sync_journals_only_the_difference() {
+        let mut s = Store::new(vec![binding("1", "a", 1), binding("1", "b", 1)]);
+        let none = HashSet::new();
+        let ops = s.sync_aor("1", vec![binding("1", "a", 1), binding("1", "c", 1)], &none);
+        assert_eq!(
+            ops,
+            vec![
+                Op::BindingUpserted(binding("1", "c", 1)),
+                Op::BindingRemoved {
+                    aor: "1".into(),
+                    key: "b".into()
+                }
+            ]
+        );
+        assert!(s
+            .sync_aor("1", vec![binding("1", "a", 1), binding("1", "c", 1)], &none)
+            .is_empty());
+        let ops = s.sync_aor("1", vec![binding("1", "a", 2)], &none);
+        assert_eq!(ops.len(), 2);
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn restoring_bindings_are_kept() {
+        let mut s = Store::new(vec![binding("1", "a", 1)]);
+        let keep = HashSet::from([("1".to_string(), "a".to_string())]);
+        assert!(s.sync_aor("1", vec![], &keep).is_empty());
+        assert_eq!(s.len(), 1);
+    }
+}
