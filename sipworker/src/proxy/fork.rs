@@ -58,6 +58,24 @@ pub struct Fork {
 }
 
 impl Fork {
+    /// A fork with no branch yet, nothing planned and no timers.
+    pub fn new(server_key: ServerKey, method: &str, request: Vec<u8>, caller: Target) -> Self {
+        Fork {
+            server_key,
+            method: method.to_owned(),
+            request,
+            caller,
+            branches: Vec::new(),
+            later: Vec::new(),
+            best: None,
+            finished: false,
+            answered: false,
+            timer_c: None,
+            record: None,
+            forget_at: None,
+        }
+    }
+
     /// Whether every branch has a final response.
     pub fn all_done(&self) -> bool {
         self.branches
@@ -117,23 +135,15 @@ mod tests {
 #[cfg(test)]
 mod choice {
     use super::*;
-    use sipcraft_sip::transaction::ServerKey;
 
     fn fork() -> Fork {
-        Fork {
-            server_key: ServerKey::new("z9hG4bKx", "127.0.0.1:4000", "INVITE").unwrap(),
-            method: "INVITE".into(),
-            request: Vec::new(),
-            caller: Target::udp("127.0.0.1:4000".parse().unwrap()),
-            branches: Vec::new(),
-            later: Vec::new(),
-            best: None,
-            finished: false,
-            answered: false,
-            timer_c: None,
-            record: None,
-            forget_at: None,
-        }
+        let key = ServerKey::new("z9hG4bKx", "127.0.0.1:4000", "INVITE").unwrap();
+        Fork::new(
+            key,
+            "INVITE",
+            Vec::new(),
+            Target::udp("127.0.0.1:4000".parse().unwrap()),
+        )
     }
 
     #[test]

@@ -213,7 +213,7 @@ impl Core {
     }
 
     /// Sends a response to the caller through the server transaction.
-    fn send_to_caller(
+    pub(super) fn send_to_caller(
         &mut self,
         key: &ServerKey,
         status: u16,
@@ -232,7 +232,7 @@ impl Core {
     }
 
     /// Keeps a finished fork around for retransmitted 2xx, then forgets it.
-    fn linger(&mut self, key: &ServerKey, now: Instant) {
+    pub(super) fn linger(&mut self, key: &ServerKey, now: Instant) {
         if let Some(f) = self.proxy.forks.get_mut(key) {
             f.timer_c = None;
             f.forget_at = Some(now + LINGER);
