@@ -9,15 +9,22 @@ use std::time::{Duration, Instant};
 use sipcraft_config::{Config, Transport};
 use sipcraft_ipc::conn;
 use sipcraft_ipc::state::Update;
-use sipcraft_ipc::wire::{ChildState, ControlRequest, ControlResponse, Status, ToChild};
+use sipcraft_ipc::wire::{ChildState, ToChild};
 use tokio::sync::{mpsc, watch};
 
 use crate::bus::{self, BusEvent, Hub, Outgoing};
-use crate::children::{Backoff, Child, Kind};
+use crate::children::{Child, Kind};
 use crate::control::{self, ControlEvent};
 use crate::notify::Notifier;
 use crate::process::{self, Exit, SpawnRequest, Spawner};
 use crate::Error;
+
+mod commands;
+mod signals;
+mod stop;
+
+use signals::{Sig, Signals};
+use stop::StopPlan;
 
 /// A ready child that sends nothing for this long is hung and is killed.
 const HUNG_AFTER: Duration = Duration::from_secs(10);
@@ -198,89 +205,6 @@ async fn accept_children(
             }
         }
     }
-}
-
-/// The signals the supervisor acts on: on Windows, Ctrl-C and Ctrl-Break in its console
-/// (reload is `sipcraft ctl reload` there).
-struct Signals {
-    #[cfg(unix)]
-    term: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    int: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    hup: tokio::signal::unix::Signal,
-    #[cfg(windows)]
-    ctrl_c: Option<tokio::signal::windows::CtrlC>,
-    #[cfg(windows)]
-    ctrl_break: Option<tokio::signal::windows::CtrlBreak>,
-}
-
-enum Sig {
-    Stop,
-    #[cfg(unix)]
-    Reload,
-}
-
-impl Signals {
-    fn install() -> std::io::Result<Self> {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            Ok(Signals {
-                term: signal(SignalKind::terminate())?,
-                int: signal(SignalKind::interrupt())?,
-                hup: signal(SignalKind::hangup())?,
-            })
-        }
-        #[cfg(windows)]
-        {
-            // A service has no console: a handler that cannot be installed only means no
-            // Ctrl-C, never an immediate stop.
-            use tokio::signal::windows::{ctrl_break, ctrl_c};
-            let warn = |e: std::io::Error| tracing::warn!(error = %e, "cannot watch Ctrl-C");
-            Ok(Signals {
-                ctrl_c: ctrl_c().map_err(warn).ok(),
-                ctrl_break: ctrl_break().map_err(warn).ok(),
-            })
-        }
-    }
-
-    async fn next(&mut self) -> Sig {
-        #[cfg(unix)]
-        {
-            tokio::select! {
-                _ = self.term.recv() => Sig::Stop,
-                _ = self.int.recv() => Sig::Stop,
-                _ = self.hup.recv() => Sig::Reload,
-            }
-        }
-        #[cfg(windows)]
-        {
-            /// One console event; never, when it cannot be watched (any more).
-            async fn event(recv: Option<impl Future<Output = Option<()>>>) {
-                if let Some(recv) = recv {
-                    if recv.await.is_some() {
-                        return;
-                    }
-                }
-                std::future::pending().await
-            }
-            tokio::select! {
-                () = event(self.ctrl_c.as_mut().map(|c| c.recv())) => Sig::Stop,
-                () = event(self.ctrl_break.as_mut().map(|c| c.recv())) => Sig::Stop,
-            }
-        }
-    }
-}
-
-/// An orderly stop in progress: workers first, then the dbagent (which flushes the writes
-/// the workers made), then the supervisor exits.
-struct StopPlan {
-    /// Workers still running at this time are killed.
-    workers_by: Instant,
-    /// Anything still running at this time is killed.
-    all_by: Instant,
-    dbagent_told: bool,
 }
 
 struct Supervisor {
@@ -590,177 +514,9 @@ impl Supervisor {
             .is_some_and(|l| l.try_send(Outgoing::Msg(Box::new(msg))).is_ok())
     }
 
-    fn on_control(&mut self, request: ControlRequest) -> ControlResponse {
-        match request {
-            ControlRequest::Status => ControlResponse::Status(self.status()),
-            ControlRequest::Restart { name } => self.restart(&name),
-            ControlRequest::Reload => match self.reload() {
-                Ok(msg) => ControlResponse::Done(msg),
-                Err(msg) => ControlResponse::Failed(msg),
-            },
-            ControlRequest::Drain => {
-                self.draining = true;
-                let names: Vec<String> = self.children.iter().map(|c| c.name.clone()).collect();
-                for (i, name) in names.iter().enumerate() {
-                    if matches!(self.children[i].kind, Kind::Worker { .. })
-                        && self.tell(name, ToChild::Drain)
-                    {
-                        self.children[i].state = ChildState::Draining;
-                    }
-                }
-                tracing::info!(
-                    "draining: workers refuse new calls and registrations; in-flight ones finish"
-                );
-                ControlResponse::Done("draining: new calls and registrations are refused with 503; `ctl stop` when the transaction counts reach 0".into())
-            }
-            ControlRequest::Stop => {
-                self.begin_stop("ctl stop");
-                ControlResponse::Done("stopping".into())
-            }
-            ControlRequest::Hello(_) => {
-                ControlResponse::Failed("hello was already received".into())
-            }
-        }
-    }
-
-    fn status(&self) -> Status {
-        let now = Instant::now();
-        let (generation, extensions, bindings) = self.hub.counts();
-        Status {
-            supervisor_pid: std::process::id(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            uptime_ms: self.started.elapsed().as_millis() as u64,
-            generation,
-            extensions,
-            bindings,
-            children: self.children.iter().map(|c| c.status(now)).collect(),
-            bans: self.hub.bans(),
-        }
-    }
-
-    fn restart(&mut self, name: &str) -> ControlResponse {
-        if self.stopping.is_some() {
-            return ControlResponse::Failed("the supervisor is stopping".into());
-        }
-        let Some(i) = self.children.iter().position(|c| c.name == name) else {
-            let names: Vec<&str> = self.children.iter().map(|c| c.name.as_str()).collect();
-            return ControlResponse::Failed(format!(
-                "no child named {name:?}; children: {}",
-                names.join(", ")
-            ));
-        };
-        let policy = self.config.supervisor.clone();
-        let child = &mut self.children[i];
-        child.restart_now = true;
-        child.backoff = Backoff::new(&policy);
-        match child.pid {
-            Some(pid) => {
-                tracing::info!(child = %name, pid, "restart requested");
-                // The child is asked politely and killed if it has not gone in a second.
-                process::terminate(pid);
-                let deadline = Instant::now() + Duration::from_secs(1);
-                child.restart_at = Some(deadline);
-                ControlResponse::Done(format!("restarting {name} (pid {pid})"))
-            }
-            None => {
-                child.restart_at = Some(Instant::now());
-                ControlResponse::Done(format!("starting {name}"))
-            }
-        }
-    }
-
-    /// Re-reads the configuration file; applies what can change live. Keeps running on the
-    /// old configuration when the new one is not valid.
-    fn reload(&mut self) -> Result<String, String> {
-        self.notifier.reloading();
-        let result = self.reload_inner();
-        self.notifier.ready();
-        result
-    }
-
-    fn reload_inner(&mut self) -> Result<String, String> {
-        let new = match sipcraft_config::load(&self.config_path) {
-            Ok(c) => c,
-            Err(problems) => {
-                for p in problems.iter() {
-                    tracing::error!(problem = %p, "reload refused");
-                }
-                return Err(format!(
-                    "configuration not valid, still running the previous one:\n{problems}"
-                ));
-            }
-        };
-        let refused = sipcraft_config::restart_needed(&self.config, &new);
-        // What needs a restart stays as it is; everything else takes effect now.
-        let new = sipcraft_config::apply_live(&self.config, new);
-        if new.database.is_none() && new.extensions != self.config.extensions {
-            self.hub
-                .publish(Update::ExtensionsReplaced(new.extensions.clone()));
-        }
-        self.config = new;
-        let slice = self.slice();
-        for child in &self.children {
-            if let Some(link) = &child.link {
-                let _ = link.try_send(Outgoing::Msg(Box::new(ToChild::Reload(slice.clone()))));
-            }
-        }
-        let mut msg = String::from("configuration reloaded");
-        if !refused.is_empty() {
-            msg.push_str(&format!(
-                "; not applied until a restart: {}",
-                refused.join(", ")
-            ));
-            tracing::warn!(keys = %refused.join(", "), "reload: these changes need a restart and were not applied");
-        }
-        tracing::info!("{msg}");
-        Ok(msg)
-    }
-
-    fn begin_stop(&mut self, why: &str) {
-        if self.stopping.is_some() {
-            return;
-        }
-        let timeout = Duration::from_secs(self.config.supervisor.stop_timeout_s.max(1));
-        let now = Instant::now();
-        tracing::info!(reason = why, timeout_s = timeout.as_secs(), "stopping");
-        self.notifier.stopping();
-        self.set_phase(Phase::Stopping);
-        self.stopping = Some(StopPlan {
-            workers_by: now + timeout.mul_f32(0.5),
-            all_by: now + timeout.mul_f32(0.8),
-            dbagent_told: false,
-        });
-        for child in &mut self.children {
-            child.restart_at = None;
-            if child.pid.is_none() {
-                child.state = ChildState::Stopped;
-            }
-        }
-        for child in &self.children {
-            if let (Kind::Worker { .. }, Some(pid)) = (&child.kind, child.pid) {
-                let told = child
-                    .link
-                    .as_ref()
-                    .is_some_and(|l| l.try_send(Outgoing::Msg(Box::new(ToChild::Stop))).is_ok());
-                if !told {
-                    process::terminate(pid);
-                }
-            }
-        }
-    }
-
     fn set_phase(&self, phase: Phase) {
         if let Some(tx) = &self.phase {
             tx.send_replace(phase);
-        }
-    }
-
-    fn kill_all(&mut self) {
-        for child in &self.children {
-            if let Some(pid) = child.pid {
-                tracing::warn!(child = %child.name, pid, "killing");
-                process::kill(pid);
-            }
         }
     }
 
@@ -795,53 +551,6 @@ impl Supervisor {
                     child.last_seen = now;
                 }
                 _ => {}
-            }
-        }
-        false
-    }
-
-    fn stop_progress(&mut self, now: Instant) -> bool {
-        let Some(plan) = &mut self.stopping else {
-            return false;
-        };
-        let all_by = plan.all_by;
-        let workers_left = self
-            .children
-            .iter()
-            .any(|c| matches!(c.kind, Kind::Worker { .. }) && c.pid.is_some());
-        if workers_left && now >= plan.workers_by {
-            for c in self
-                .children
-                .iter()
-                .filter(|c| matches!(c.kind, Kind::Worker { .. }))
-            {
-                if let Some(pid) = c.pid {
-                    tracing::warn!(child = %c.name, pid, "did not stop in time; killing it");
-                    process::kill(pid);
-                }
-            }
-        }
-        if !workers_left && !plan.dbagent_told {
-            plan.dbagent_told = true;
-            for c in self.children.iter().filter(|c| c.kind == Kind::DbAgent) {
-                if let Some(pid) = c.pid {
-                    let told = c.link.as_ref().is_some_and(|l| {
-                        l.try_send(Outgoing::Msg(Box::new(ToChild::Stop))).is_ok()
-                    });
-                    if !told {
-                        process::terminate(pid);
-                    }
-                }
-            }
-        }
-        if self.children.iter().all(|c| c.pid.is_none()) {
-            return true;
-        }
-        if now >= all_by {
-            self.kill_all();
-            // Killed children are reaped on the next ticks; give up waiting soon after.
-            if now >= all_by + Duration::from_millis(500) {
-                return true;
             }
         }
         false
