@@ -142,24 +142,8 @@ impl Agent {
             ticks: 0,
         };
         let database = agent.link.config.database.clone();
-        if database.is_some() && !same_instance && !cached.extensions.is_empty() {
-            tracing::info!(
-                extensions = cached.extensions.len(),
-                "serving the cached extensions until the database answers"
-            );
-            agent.publish_extensions(cached.extensions);
-        }
-        agent.store.purge_expired(crate::store::now_ms());
-        if same_instance {
-            // Only the dbagent restarted: the supervisor's state is newer than ours.
-            agent.sync_all();
-        } else {
-            let bindings: Vec<Binding> = agent.store.all().cloned().collect();
-            agent.restore(bindings);
-            agent.sync_all();
-        }
-        agent.write_cache_now().await;
-        if let Some(database) = database {
+        // The database task first: what the comparisons below journal goes to it too.
+        if let Some(database) = &database {
             let cfg = DbConfig {
                 url: database.url.clone(),
                 connect_timeout: Duration::from_millis(database.connect_timeout_ms.max(1)),
@@ -181,6 +165,23 @@ impl Agent {
             let (items, events) = db::spawn(cfg, queue);
             agent.db = Some(Db { items, events });
         }
+        if database.is_some() && !same_instance && !cached.extensions.is_empty() {
+            tracing::info!(
+                extensions = cached.extensions.len(),
+                "serving the cached extensions until the database answers"
+            );
+            agent.publish_extensions(cached.extensions);
+        }
+        agent.store.purge_expired(crate::store::now_ms());
+        if same_instance {
+            // Only the dbagent restarted: the supervisor's state is newer than ours.
+            agent.sync_all();
+        } else {
+            let bindings: Vec<Binding> = agent.store.all().cloned().collect();
+            agent.restore(bindings);
+            agent.sync_all();
+        }
+        agent.write_cache_now().await;
         Ok(agent)
     }
 
@@ -363,8 +364,15 @@ impl Agent {
                 }
             }
             DbEvent::Changed(list) => {
+                let quiet = list.len() > 10;
+                if quiet {
+                    tracing::info!(
+                        extensions = list.len(),
+                        "extensions changed in the database"
+                    );
+                }
                 for (number, ext) in list {
-                    self.publish_change(number, ext);
+                    self.publish_change(number, ext, quiet);
                 }
             }
             DbEvent::Applied {
@@ -443,7 +451,7 @@ impl Agent {
         }
     }
 
-    fn publish_change(&mut self, number: String, ext: Option<Extension>) {
+    fn publish_change(&mut self, number: String, ext: Option<Extension>, quiet: bool) {
         let registrar = &self.link.config.registrar;
         let ext = ext.filter(|e| {
             let ok = !e.challenge_algorithms(registrar).is_empty();
@@ -455,11 +463,15 @@ impl Agent {
         let current = self.replica().extension(&number).cloned();
         match (ext, current) {
             (Some(new), old) if old.as_ref() != Some(&new) => {
-                tracing::info!(%number, enabled = new.enabled, "extension changed in the database");
+                if !quiet {
+                    tracing::info!(%number, enabled = new.enabled, "extension changed in the database");
+                }
                 self.link.outbox.publish(Update::ExtensionUpserted(new));
             }
             (None, Some(_)) => {
-                tracing::info!(%number, "extension deleted in the database");
+                if !quiet {
+                    tracing::info!(%number, "extension deleted in the database");
+                }
                 self.link.outbox.publish(Update::ExtensionDeleted(number));
             }
             _ => {}

@@ -406,6 +406,13 @@ impl RegisterLoad {
         }
     }
 
+    /// The end of SIPp's screen.
+    pub fn screen(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join("stdout.txt")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
     /// Waits for SIPp to finish; panics with its output unless every REGISTER succeeded.
     pub fn assert_all_ok(&mut self, within: Duration) {
         let mut child = self.child.take().expect("running");
@@ -459,4 +466,33 @@ pub fn insert_users(pg: &Postgres, users: &[(String, String)]) {
             values.join(", ")
         ));
     }
+}
+
+/// [`wait_for`], with a report of the situation when the condition does not come.
+pub fn wait_or_report<T>(
+    what: &str,
+    within: Duration,
+    report: impl Fn() -> String,
+    mut cond: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!(
+                "timed out after {within:?} waiting for: {what}\n{}",
+                report()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The last `n` lines of the server's log, without colours.
+pub fn log_tail(server: &Server, n: usize) -> String {
+    let log = server.log();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }

@@ -109,16 +109,19 @@ pub fn spawn(
     let task = Task {
         cfg,
         queue,
+        replay: None,
         items,
         events: event_tx,
     };
-    tokio::spawn(task.run());
+    tokio::spawn(tracing::Instrument::in_current_span(task.run()));
     (item_tx, events)
 }
 
 struct Task {
     cfg: DbConfig,
     queue: VecDeque<Item>,
+    /// A backlog being replayed: items written so far and when the session started.
+    replay: Option<(usize, Instant)>,
     items: mpsc::UnboundedReceiver<Item>,
     events: mpsc::UnboundedSender<DbEvent>,
 }
@@ -294,6 +297,7 @@ impl Task {
                 pending = self.queue.len(),
                 "replaying the journal into the database"
             );
+            self.replay = Some((0, Instant::now()));
         }
         if self.cfg.adopt {
             let bindings = s.load_bindings().await?;
@@ -335,6 +339,17 @@ impl Task {
         let batch: Vec<Item> = self.queue.iter().take(n).cloned().collect();
         s.apply(&batch).await?;
         self.queue.drain(..n);
+        if let Some((written, since)) = &mut self.replay {
+            *written += n;
+            if self.queue.is_empty() {
+                tracing::info!(
+                    written = *written,
+                    took_ms = since.elapsed().as_millis() as u64,
+                    "journal replayed; following live again"
+                );
+                self.replay = None;
+            }
+        }
         let seq = batch.last().map_or(0, Item::seq);
         let ev = DbEvent::Applied {
             seq,

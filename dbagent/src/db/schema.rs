@@ -150,15 +150,22 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, SchemaError> {
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
         .await
         .map_err(SchemaError::Version)?;
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS sipcraft_schema (
-             version     integer PRIMARY KEY,
-             description text NOT NULL,
-             applied_at  timestamptz NOT NULL DEFAULT now()
-         )",
-    )
-    .await
-    .map_err(SchemaError::Version)?;
+    let exists: bool = tx
+        .query_one("SELECT to_regclass('sipcraft_schema') IS NOT NULL", &[])
+        .await
+        .map_err(SchemaError::Version)?
+        .get(0);
+    if !exists {
+        tx.batch_execute(
+            "CREATE TABLE sipcraft_schema (
+                 version     integer PRIMARY KEY,
+                 description text NOT NULL,
+                 applied_at  timestamptz NOT NULL DEFAULT now()
+             )",
+        )
+        .await
+        .map_err(SchemaError::Version)?;
+    }
     let found: i32 = tx
         .query_one("SELECT coalesce(max(version), 0) FROM sipcraft_schema", &[])
         .await
