@@ -3,11 +3,13 @@
 //! PostgreSQL; disk writes that may take a while (fsync, the cache file) run on blocking
 //! threads while the bus keeps being served.
 
+mod extensions;
+mod persist;
+
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use sipcraft_config::Extension;
 use sipcraft_ipc::child::Link;
 use sipcraft_ipc::state::{Binding, SnapshotPart, Update};
 use sipcraft_ipc::wire::{CallRecord, FromChild, Health};
@@ -187,29 +189,6 @@ impl Agent {
 
     pub fn has_database(&self) -> bool {
         self.db.is_some()
-    }
-
-    /// Publishes bindings from the local state (or the database) that the bus lacks.
-    fn restore(&mut self, bindings: Vec<Binding>) {
-        let now = crate::store::now_ms();
-        let mut published = 0;
-        for b in bindings {
-            if b.expires_at_ms <= now {
-                continue;
-            }
-            let known = self.replica().bindings(&b.aor, 0).any(|x| x.key == b.key);
-            if known {
-                continue;
-            }
-            self.restoring.insert((b.aor.clone(), b.key.clone()));
-            if self.link.outbox.publish(Update::BindingUpserted(b)) {
-                published += 1;
-            }
-        }
-        if published > 0 {
-            self.restoring_until = Some(Instant::now() + RESTORE_GRACE);
-            tracing::info!(bindings = published, "registrations restored");
-        }
     }
 
     fn replica(&self) -> std::sync::RwLockReadGuard<'_, sipcraft_ipc::state::Replica> {
@@ -413,81 +392,6 @@ impl Agent {
             self.reconcile_sent = Some(seq);
         }
     }
-
-    /// Publishes a full extension set from the database (or the cache): as one replacement
-    /// when it differs from the bus's and fits a frame comfortably, else change by change.
-    fn publish_extensions(&mut self, loaded: Vec<Extension>) {
-        let registrar = self.link.config.registrar.clone();
-        let mut wanted: Vec<Extension> = Vec::with_capacity(loaded.len());
-        for e in loaded {
-            if e.challenge_algorithms(&registrar).is_empty() {
-                tracing::warn!(number = %e.number, "extension skipped: its secret answers none of its challenge algorithms");
-                continue;
-            }
-            wanted.push(e);
-        }
-        let current = self.replica_extensions();
-        let same = current.len() == wanted.len()
-            && wanted.iter().all(|e| current.get(&e.number) == Some(e));
-        if same {
-            return;
-        }
-        let size = postcard::to_allocvec(&wanted).map_or(usize::MAX, |v| v.len());
-        if size <= REPLACE_MAX_BYTES {
-            tracing::info!(extensions = wanted.len(), "extensions published");
-            self.link.outbox.publish(Update::ExtensionsReplaced(wanted));
-            return;
-        }
-        let numbers: HashSet<&str> = wanted.iter().map(|e| e.number.as_str()).collect();
-        for number in current.keys().filter(|n| !numbers.contains(n.as_str())) {
-            self.link
-                .outbox
-                .publish(Update::ExtensionDeleted(number.clone()));
-        }
-        for e in wanted {
-            if current.get(&e.number) != Some(&e) {
-                self.link.outbox.publish(Update::ExtensionUpserted(e));
-            }
-        }
-    }
-
-    fn publish_change(&mut self, number: String, ext: Option<Extension>, quiet: bool) {
-        let registrar = &self.link.config.registrar;
-        let ext = ext.filter(|e| {
-            let ok = !e.challenge_algorithms(registrar).is_empty();
-            if !ok {
-                tracing::warn!(%number, "extension skipped: its secret answers none of its challenge algorithms");
-            }
-            ok
-        });
-        let current = self.replica().extension(&number).cloned();
-        match (ext, current) {
-            (Some(new), old) if old.as_ref() != Some(&new) => {
-                if !quiet {
-                    tracing::info!(%number, enabled = new.enabled, "extension changed in the database");
-                }
-                self.link.outbox.publish(Update::ExtensionUpserted(new));
-            }
-            (None, Some(_)) => {
-                if !quiet {
-                    tracing::info!(%number, "extension deleted in the database");
-                }
-                self.link.outbox.publish(Update::ExtensionDeleted(number));
-            }
-            _ => {}
-        }
-    }
-
-    fn replica_extensions(&self) -> HashMap<String, Extension> {
-        let mut out = HashMap::new();
-        for part in self.replica().snapshot() {
-            if let SnapshotPart::Extensions(list) = part {
-                out.extend(list.into_iter().map(|e| (e.number.clone(), e)));
-            }
-        }
-        out
-    }
-
     /// Every second: health, expiry, the cache file.
     pub fn on_tick(&mut self) {
         self.ticks += 1;
@@ -510,147 +414,6 @@ impl Agent {
         {
             self.start_cache_write();
         }
-    }
-
-    /// The alarm for `ctl status`, if any.
-    fn alarm(&self) -> Option<String> {
-        let mut parts = Vec::new();
-        if let DbState::Down(reason) = &self.db_state {
-            parts.push(format!(
-                "database unreachable ({reason}); serving cached extensions, journaling writes"
-            ));
-        }
-        let (bytes, max) = (self.journal.bytes(), self.journal.max_bytes());
-        if self.journal_full {
-            parts.push(format!(
-                "journal FULL ({bytes} of {max} bytes): {} call records dropped, {} registration \
-                 changes kept in the cache only (rewritten in full when the database returns)",
-                self.dropped_records, self.refused_bindings
-            ));
-        } else if bytes * 100 >= max * JOURNAL_WARN_PERCENT {
-            let percent = bytes * 100 / max / 10 * 10;
-            parts.push(format!(
-                "journal at {percent}% of its limit ({max} bytes) while the database is away"
-            ));
-        }
-        (!parts.is_empty()).then(|| parts.join("; "))
-    }
-
-    fn snapshot_cache(&self) -> Cache {
-        let mut extensions: Vec<Extension> = self.replica_extensions().into_values().collect();
-        extensions.sort_by(|a, b| a.number.cmp(&b.number));
-        Cache {
-            written_ms: crate::store::now_ms(),
-            instance: self.instance.clone(),
-            node: self.link.config.server.node_name.clone(),
-            state_seq: self.next_seq - 1,
-            db_applied_seq: self.db_applied,
-            reconcile: self.reconcile_needed || self.reconcile_sent.is_some(),
-            extensions,
-            bindings: self.store.all().cloned().collect(),
-            ..Cache::new()
-        }
-    }
-
-    fn start_cache_write(&mut self) {
-        let snapshot = self.snapshot_cache();
-        let dir = self.dir.clone();
-        self.cache_dirty = false;
-        self.last_cache_write = Instant::now();
-        self.cache_job = Some(tokio::task::spawn_blocking(move || {
-            cache::store(&dir, &snapshot).map(|()| snapshot.state_seq)
-        }));
-    }
-
-    /// Writes the cache and waits for it (at start and at stop).
-    async fn write_cache_now(&mut self) {
-        if let Some(job) = self.cache_job.take() {
-            let done = job.await;
-            self.on_cache_written(done);
-        }
-        self.start_cache_write();
-        if let Some(job) = self.cache_job.take() {
-            let done = job.await;
-            self.on_cache_written(done);
-        }
-    }
-
-    pub fn on_cache_written(
-        &mut self,
-        done: Result<Result<u64, CacheError>, tokio::task::JoinError>,
-    ) {
-        match done {
-            Ok(Ok(seq)) => {
-                self.cache_seq = self.cache_seq.max(seq);
-                self.trim();
-            }
-            Ok(Err(e)) => {
-                tracing::error!(error = %chain(&e), "cache file not written; retrying");
-                self.cache_dirty = true;
-            }
-            Err(e) => tracing::error!(error = %e, "cache writer failed"),
-        }
-    }
-
-    /// Deletes journal segments that the cache file and the database both cover.
-    fn trim(&mut self) {
-        let upto = if self.db.is_some() {
-            self.cache_seq.min(self.db_applied)
-        } else {
-            self.cache_seq
-        };
-        let removed = self.journal.trim(upto);
-        if removed > 0 {
-            tracing::debug!(
-                segments = removed,
-                bytes = self.journal.bytes(),
-                "journal trimmed"
-            );
-        }
-    }
-
-    /// Starts an fsync of recent appends unless one is running.
-    pub fn sync_journal(&mut self) {
-        if self.sync_job.is_some() {
-            return;
-        }
-        if let Some(job) = self.journal.take_sync() {
-            self.sync_job = Some(tokio::task::spawn_blocking(move || job.run()));
-        }
-    }
-
-    pub fn on_synced(&mut self, done: Result<std::io::Result<()>, tokio::task::JoinError>) {
-        match done {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "journal fsync failed"),
-            Err(e) => tracing::error!(error = %e, "journal fsync task failed"),
-        }
-    }
-
-    /// At stop: fsync the journal, give the database a moment to take what is queued,
-    /// write the cache.
-    pub async fn finish(&mut self) {
-        if let Some(job) = self.sync_job.take() {
-            let done = job.await;
-            self.on_synced(done);
-        }
-        if let Some(job) = self.journal.take_sync() {
-            let done = tokio::task::spawn_blocking(move || job.run()).await;
-            self.on_synced(done);
-        }
-        let last = self.next_seq - 1;
-        if self.db_state == DbState::Up && self.db_applied < last {
-            let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
-            while self.db_applied < last {
-                let Some(db) = self.db.as_mut() else { break };
-                match tokio::time::timeout_at(deadline, db.events.recv()).await {
-                    Ok(Some(ev @ DbEvent::Applied { .. })) => self.on_db(ev),
-                    Ok(Some(_)) => {}
-                    _ => break,
-                }
-            }
-        }
-        self.write_cache_now().await;
     }
 }
 

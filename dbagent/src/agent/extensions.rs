@@ -1,0 +1,109 @@
+//! Publishing: extensions from the database or the cache, and bindings restored from the
+//! local state or the database after a full restart.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use sipcraft_config::Extension;
+use sipcraft_ipc::state::{Binding, SnapshotPart, Update};
+
+use super::{Agent, REPLACE_MAX_BYTES, RESTORE_GRACE};
+
+impl Agent {
+    /// Publishes bindings from the local state (or the database) that the bus lacks.
+    pub(super) fn restore(&mut self, bindings: Vec<Binding>) {
+        let now = crate::store::now_ms();
+        let mut published = 0;
+        for b in bindings {
+            if b.expires_at_ms <= now {
+                continue;
+            }
+            let known = self.replica().bindings(&b.aor, 0).any(|x| x.key == b.key);
+            if known {
+                continue;
+            }
+            self.restoring.insert((b.aor.clone(), b.key.clone()));
+            if self.link.outbox.publish(Update::BindingUpserted(b)) {
+                published += 1;
+            }
+        }
+        if published > 0 {
+            self.restoring_until = Some(Instant::now() + RESTORE_GRACE);
+            tracing::info!(bindings = published, "registrations restored");
+        }
+    }
+
+    /// Publishes a full extension set from the database (or the cache): as one replacement
+    /// when it differs from the bus's and fits a frame comfortably, else change by change.
+    pub(super) fn publish_extensions(&mut self, loaded: Vec<Extension>) {
+        let registrar = self.link.config.registrar.clone();
+        let mut wanted: Vec<Extension> = Vec::with_capacity(loaded.len());
+        for e in loaded {
+            if e.challenge_algorithms(&registrar).is_empty() {
+                tracing::warn!(number = %e.number, "extension skipped: its secret answers none of its challenge algorithms");
+                continue;
+            }
+            wanted.push(e);
+        }
+        let current = self.replica_extensions();
+        let same = current.len() == wanted.len()
+            && wanted.iter().all(|e| current.get(&e.number) == Some(e));
+        if same {
+            return;
+        }
+        let size = postcard::to_allocvec(&wanted).map_or(usize::MAX, |v| v.len());
+        if size <= REPLACE_MAX_BYTES {
+            tracing::info!(extensions = wanted.len(), "extensions published");
+            self.link.outbox.publish(Update::ExtensionsReplaced(wanted));
+            return;
+        }
+        let numbers: HashSet<&str> = wanted.iter().map(|e| e.number.as_str()).collect();
+        for number in current.keys().filter(|n| !numbers.contains(n.as_str())) {
+            self.link
+                .outbox
+                .publish(Update::ExtensionDeleted(number.clone()));
+        }
+        for e in wanted {
+            if current.get(&e.number) != Some(&e) {
+                self.link.outbox.publish(Update::ExtensionUpserted(e));
+            }
+        }
+    }
+
+    pub(super) fn publish_change(&mut self, number: String, ext: Option<Extension>, quiet: bool) {
+        let registrar = &self.link.config.registrar;
+        let ext = ext.filter(|e| {
+            let ok = !e.challenge_algorithms(registrar).is_empty();
+            if !ok {
+                tracing::warn!(%number, "extension skipped: its secret answers none of its challenge algorithms");
+            }
+            ok
+        });
+        let current = self.replica().extension(&number).cloned();
+        match (ext, current) {
+            (Some(new), old) if old.as_ref() != Some(&new) => {
+                if !quiet {
+                    tracing::info!(%number, enabled = new.enabled, "extension changed in the database");
+                }
+                self.link.outbox.publish(Update::ExtensionUpserted(new));
+            }
+            (None, Some(_)) => {
+                if !quiet {
+                    tracing::info!(%number, "extension deleted in the database");
+                }
+                self.link.outbox.publish(Update::ExtensionDeleted(number));
+            }
+            _ => {}
+        }
+    }
+
+    pub(super) fn replica_extensions(&self) -> HashMap<String, Extension> {
+        let mut out = HashMap::new();
+        for part in self.replica().snapshot() {
+            if let SnapshotPart::Extensions(list) = part {
+                out.extend(list.into_iter().map(|e| (e.number.clone(), e)));
+            }
+        }
+        out
+    }
+}
