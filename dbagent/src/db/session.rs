@@ -75,9 +75,22 @@ const UPSERT: &str = "INSERT INTO registrations (node, aor, binding_key, contact
      WHERE registrations.seq < EXCLUDED.seq";
 const REMOVE: &str = "DELETE FROM registrations \
      WHERE node = $1 AND aor = $2 AND binding_key = $3 AND seq < $4";
+/// A call record; a second record with the same id (the BYE that ends an answered call,
+/// from whichever worker saw it) completes the first: the earliest start, the first answer
+/// and end, the answer's status, and the reason the call ended. Merging is idempotent.
 const CALL_RECORD: &str = "INSERT INTO call_records (id, node, call_id, caller, callee, \
      started_at, answered_at, ended_at, final_status, reason, worker, seq) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (id) DO NOTHING";
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+     ON CONFLICT (id) DO UPDATE SET \
+     started_at = LEAST(call_records.started_at, EXCLUDED.started_at), \
+     answered_at = COALESCE(call_records.answered_at, EXCLUDED.answered_at), \
+     ended_at = COALESCE(call_records.ended_at, EXCLUDED.ended_at), \
+     final_status = CASE WHEN call_records.answered_at IS NULL \
+         AND EXCLUDED.answered_at IS NOT NULL THEN EXCLUDED.final_status \
+         ELSE call_records.final_status END, \
+     reason = CASE WHEN call_records.ended_at IS NULL AND EXCLUDED.ended_at IS NOT NULL \
+         THEN EXCLUDED.reason ELSE call_records.reason END, \
+     seq = GREATEST(call_records.seq, EXCLUDED.seq)";
 const PROGRESS: &str = "INSERT INTO sipcraft_nodes (node, applied_seq) VALUES ($1, $2) \
      ON CONFLICT (node) DO UPDATE SET \
      applied_seq = GREATEST(sipcraft_nodes.applied_seq, EXCLUDED.applied_seq), updated_at = now()";
