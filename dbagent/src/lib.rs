@@ -74,7 +74,10 @@ pub async fn run(args: Args) -> Result<(), Error> {
     loop {
         tokio::select! {
             _ = health_tick.tick() => agent.on_tick(),
-            _ = sync_tick.tick() => agent.sync_journal(),
+            _ = sync_tick.tick() => {
+                agent.sync_journal();
+                agent.pump();
+            }
             ev = agent.link.events.recv() => match ev {
                 Some(LinkEvent::Applied { update, .. }) => agent.on_update(&update),
                 Some(LinkEvent::Resynced { seq }) => {

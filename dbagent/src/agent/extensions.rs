@@ -9,6 +9,9 @@ use sipcraft_ipc::state::{Binding, SnapshotPart, Update};
 
 use super::{Agent, REPLACE_MAX_BYTES, RESTORE_GRACE};
 
+/// Updates sent to the link per [`Agent::pump`] call.
+const PUMP_BATCH: usize = 1024;
+
 impl Agent {
     /// Publishes bindings from the local state (or the database) that the bus lacks.
     pub(super) fn restore(&mut self, bindings: Vec<Binding>) {
@@ -23,13 +26,35 @@ impl Agent {
                 continue;
             }
             self.restoring.insert((b.aor.clone(), b.key.clone()));
-            if self.link.outbox.publish(Update::BindingUpserted(b)) {
-                published += 1;
-            }
+            self.publish(Update::BindingUpserted(b));
+            published += 1;
         }
         if published > 0 {
             self.restoring_until = Some(Instant::now() + RESTORE_GRACE);
             tracing::info!(bindings = published, "registrations restored");
+        }
+    }
+
+    /// Queues an update for the bus, in order, and sends what the link takes now.
+    pub(super) fn publish(&mut self, update: Update) {
+        self.outgoing.push_back(update);
+        self.pump();
+    }
+
+    /// Sends queued updates until the link's queue is full (a big restore or extension set
+    /// must not overflow it); the rest go on the next call.
+    pub fn pump(&mut self) {
+        let mut sent = 0;
+        while let Some(update) = self.outgoing.front() {
+            if sent >= PUMP_BATCH || !self.link.outbox.publish(update.clone()) {
+                break;
+            }
+            self.outgoing.pop_front();
+            sent += 1;
+        }
+        if sent > 0 && !self.restoring.is_empty() {
+            // Restored bindings are protected until their echo can have come back.
+            self.restoring_until = Some(Instant::now() + RESTORE_GRACE);
         }
     }
 
@@ -54,18 +79,16 @@ impl Agent {
         let size = postcard::to_allocvec(&wanted).map_or(usize::MAX, |v| v.len());
         if size <= REPLACE_MAX_BYTES {
             tracing::info!(extensions = wanted.len(), "extensions published");
-            self.link.outbox.publish(Update::ExtensionsReplaced(wanted));
+            self.publish(Update::ExtensionsReplaced(wanted));
             return;
         }
         let numbers: HashSet<&str> = wanted.iter().map(|e| e.number.as_str()).collect();
         for number in current.keys().filter(|n| !numbers.contains(n.as_str())) {
-            self.link
-                .outbox
-                .publish(Update::ExtensionDeleted(number.clone()));
+            self.publish(Update::ExtensionDeleted(number.clone()));
         }
         for e in wanted {
             if current.get(&e.number) != Some(&e) {
-                self.link.outbox.publish(Update::ExtensionUpserted(e));
+                self.publish(Update::ExtensionUpserted(e));
             }
         }
     }
@@ -85,13 +108,13 @@ impl Agent {
                 if !quiet {
                     tracing::info!(%number, enabled = new.enabled, "extension changed in the database");
                 }
-                self.link.outbox.publish(Update::ExtensionUpserted(new));
+                self.publish(Update::ExtensionUpserted(new));
             }
             (None, Some(_)) => {
                 if !quiet {
                     tracing::info!(%number, "extension deleted in the database");
                 }
-                self.link.outbox.publish(Update::ExtensionDeleted(number));
+                self.publish(Update::ExtensionDeleted(number));
             }
             _ => {}
         }

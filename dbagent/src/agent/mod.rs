@@ -65,6 +65,8 @@ pub struct Agent {
     reconcile_needed: bool,
     /// Sequence number of a rewrite sent and not yet confirmed.
     reconcile_sent: Option<u64>,
+    /// Updates waiting for room in the link's queue.
+    outgoing: VecDeque<Update>,
     /// Bindings published from the local state, not yet echoed by the bus.
     restoring: HashSet<BindingId>,
     restoring_until: Option<Instant>,
@@ -132,6 +134,7 @@ impl Agent {
             db_applied: cached.db_applied_seq,
             reconcile_needed: cached.reconcile,
             reconcile_sent: None,
+            outgoing: VecDeque::new(),
             restoring: HashSet::new(),
             restoring_until: None,
             cache_dirty: true,
