@@ -50,6 +50,10 @@ pub(crate) struct ListenFile {
     pub transport: Option<String>,
     pub address: Option<String>,
     pub workers: Option<Workers>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub client_ca: Option<String>,
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 /// `workers = "auto"` or a number.

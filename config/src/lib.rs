@@ -33,7 +33,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use model::{
-    AuthAlgorithm, Config, Database, Extension, Listen, LogLevel, Secret, Server, Transport,
+    AuthAlgorithm, Config, Database, Extension, Listen, LogLevel, Secret, Server, TlsFiles,
+    Transport,
 };
 pub use problem::{Problem, Problems};
 pub use reload::{apply_live, restart_needed};

@@ -95,11 +95,18 @@ impl FromStr for LogLevel {
     }
 }
 
-/// Transport of a `[[listen]]` entry.
+/// Transport of a `[[listen]]` entry. New variants go at the end (postcard encodes the
+/// position).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Transport {
     Udp,
     Tcp,
+    /// SIP over TLS (RFC 3261 §26, RFC 5630), usually port 5061.
+    Tls,
+    /// SIP over WebSocket (RFC 7118), for browser phones.
+    Ws,
+    /// SIP over secure WebSocket (RFC 7118).
+    Wss,
 }
 
 impl Transport {
@@ -107,6 +114,30 @@ impl Transport {
         match self {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+            Transport::Ws => "ws",
+            Transport::Wss => "wss",
+        }
+    }
+
+    /// Whether the transport runs over TLS (`tls`, `wss`): it needs a certificate.
+    pub fn is_secure(self) -> bool {
+        matches!(self, Transport::Tls | Transport::Wss)
+    }
+
+    /// Whether the transport is WebSocket (`ws`, `wss`).
+    pub fn is_websocket(self) -> bool {
+        matches!(self, Transport::Ws | Transport::Wss)
+    }
+
+    /// The name in a Via (`SIP/2.0/TLS`) and, lower-cased, in a `transport=` parameter.
+    pub fn via_name(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
+            Transport::Ws => "WS",
+            Transport::Wss => "WSS",
         }
     }
 }
@@ -118,6 +149,9 @@ impl FromStr for Transport {
         match s {
             "udp" => Ok(Transport::Udp),
             "tcp" => Ok(Transport::Tcp),
+            "tls" => Ok(Transport::Tls),
+            "ws" => Ok(Transport::Ws),
+            "wss" => Ok(Transport::Wss),
             _ => Err(()),
         }
     }
@@ -138,6 +172,26 @@ pub struct Listen {
     pub address: SocketAddr,
     /// Number of sipworker processes for this entry, 1..=256.
     pub workers: usize,
+    /// `tls` and `wss`: the certificate and key the workers serve (re-read on reload);
+    /// `None` for the other transports.
+    pub tls: Option<TlsFiles>,
+    /// `ws` and `wss`: the `Origin` values a browser may open a connection from (scheme,
+    /// host and port, lower case); empty accepts any origin, and clients that send none.
+    pub allowed_origins: Vec<String>,
+}
+
+/// Certificate files of a `tls` or `wss` listen entry, absolute paths. The files are read
+/// when a worker starts and again on every reload, so a renewed certificate is served to new
+/// connections without a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsFiles {
+    /// PEM certificate chain, the server's certificate first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the first certificate.
+    pub key: PathBuf,
+    /// PEM CA certificates for mutual TLS: when set, a client (a trunk, a desk phone with a
+    /// device certificate) must present a certificate issued by one of them.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// `[[extension]]`

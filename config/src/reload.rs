@@ -1,18 +1,19 @@
 //! Which changes a reload (SIGHUP, `sipcraft ctl reload`) can apply to running processes.
 
-use crate::model::Config;
+use crate::model::{Config, Listen};
 
 /// The keys that differ between `old` and `new` but cannot be applied live; empty means the
 /// new config can be applied by a reload without restarting anything.
 ///
 /// Need a restart: `server.domain` (the digest realm: every nonce and HA1 depends on it),
 /// `server.node_name` (recorded in registrations), `server.runtime_dir` and
-/// `server.state_dir` (sockets and files already open), every `listen[i]` entry (bound
-/// sockets and worker processes), and `database` being added or removed or its `url`
-/// changing (the dbagent's source of truth).
+/// `server.state_dir` (sockets and files already open), the transport, address and workers
+/// of every `listen[i]` entry (bound sockets and worker processes), and `database` being
+/// added or removed or its `url` changing (the dbagent's source of truth).
 ///
 /// Apply live: extensions, `[registrar]`, `[security]`, `[limits]`, `[proxy]`,
-/// `[supervisor]`, `server.log_level` and the database timeouts.
+/// `[supervisor]`, `server.log_level`, the database timeouts, and the certificate files and
+/// allowed origins of listen entries (workers re-read the certificates on every reload).
 pub fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
     let mut keys = Vec::new();
     let (a, b) = (&old.server, &new.server);
@@ -27,7 +28,8 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         }
     }
     for i in 0..old.listen.len().max(new.listen.len()) {
-        if old.listen.get(i) != new.listen.get(i) {
+        let socket = |l: &Listen| (l.transport, l.address, l.workers);
+        if old.listen.get(i).map(socket) != new.listen.get(i).map(socket) {
             keys.push(format!("listen[{i}]"));
         }
     }
@@ -51,7 +53,14 @@ pub fn apply_live(running: &Config, new: Config) -> Config {
     applied.server.node_name = running.server.node_name.clone();
     applied.server.runtime_dir = running.server.runtime_dir.clone();
     applied.server.state_dir = running.server.state_dir.clone();
-    applied.listen = running.listen.clone();
+    let mut listen = running.listen.clone();
+    for (kept, new) in listen.iter_mut().zip(&applied.listen) {
+        if (kept.transport, kept.address) == (new.transport, new.address) {
+            kept.tls.clone_from(&new.tls);
+            kept.allowed_origins.clone_from(&new.allowed_origins);
+        }
+    }
+    applied.listen = listen;
     match (&running.database, &mut applied.database) {
         (Some(old), Some(db)) => db.url = old.url.clone(),
         (old, db) => db.clone_from(old),

@@ -172,7 +172,7 @@ runtime_dir = "/run/s"
 state_dir = 7
 
 [[listen]]
-transport = "tls"
+transport = "sctp"
 address = "127.0.0.1:5060"
 workers = 0
 
@@ -220,7 +220,7 @@ crash_loop_restarts = 0
         (
             "listen[0].transport",
             8,
-            "\"tls\" is not supported yet (expected udp or tcp)",
+            "\"sctp\" is not a transport (expected udp, tcp, tls, ws or wss)",
         ),
         (
             "listen[0].workers",

@@ -26,7 +26,7 @@ use sipcraft_ipc::wire::{FromChild, Health, Role};
 use tokio::sync::mpsc;
 
 use crate::core::Core;
-use crate::transport::tcp::ConnEvent;
+use crate::transport::tcp::{Accept, ConnEvent, Layer};
 use crate::transport::Target;
 
 /// How the supervisor started this worker.
@@ -54,6 +54,8 @@ pub enum Error {
     NoListen(usize),
     #[error("could not take over the listen socket")]
     Socket(#[source] std::io::Error),
+    #[error("could not load the TLS certificate")]
+    Tls(#[from] transport::tls::TlsError),
 }
 
 /// Runs a SIP worker until it is told to stop or loses the supervisor.
@@ -80,18 +82,21 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let (conn_tx, mut conn_rx) = mpsc::channel::<ConnEvent>(4096);
     let open_conns = Arc::new(AtomicUsize::new(0));
     let receives_udp = matches!(socket, Socket::Udp(_));
+    let layer = Layer::new(&listen)?;
     let udp = match socket {
         Socket::Udp(s) => Some(s),
         Socket::Tcp(listener) => {
-            let idle = Duration::from_secs(core.config.limits.tcp_idle_timeout_s);
-            let max = core.config.limits.max_tcp_connections as usize;
+            let accept = Accept {
+                layer: layer.clone(),
+                limits: core.limits,
+                idle: Duration::from_secs(core.config.limits.tcp_idle_timeout_s),
+                max: core.config.limits.max_tcp_connections as usize,
+                open: open_conns.clone(),
+            };
             tokio::spawn(transport::tcp::accept_loop(
                 listener,
                 conn_tx.clone(),
-                core.limits,
-                idle,
-                max,
-                open_conns.clone(),
+                accept,
             ));
             shared_udp(&args)?
         }
@@ -120,7 +125,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
                     Vec::new()
                 }
                 ConnEvent::Message { id, peer, bytes } => {
-                    let from = Target { transport: Transport::Tcp, peer, conn: Some(id), owner: None };
+                    let from = Target { transport: listen.transport, peer, conn: Some(id), owner: None };
                     core.on_message(&bytes, from, Instant::now())
                 }
                 ConnEvent::Closed { id } => {
@@ -134,7 +139,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
                     transactions: core.txns.len() as u64,
                     connections: open_conns.load(Ordering::Relaxed) as u64,
                     dropped: core.counters.dropped,
-                    alarm: None,
+                    alarm: layer.alarm(),
                     generation: core.replica.read().unwrap_or_else(|p| p.into_inner()).seq(),
                 };
                 link.outbox.send(FromChild::Health(health));
@@ -152,6 +157,9 @@ pub async fn run(args: Args) -> Result<(), Error> {
                 Some(LinkEvent::Stop) => break,
                 Some(LinkEvent::Reload(config)) => {
                     tracing::info!("configuration reloaded");
+                    if let Some(l) = config.listen.get(args.listen) {
+                        layer.reload(l);
+                    }
                     core.reload(*config);
                     Vec::new()
                 }
@@ -250,7 +258,7 @@ async fn open_socket(
         .ok_or_else(|| Error::Socket(std::io::Error::other("no --fd given")))?;
     let expect = match transport {
         Transport::Udp => Expect::Datagram,
-        Transport::Tcp => Expect::Listener,
+        Transport::Tcp | Transport::Tls | Transport::Ws | Transport::Wss => Expect::Listener,
     };
     let owned = inherit::take_socket(fd, expect).map_err(Error::Socket)?;
     match transport {
@@ -261,7 +269,7 @@ async fn open_socket(
                 .map(Socket::Udp)
                 .map_err(Error::Socket)
         }
-        Transport::Tcp => {
+        Transport::Tcp | Transport::Tls | Transport::Ws | Transport::Wss => {
             let std_listener = std::net::TcpListener::from(owned);
             std_listener.set_nonblocking(true).map_err(Error::Socket)?;
             tokio::net::TcpListener::from_std(std_listener)
@@ -279,9 +287,11 @@ async fn open_socket(
 ) -> Result<Socket, Error> {
     match transport {
         Transport::Udp => tokio::net::UdpSocket::bind(address).await.map(Socket::Udp),
-        Transport::Tcp => tokio::net::TcpListener::bind(address)
-            .await
-            .map(Socket::Tcp),
+        Transport::Tcp | Transport::Tls | Transport::Ws | Transport::Wss => {
+            tokio::net::TcpListener::bind(address)
+                .await
+                .map(Socket::Tcp)
+        }
     }
     .map_err(Error::Socket)
 }
@@ -309,5 +319,6 @@ fn shared_udp(_args: &Args) -> Result<Option<tokio::net::UdpSocket>, Error> {
 #[derive(Debug)]
 pub enum Socket {
     Udp(tokio::net::UdpSocket),
+    /// TCP, and TLS and WebSocket over it.
     Tcp(tokio::net::TcpListener),
 }

@@ -38,7 +38,10 @@ fn bind_one(transport: Transport, address: SocketAddr) -> io::Result<Socket> {
     let domain = Domain::for_address(address);
     let (ty, proto) = match transport {
         Transport::Udp => (Type::DGRAM, Protocol::UDP),
-        Transport::Tcp => (Type::STREAM, Protocol::TCP),
+        // TLS and WebSocket run over TCP: the worker does the handshake.
+        Transport::Tcp | Transport::Tls | Transport::Ws | Transport::Wss => {
+            (Type::STREAM, Protocol::TCP)
+        }
     };
     let socket = Socket::new(domain, ty, Some(proto))?;
     if address.is_ipv6() {
@@ -53,7 +56,7 @@ fn bind_one(transport: Transport, address: SocketAddr) -> io::Result<Socket> {
         let _ = socket.set_send_buffer_size(4 << 20);
     }
     socket.bind(&address.into())?;
-    if transport == Transport::Tcp {
+    if transport != Transport::Udp {
         socket.listen(1024)?;
     }
     Ok(socket)

@@ -5,6 +5,7 @@
 
 mod extension;
 mod sections;
+mod transport;
 
 use std::collections::HashMap;
 use std::fmt::Display;
@@ -26,7 +27,7 @@ pub const MAX_RUNTIME_DIR_BYTES: usize = 90;
 /// Builds the validated config. `base_dir` is the absolute directory of the config file.
 pub(crate) fn validate(file: FileConfig, base_dir: &Path, c: &mut Collector<'_>) -> Config {
     let server = server(file.server, base_dir, c);
-    let listen = listen(&file.listen, c);
+    let listen = listen(&file.listen, base_dir, c);
     let registrar = sections::registrar(&file.registrar, c);
     let extensions = extension::extensions(&file.extension, &registrar, c);
     let database = file.database.map(|db| database(db, c));
@@ -261,7 +262,7 @@ fn host_name() -> String {
         .unwrap_or_else(|| "sipcraft".to_string())
 }
 
-fn listen(entries: &[ListenFile], c: &mut Collector<'_>) -> Vec<Listen> {
+fn listen(entries: &[ListenFile], base_dir: &Path, c: &mut Collector<'_>) -> Vec<Listen> {
     if entries.is_empty() && !c.reported("listen") {
         c.push(
             "listen".into(),
@@ -277,19 +278,14 @@ fn listen(entries: &[ListenFile], c: &mut Collector<'_>) -> Vec<Listen> {
             c,
             &format!("{key}.transport"),
             entry.transport.as_ref(),
-            "udp or tcp",
+            "udp, tcp, tls, ws or wss",
         )
         .and_then(|t| match t.parse::<Transport>() {
             Ok(t) => Some(t),
             Err(()) => {
-                let why = if matches!(t, "tls" | "ws" | "wss") {
-                    "is not supported yet"
-                } else {
-                    "is not a transport"
-                };
                 c.at(
                     format!("{key}.transport"),
-                    format!("{t:?} {why} (expected udp or tcp)"),
+                    format!("{t:?} is not a transport (expected udp, tcp, tls, ws or wss)"),
                 );
                 None
             }
@@ -320,11 +316,15 @@ fn listen(entries: &[ListenFile], c: &mut Collector<'_>) -> Vec<Listen> {
             }
         });
         let workers = workers(c, &format!("{key}.workers"), entry.workers);
+        let tls = transport::tls_files(c, &key, entry, transport, base_dir);
+        let allowed_origins = transport::origins(c, &key, entry, transport);
         let (Some(transport), Some(address)) = (transport, address) else {
             continue;
         };
+        // TCP, TLS and WebSocket entries are all TCP sockets: they share the port space.
+        let datagram = |t: Transport| t == Transport::Udp;
         for &(j, other_transport, other) in &valid {
-            if other_transport != transport || other.port() != address.port() {
+            if datagram(other_transport) != datagram(transport) || other.port() != address.port() {
                 continue;
             }
             let here = &format!("{key}.address");
@@ -332,7 +332,10 @@ fn listen(entries: &[ListenFile], c: &mut Collector<'_>) -> Vec<Listen> {
             if other.ip() == address.ip() {
                 c.at(
                     here,
-                    format!("{transport} {address} is already listened on by {there}"),
+                    format!(
+                        "{transport} {address} is already listened on by {there}{}",
+                        also(other_transport, transport)
+                    ),
                 );
             } else if other.is_ipv4() == address.is_ipv4()
                 && (other.ip().is_unspecified() || address.ip().is_unspecified())
@@ -346,7 +349,7 @@ fn listen(entries: &[ListenFile], c: &mut Collector<'_>) -> Vec<Listen> {
                 c.at(
                     here,
                     format!(
-                        "{transport} {address} overlaps {transport} {other} of {there}: \
+                        "{transport} {address} overlaps {other_transport} {other} of {there}: \
                          {any} covers every {family} address"
                     ),
                 );
@@ -357,9 +360,20 @@ fn listen(entries: &[ListenFile], c: &mut Collector<'_>) -> Vec<Listen> {
             transport,
             address,
             workers,
+            tls,
+            allowed_origins,
         });
     }
     out
+}
+
+/// What to add when two entries of different stream transports clash.
+fn also(other: Transport, this: Transport) -> String {
+    if other == this {
+        String::new()
+    } else {
+        format!(", a {other} entry (tcp, tls, ws and wss entries are all TCP sockets)")
+    }
 }
 
 /// ` (line N)` when `key` has a line, for pointing at the other half of a duplicate.

@@ -9,6 +9,7 @@ use sipcraft_sip::{Message, Uri};
 
 use super::{reliability, respond, route, BranchState, Fork, Hop};
 use crate::core::Core;
+use crate::registrar::aor_user;
 use crate::transport::{Out, Target};
 
 impl Core {
@@ -74,10 +75,19 @@ impl Core {
         };
         let now_ms = crate::now_ms();
         let uri = Uri::parse(&uri_text).ok()?;
-        if let Some(user) = uri.as_sip().and_then(|u| u.user_decoded()) {
-            let r = self.replica.read().unwrap_or_else(|p| p.into_inner());
+        // The contact is looked up under its user part, then under the To of the request:
+        // a WebSocket client's contact (`sip:a8x2@df7j.invalid;transport=ws`, RFC 7118 §5)
+        // names no extension, and is reachable only through its flow.
+        let users = [
+            uri.as_sip()
+                .and_then(|u| u.user_decoded())
+                .map(|u| u.into_owned()),
+            msg.to().ok().and_then(|t| aor_user(&t)),
+        ];
+        let r = self.replica.read().unwrap_or_else(|p| p.into_inner());
+        for user in users.iter().flatten() {
             let found = r
-                .bindings(&user, now_ms)
+                .bindings(user, now_ms)
                 .find(|b| b.contact == uri_text)
                 .map(|b| route::binding_target(b, &self.name));
             if found.is_some() {

@@ -294,19 +294,13 @@ impl Core {
             }
         }
         let via_addr = route::host_port(self.proxy.local.address(target.transport));
-        let tp = if target.transport == Transport::Udp {
-            "UDP"
-        } else {
-            "TCP"
-        };
+        let tp = target.transport.via_name();
         w.prepend_via(&format!("SIP/2.0/{tp} {via_addr};branch={branch};rport"));
         Ok(w.finish())
     }
 
     fn inbound_transport(&self, msg: &Message<'_>) -> Transport {
-        match msg.top_via().map(|v| v.transport.is_reliable()) {
-            Ok(true) => Transport::Tcp,
-            _ => Transport::Udp,
-        }
+        msg.top_via()
+            .map_or(Transport::Udp, |v| route::via_transport(v.transport))
     }
 }

@@ -5,6 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use sipcraft_config::{Config, Transport};
 use sipcraft_ipc::state::Binding;
+use sipcraft_sip::header::Transport as ViaTransport;
 use sipcraft_sip::{Host, Uri};
 
 use crate::transport::Target;
@@ -134,6 +135,17 @@ pub fn binding_target(b: &Binding, me: &str) -> Target {
     }
 }
 
+/// The transport a Via names, as one of ours (SCTP and unknown reliable ones count as TCP).
+pub fn via_transport(t: ViaTransport<'_>) -> Transport {
+    match t {
+        ViaTransport::Udp => Transport::Udp,
+        ViaTransport::Tls => Transport::Tls,
+        ViaTransport::Ws => Transport::Ws,
+        ViaTransport::Wss => Transport::Wss,
+        ViaTransport::Tcp | ViaTransport::Sctp | ViaTransport::Other(_) => Transport::Tcp,
+    }
+}
+
 /// How to reach a URI that is not a registered contact: its host must be an IP address
 /// (no DNS on the call path).
 pub fn uri_target(uri: &Uri<'_>) -> Option<Target> {
@@ -142,12 +154,20 @@ pub fn uri_target(uri: &Uri<'_>) -> Option<Target> {
         .maddr()
         .and_then(|m| m.parse().ok())
         .or_else(|| sip.host.ip())?;
-    let transport = match sip.transport().map(|t| t.to_ascii_lowercase()) {
-        Some(t) if t == "tcp" => Transport::Tcp,
-        _ if sip.secure => Transport::Tcp,
+    let named = sip.transport().map(|t| t.to_ascii_lowercase());
+    // A sips: URI is reached over TLS whatever its transport= says (RFC 5630 §3.2).
+    let transport = match (named.as_deref(), sip.secure) {
+        (Some("ws"), false) => Transport::Ws,
+        (Some("ws" | "wss"), _) => Transport::Wss,
+        (Some("tls"), _) | (_, true) => Transport::Tls,
+        (Some("tcp"), false) => Transport::Tcp,
         _ => Transport::Udp,
     };
-    let port = sip.port.unwrap_or(5060);
+    let port = sip.port.unwrap_or(if transport == Transport::Tls {
+        5061
+    } else {
+        5060
+    });
     Some(Target {
         transport,
         peer: SocketAddr::new(ip, port),

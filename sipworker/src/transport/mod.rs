@@ -1,7 +1,10 @@
 //! Transports: where SIP bytes come from and go to. UDP is served inline by the worker's
-//! main loop; each TCP connection has a task of its own that frames the stream.
+//! main loop; each stream connection (TCP, TLS, WebSocket) has a task of its own that
+//! frames it and reports to the main loop with the same events, whatever the transport.
 
 pub mod tcp;
+pub mod tls;
+pub mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,18 +1,32 @@
-//! TCP connections: accepted by the worker that owns the listener, framed by Content-Length,
-//! answered with CRLF to CRLFCRLF keep-alive pings (RFC 5626 §3.5.1), closed when idle, and
-//! bounded in number and buffer size.
+//! Stream connections (TCP, TLS, WebSocket): accepted by the worker that owns the listener,
+//! bounded in number, given a deadline for their handshake, then served by a task of their
+//! own that reports to the worker's main loop with [`ConnEvent`]s, whatever the transport.
+//!
+//! TCP and TLS carry a byte stream framed by Content-Length, with CRLF answered to
+//! CRLFCRLF keep-alive pings (RFC 5626 §3.5.1); WebSocket carries one SIP message per
+//! WebSocket message (`ws.rs`). Every connection is closed when idle, and its buffers are
+//! bounded by the message size limit.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use sipcraft_config::{Listen, Transport};
 use sipcraft_sip::{frame, Frame, Limits};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+use super::tls::{self, Certificates};
+use super::ws::{self, Origins};
+
 /// Outbound messages queued for one connection before it counts as stuck.
-const WRITE_QUEUE: usize = 256;
+pub(crate) const WRITE_QUEUE: usize = 256;
+
+/// How long a TLS or WebSocket handshake may take before the connection is dropped, so
+/// half-open connections cannot hold connection slots.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What connection tasks tell the worker's main loop.
 #[derive(Debug)]
@@ -32,54 +46,244 @@ pub enum ConnEvent {
     },
 }
 
+/// What a connection goes through after it is accepted, before it carries SIP.
+#[derive(Debug, Clone)]
+pub enum Layer {
+    /// Plain TCP.
+    Plain,
+    /// TLS, then a byte stream.
+    Tls(Certificates),
+    /// A WebSocket upgrade.
+    Ws(Origins),
+    /// TLS, then a WebSocket upgrade.
+    Wss(Certificates, Origins),
+}
+
+impl Layer {
+    /// The layer a stream listen entry needs; loads its certificate (blocking file reads:
+    /// at worker start only).
+    pub fn new(listen: &Listen) -> Result<Layer, tls::TlsError> {
+        let certs = || match &listen.tls {
+            Some(files) => Certificates::load(files).map(|(certs, loaded)| {
+                tracing::info!(
+                    cert = %files.cert.display(),
+                    chain = loaded.chain,
+                    client_auth = loaded.client_auth,
+                    "tls certificate loaded"
+                );
+                certs
+            }),
+            None => Err(tls::TlsError::NoCertificate {
+                path: format!("(no cert for {} {})", listen.transport, listen.address),
+            }),
+        };
+        let origins = || Origins::new(listen.allowed_origins.clone());
+        Ok(match listen.transport {
+            Transport::Udp | Transport::Tcp => Layer::Plain,
+            Transport::Tls => Layer::Tls(certs()?),
+            Transport::Ws => Layer::Ws(origins()),
+            Transport::Wss => Layer::Wss(certs()?, origins()),
+        })
+    }
+
+    /// Applies a reloaded listen entry: certificates are re-read in the background (new
+    /// handshakes use them once loaded), the Origin allow-list replaced.
+    pub fn reload(&self, listen: &Listen) {
+        let (certs, origins) = match self {
+            Layer::Plain => (None, None),
+            Layer::Tls(c) => (Some(c), None),
+            Layer::Ws(o) => (None, Some(o)),
+            Layer::Wss(c, o) => (Some(c), Some(o)),
+        };
+        if let (Some(certs), Some(files)) = (certs, &listen.tls) {
+            certs.reload_in_background(files.clone());
+        }
+        if let Some(origins) = origins {
+            origins.replace(listen.allowed_origins.clone());
+        }
+    }
+
+    /// A problem the operator must see (a refused certificate reload).
+    pub fn alarm(&self) -> Option<String> {
+        match self {
+            Layer::Tls(c) | Layer::Wss(c, _) => c.alarm(),
+            Layer::Plain | Layer::Ws(_) => None,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Layer::Plain => "tcp",
+            Layer::Tls(_) => "tls",
+            Layer::Ws(_) => "ws",
+            Layer::Wss(..) => "wss",
+        }
+    }
+}
+
+/// Settings every connection of a listener shares.
+#[derive(Debug, Clone)]
+pub struct Accept {
+    pub layer: Layer,
+    pub limits: Limits,
+    /// A connection silent for this long is closed.
+    pub idle: Duration,
+    /// Open connections (including those still in their handshake) past which new ones are
+    /// refused.
+    pub max: usize,
+    /// The open connection count, shown in `ctl status`.
+    pub open: Arc<AtomicUsize>,
+}
+
 /// Accepts connections until the listener fails; refuses past `max` open connections.
-pub async fn accept_loop(
-    listener: TcpListener,
-    events: mpsc::Sender<ConnEvent>,
-    limits: Limits,
-    idle: Duration,
-    max: usize,
-    open: Arc<std::sync::atomic::AtomicUsize>,
-) {
-    use std::sync::atomic::Ordering;
+pub async fn accept_loop(listener: TcpListener, events: mpsc::Sender<ConnEvent>, accept: Accept) {
     let mut next_id = 1u64;
+    let transport = accept.layer.name();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
-                tracing::warn!(error = %e, "tcp accept failed");
+                tracing::warn!(transport, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        if open.load(Ordering::Relaxed) >= max {
-            tracing::warn!(%peer, max, "tcp connection refused: connection limit reached");
+        if accept.open.load(Ordering::Relaxed) >= accept.max {
+            tracing::warn!(transport, %peer, max = accept.max, "connection refused: connection limit reached");
             drop(stream);
             continue;
         }
         let _ = stream.set_nodelay(true);
-        open.fetch_add(1, Ordering::Relaxed);
+        accept.open.fetch_add(1, Ordering::Relaxed);
         let id = next_id;
         next_id += 1;
         let events = events.clone();
-        let open = open.clone();
+        let accept = accept.clone();
         tokio::spawn(async move {
-            serve(id, stream, peer, events.clone(), limits, idle).await;
-            open.fetch_sub(1, Ordering::Relaxed);
-            let _ = events.send(ConnEvent::Closed { id }).await;
+            let opened = connect(id, stream, peer, &events, &accept).await;
+            accept.open.fetch_sub(1, Ordering::Relaxed);
+            if opened {
+                let _ = events.send(ConnEvent::Closed { id }).await;
+            }
         });
     }
 }
 
-async fn serve(
+/// Runs the handshake of `accept.layer`, then serves the connection until it closes.
+/// Returns whether the main loop was told the connection opened.
+async fn connect(
     id: u64,
     stream: TcpStream,
     peer: SocketAddr,
-    events: mpsc::Sender<ConnEvent>,
+    events: &mpsc::Sender<ConnEvent>,
+    accept: &Accept,
+) -> bool {
+    let (limits, idle) = (accept.limits, accept.idle);
+    match &accept.layer {
+        Layer::Plain => serve(id, stream, peer, events, limits, idle).await,
+        Layer::Tls(certs) => match tls_handshake(certs, stream, peer, "tls").await {
+            Some(tls) => serve(id, tls, peer, events, limits, idle).await,
+            None => false,
+        },
+        Layer::Ws(origins) => {
+            let upgraded = tokio::time::timeout(
+                HANDSHAKE_TIMEOUT,
+                ws::upgrade(stream, peer, origins, &limits, "ws"),
+            )
+            .await;
+            match upgraded {
+                Ok(Some(ws)) => ws::serve(id, ws, peer, events, idle).await,
+                Ok(None) => false,
+                Err(_) => {
+                    tracing::warn!(transport = "ws", %peer, "websocket handshake timed out; closing");
+                    false
+                }
+            }
+        }
+        Layer::Wss(certs, origins) => {
+            let started = tokio::time::Instant::now();
+            let Some(tls) = tls_handshake(certs, stream, peer, "wss").await else {
+                return false;
+            };
+            let left = HANDSHAKE_TIMEOUT.saturating_sub(started.elapsed());
+            let upgraded =
+                tokio::time::timeout(left, ws::upgrade(tls, peer, origins, &limits, "wss")).await;
+            match upgraded {
+                Ok(Some(ws)) => ws::serve(id, ws, peer, events, idle).await,
+                Ok(None) => false,
+                Err(_) => {
+                    tracing::warn!(transport = "wss", %peer, "websocket handshake timed out; closing");
+                    false
+                }
+            }
+        }
+    }
+}
+
+/// The TLS handshake, with the certificate current at this moment. Failures (plaintext sent
+/// to the TLS port, an unknown CA, no common cipher, a timeout) are logged and the
+/// connection closed.
+async fn tls_handshake(
+    certs: &Certificates,
+    stream: TcpStream,
+    peer: SocketAddr,
+    transport: &'static str,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let acceptor = certs.acceptor();
+    let handshake = async {
+        // A client speaking plaintext (SIP, HTTP) gets a clear log line rather than a
+        // decoding error.
+        let mut first = [0u8; 1];
+        match stream.peek(&mut first).await {
+            Ok(0) | Err(_) => return Err("connection closed before the handshake".to_string()),
+            Ok(_) if first[0] != tls::HANDSHAKE_RECORD => {
+                return Err(
+                    "not a TLS handshake (plaintext SIP or HTTP sent to a TLS port?)".into(),
+                )
+            }
+            Ok(_) => {}
+        }
+        acceptor.accept(stream).await.map_err(|e| tls::chain(&e))
+    };
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(tls)) => {
+            let (_, session) = tls.get_ref();
+            tracing::debug!(
+                transport,
+                %peer,
+                version = ?session.protocol_version(),
+                cipher = ?session.negotiated_cipher_suite().map(|c| c.suite()),
+                client_cert = session.peer_certificates().is_some(),
+                "tls connection established"
+            );
+            Some(tls)
+        }
+        Ok(Err(error)) => {
+            tracing::warn!(transport, %peer, %error, "tls handshake failed; closing");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(transport, %peer, "tls handshake timed out; closing");
+            None
+        }
+    }
+}
+
+/// Serves one byte-stream connection (TCP or TLS): frames messages by Content-Length,
+/// answers keep-alive pings, writes what the main loop queues. Returns whether the main
+/// loop was told the connection opened.
+async fn serve<S>(
+    id: u64,
+    stream: S,
+    peer: SocketAddr,
+    events: &mpsc::Sender<ConnEvent>,
     limits: Limits,
     idle: Duration,
-) {
-    let (mut rd, mut wr) = stream.into_split();
+) -> bool
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Arc<[u8]>>(WRITE_QUEUE);
     if events
         .send(ConnEvent::Opened {
@@ -90,7 +294,7 @@ async fn serve(
         .await
         .is_err()
     {
-        return;
+        return false;
     }
     let writer = tokio::spawn(async move {
         while let Some(bytes) = rx.recv().await {
@@ -98,25 +302,28 @@ async fn serve(
                 break;
             }
         }
+        let _ = wr.shutdown().await;
     });
     let max = limits.max_message_size;
-    let mut buf: Vec<u8> = Vec::with_capacity(4096);
-    let mut chunk = vec![0u8; 16 * 1024];
+    // Read straight into the frame buffer: an idle connection holds one small buffer.
+    let mut buf: Vec<u8> = Vec::new();
     'conn: loop {
-        let n = match tokio::time::timeout(idle, rd.read(&mut chunk)).await {
+        if buf.capacity() - buf.len() < 2048 {
+            buf.reserve(4096);
+        }
+        match tokio::time::timeout(idle, rd.read_buf(&mut buf)).await {
             Err(_) => {
-                tracing::debug!(%peer, "tcp connection idle; closing");
+                tracing::debug!(%peer, "connection idle; closing");
                 break;
             }
             Ok(Ok(0)) | Ok(Err(_)) => break,
-            Ok(Ok(n)) => n,
-        };
-        buf.extend_from_slice(&chunk[..n]);
+            Ok(Ok(_)) => {}
+        }
         loop {
             match frame(&buf, &limits) {
                 Ok(Frame::Incomplete) => {
                     if buf.len() > max {
-                        tracing::warn!(%peer, "tcp message over the size limit; closing");
+                        tracing::warn!(%peer, "message over the size limit; closing");
                         break 'conn;
                     }
                     break;
@@ -142,12 +349,19 @@ async fn serve(
                 }
                 Err(e) => {
                     // A stream cannot be resynchronised after a framing error.
-                    tracing::warn!(%peer, error = %e, "tcp framing error; closing");
+                    tracing::warn!(%peer, error = %e, "framing error; closing");
                     break 'conn;
                 }
             }
         }
+        if buf.is_empty() && buf.capacity() > 16 * 1024 {
+            // A large message passed: give its memory back.
+            buf = Vec::new();
+        }
     }
     drop(tx);
+    // Let queued messages (a last response) go out; the main loop drops its sender when
+    // told the connection closed.
     writer.abort();
+    true
 }
