@@ -76,7 +76,9 @@ impl Postgres {
         }
         let mut pg = Postgres {
             dir,
-            port: free_port(),
+            // Picked just before the first start (initdb takes a while), so no other test
+            // takes it meanwhile.
+            port: 0,
             bindir,
             user,
             process: None,
@@ -95,6 +97,7 @@ impl Postgres {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        pg.port = free_port();
         pg.start_again();
         pg.psql_in("postgres", "CREATE DATABASE sipcraft");
         pg
