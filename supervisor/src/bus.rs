@@ -6,7 +6,7 @@
 //! child that falls behind it is resynced from a fresh snapshot; direct messages to a child
 //! whose queue is full are dropped (SIP retransmits).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 
 use sipcraft_ipc::conn::{Reader, Writer};
@@ -16,6 +16,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// Updates kept for slow children before they must resync from a snapshot.
 const UPDATE_BACKLOG: usize = 16 * 1024;
+/// Call records held for a child that is away (a restarting dbagent).
+const HELD_MAX: usize = 10_000;
 /// Direct messages queued for one child.
 const DIRECT_QUEUE: usize = 4096;
 
@@ -67,6 +69,8 @@ pub enum BusEvent {
 pub struct Hub {
     state: Mutex<HubState>,
     routes: RwLock<HashMap<String, mpsc::Sender<Outgoing>>>,
+    /// Call records for a child that is away, delivered when it is back.
+    held: Mutex<HashMap<String, VecDeque<(String, Direct)>>>,
 }
 
 #[derive(Debug)]
@@ -84,6 +88,7 @@ impl Hub {
                 updates,
             }),
             routes: RwLock::new(HashMap::new()),
+            held: Mutex::new(HashMap::new()),
         })
     }
 
@@ -141,21 +146,57 @@ impl Hub {
 
     fn route(&self, to: &str, from: &str, msg: Direct) -> bool {
         let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
-        match routes.get(to) {
-            Some(tx) => tx
-                .try_send(Outgoing::Msg(Box::new(ToChild::Deliver {
-                    from: from.to_owned(),
-                    msg,
-                })))
-                .is_ok(),
-            None => false,
+        let Some(tx) = routes.get(to) else {
+            drop(routes);
+            return self.hold(to, from, msg);
+        };
+        let deliver = ToChild::Deliver {
+            from: from.to_owned(),
+            msg,
+        };
+        tx.try_send(Outgoing::Msg(Box::new(deliver))).is_ok()
+    }
+
+    /// Keeps a call record for a dbagent that is restarting (a few hundred ms), so a record
+    /// made meanwhile is not lost; SIP hand-offs are not kept (retransmissions cover them).
+    fn hold(&self, to: &str, from: &str, msg: Direct) -> bool {
+        if !matches!(msg, Direct::CallRecord(_)) {
+            return false;
         }
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let queue = held.entry(to.to_owned()).or_default();
+        if queue.len() >= HELD_MAX {
+            tracing::warn!(%to, "call record dropped: {HELD_MAX} already held for a child that is away");
+            return false;
+        }
+        queue.push_back((from.to_owned(), msg));
+        true
     }
 
     fn set_route(&self, name: &str, link: Option<mpsc::Sender<Outgoing>>) {
         let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
         match link {
-            Some(tx) => routes.insert(name.to_owned(), tx),
+            Some(tx) => {
+                let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(queue) = held.get_mut(name) {
+                    while let Some((from, msg)) = queue.pop_front() {
+                        let deliver = ToChild::Deliver {
+                            from: from.clone(),
+                            msg,
+                        };
+                        if let Err(e) = tx.try_send(Outgoing::Msg(Box::new(deliver))) {
+                            // The new link is full already: keep the rest for later.
+                            if let mpsc::error::TrySendError::Full(Outgoing::Msg(m)) = e {
+                                if let ToChild::Deliver { from, msg } = *m {
+                                    queue.push_front((from, msg));
+                                }
+                            }
+                            break;
+                        }
+                    }
+                }
+                routes.insert(name.to_owned(), tx)
+            }
             None => routes.remove(name),
         };
     }
@@ -316,4 +357,58 @@ async fn send_snapshot(
     writer.queue(&Envelope::new(ToChild::SnapshotEnd)).ok()?;
     writer.flush().await.ok()?;
     Some(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sipcraft_ipc::wire::CallRecord;
+
+    fn record(id: &str) -> Direct {
+        Direct::CallRecord(CallRecord {
+            id: id.into(),
+            call_id: "c".into(),
+            caller: "1001".into(),
+            callee: "1002".into(),
+            started_ms: 1,
+            answered_ms: None,
+            ended_ms: Some(2),
+            final_status: 486,
+            reason: "Busy Here".into(),
+            worker: "udp-0".into(),
+        })
+    }
+
+    #[test]
+    fn call_records_for_an_absent_dbagent_are_held_and_delivered_in_order() {
+        let hub = Hub::new();
+        assert!(hub.route("dbagent", "udp-0", record("a")));
+        assert!(hub.route("dbagent", "udp-1", record("b")));
+        let handoff = Direct::Sip(sipcraft_ipc::wire::SipHandoff {
+            transport: sipcraft_config::Transport::Udp,
+            peer: "127.0.0.1:5060".parse().unwrap(),
+            connection: None,
+            outbound: true,
+            bytes: Vec::new(),
+        });
+        assert!(
+            !hub.route("dbagent", "udp-0", handoff),
+            "SIP hand-offs are not held"
+        );
+        let (tx, mut rx) = mpsc::channel(16);
+        hub.set_route("dbagent", Some(tx));
+        let ids: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|o| match o {
+                Outgoing::Msg(m) => match *m {
+                    ToChild::Deliver {
+                        msg: Direct::CallRecord(r),
+                        ..
+                    } => r.id,
+                    other => panic!("unexpected {other:?}"),
+                },
+                Outgoing::Resync => panic!("unexpected resync"),
+            })
+            .collect();
+        assert_eq!(ids, ["a", "b"]);
+    }
 }
