@@ -3,6 +3,7 @@
 
 pub mod postgres;
 pub mod sip;
+pub mod sipp;
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
