@@ -85,3 +85,12 @@ deb: $(BIN)
 # The container image (Dockerfile); needs a Docker engine.
 docker:
 	$(DOCKER) build -t sipcraft:$(VERSION) -t sipcraft:latest .
+
+# sipcraft against Kamailio on loopback, same run, same SIPp scenarios; writes BENCHMARKS.md
+# (bench/README.md). Installs what it needs (apt-get, as root). About 9 minutes once built;
+# never part of `make test`.
+.PHONY: bench
+bench:
+	@bash bench/deps.sh
+	$(CARGO) build --release --locked
+	python3 bench/run.py --bin target/release/sipcraft --out BENCHMARKS.md
