@@ -968,7 +968,6 @@ fn in_dialog_requests_reach_a_tcp_callee_at_its_registered_contact() {
 }
 
 #[test]
-#[ignore = "proxy bug (issue 4): an in-dialog request to a TCP callee whose 2xx Contact is not its registered one never reaches it"]
 fn in_dialog_requests_reach_a_tcp_callee_at_another_contact() {
     in_dialog_requests_reach_a_tcp_callee(false);
 }

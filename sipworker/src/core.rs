@@ -224,7 +224,7 @@ impl Core {
         }
         if method == "ACK" {
             // The ACK for a 2xx: end to end, routed without a transaction.
-            return self.proxy_ack(msg);
+            return self.proxy_ack(msg, &from);
         }
         match self
             .txns

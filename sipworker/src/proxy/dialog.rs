@@ -23,7 +23,7 @@ impl Core {
         method: &str,
         now: Instant,
     ) -> Vec<Out> {
-        let Some(target) = self.dialog_target(msg) else {
+        let Some(target) = self.dialog_target(msg, from) else {
             let r = ResponseBuilder::new(msg, 404, "Not Found (no route)").build();
             return self.answer(msg, key, from, r, now);
         };
@@ -33,12 +33,17 @@ impl Core {
         if method == "BYE" {
             self.record_bye(msg);
         }
-        self.forward_branch(msg, key, Hop { target, uri: None }, now)
+        let hop = Hop {
+            target,
+            uri: None,
+            caller_flow: None,
+        };
+        self.forward_branch(msg, key, hop, now)
     }
 
     /// An ACK for a 2xx: end to end, forwarded without a transaction.
-    pub(crate) fn proxy_ack(&mut self, msg: &Message<'_>) -> Vec<Out> {
-        let Some(target) = self.dialog_target(msg) else {
+    pub(crate) fn proxy_ack(&mut self, msg: &Message<'_>, from: &Target) -> Vec<Out> {
+        let Some(target) = self.dialog_target(msg, from) else {
             return Vec::new();
         };
         let branch = self.proxy.new_branch(&self.name);
@@ -47,6 +52,7 @@ impl Core {
             &Hop {
                 target: target.clone(),
                 uri: None,
+                caller_flow: None,
             },
             &branch,
         ) {
@@ -58,16 +64,40 @@ impl Core {
         }
     }
 
-    /// Where an in-dialog request goes: the first Route that is not ours, else the
-    /// Request-URI; a registered contact is reached through its flow.
-    pub(super) fn dialog_target(&self, msg: &Message<'_>) -> Option<Target> {
+    /// Where an in-dialog request goes: the flow of the other side when our Record-Route
+    /// named one, else the first Route that is not ours, else the Request-URI (a registered
+    /// contact is reached through its flow).
+    pub(super) fn dialog_target(&self, msg: &Message<'_>, from: &Target) -> Option<Target> {
         let mut next = None;
+        let (mut caller_flow, mut callee_flow) = (None, None);
         for route in msg.routes().flatten() {
             if self.proxy.local.is_me(&route.uri) {
+                if let Some(sip) = route.uri.as_sip() {
+                    caller_flow = caller_flow.or(sip.params.value(route::CALLER_FLOW).flatten());
+                    callee_flow = callee_flow.or(sip.params.value(route::CALLEE_FLOW).flatten());
+                }
                 continue;
             }
             next = Some(route.uri.to_string());
             break;
+        }
+        // A request from one side's flow goes to the other side's flow.
+        let source = route::flow_token(from, &self.name);
+        let other = match source.as_deref() {
+            Some(s) if caller_flow == Some(s) => callee_flow,
+            Some(s) if callee_flow == Some(s) => caller_flow,
+            _ if caller_flow.is_some() != callee_flow.is_some() => caller_flow.or(callee_flow),
+            _ => None,
+        };
+        if next.is_none() {
+            let peer = msg
+                .request_uri()
+                .and_then(Result::ok)
+                .and_then(|u| route::uri_target(&u))
+                .map_or_else(|| from.peer, |t| t.peer);
+            if let Some(t) = other.and_then(|token| route::flow_target(token, &self.name, peer)) {
+                return Some(t);
+            }
         }
         let uri_text = match next {
             Some(u) => u,

@@ -144,10 +144,12 @@ impl Core {
         bindings.sort_by_key(|b| std::cmp::Reverse(b.q.unwrap_or(1000)));
         let mut groups: Vec<Vec<Hop>> = Vec::new();
         let mut last_q = None;
+        let caller_flow = route::flow_token(from, &self.name);
         for b in &bindings {
             let hop = Hop {
                 target: route::binding_target(b, &self.name),
                 uri: Some(b.contact.clone()),
+                caller_flow: caller_flow.clone(),
             };
             if last_q != Some(b.q.unwrap_or(1000)) {
                 groups.push(Vec::new());
@@ -286,11 +288,18 @@ impl Core {
             }
         }
         if initial && creates_dialog(method) {
+            let mut flows = String::new();
+            if let Some(t) = &hop.caller_flow {
+                flows.push_str(&format!(";{}={t}", route::CALLER_FLOW));
+            }
+            if let Some(t) = route::flow_token(target, &self.name) {
+                flows.push_str(&format!(";{}={t}", route::CALLEE_FLOW));
+            }
             let inbound = self.inbound_transport(msg);
-            w.add_record_route(&self.proxy.local.route_uri(inbound));
+            w.add_record_route(&self.proxy.local.route_uri(inbound, &flows));
             if inbound != target.transport {
                 // Double Record-Route (RFC 5658): the callee reaches us on its transport.
-                w.add_record_route(&self.proxy.local.route_uri(target.transport));
+                w.add_record_route(&self.proxy.local.route_uri(target.transport, &flows));
             }
         }
         let via_addr = route::host_port(self.proxy.local.address(target.transport));

@@ -157,4 +157,6 @@ pub fn answered_id(call_id: &str, tag_a: &str, tag_b: &str) -> String {
 pub struct Hop {
     pub target: Target,
     pub uri: Option<String>,
+    /// The caller's flow token, for the Record-Route of an initial request.
+    pub caller_flow: Option<String>,
 }

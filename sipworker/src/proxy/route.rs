@@ -48,9 +48,15 @@ impl Local {
     }
 
     /// A Record-Route / Route value naming this server on `transport`.
-    pub fn route_uri(&self, transport: Transport) -> String {
+    /// `flows` are URI parameters naming the connection-oriented flows of the dialog
+    /// (see [`flow_token`]), empty when both sides are on UDP.
+    pub fn route_uri(&self, transport: Transport, flows: &str) -> String {
         let a = self.address(transport);
-        format!("<sip:{};transport={};lr>", host_port(a), transport.as_str())
+        format!(
+            "<sip:{};transport={};lr{flows}>",
+            host_port(a),
+            transport.as_str()
+        )
     }
 
     /// Whether `uri` names this server: one of its listen addresses, or its domain without
@@ -173,5 +179,38 @@ pub fn uri_target(uri: &Uri<'_>) -> Option<Target> {
         peer: SocketAddr::new(ip, port),
         conn: None,
         owner: None,
+    })
+}
+
+/// Record-Route parameter naming the caller's flow.
+pub const CALLER_FLOW: &str = "sc-a";
+/// Record-Route parameter naming the callee's flow.
+pub const CALLEE_FLOW: &str = "sc-b";
+
+/// A token naming a connection-oriented flow: owning worker, connection id and transport
+/// (`tcp-0~17~tcp`). Carried in our Record-Route, it routes in-dialog requests back over
+/// the very connection a phone registered or called on (what RFC 5626 flow tokens do),
+/// whatever its Contact says. `None` for UDP, which needs no flow.
+pub fn flow_token(t: &Target, me: &str) -> Option<String> {
+    let conn = t.conn?;
+    let owner = t.owner.as_deref().unwrap_or(me);
+    Some(format!("{owner}~{conn}~{}", t.transport.as_str()))
+}
+
+/// The flow a token names, as a target (`peer` is informational: the connection decides).
+pub fn flow_target(token: &str, me: &str, peer: SocketAddr) -> Option<Target> {
+    let mut parts = token.split('~');
+    let owner = parts.next().filter(|o| !o.is_empty())?;
+    let conn = parts.next()?.parse().ok()?;
+    let transport: Transport = parts.next()?.parse().ok()?;
+    if parts.next().is_some() || transport == Transport::Udp {
+        return None;
+    }
+    let owner = (owner != me).then(|| owner.to_owned());
+    Some(Target {
+        transport,
+        peer,
+        conn: Some(conn),
+        owner,
     })
 }
