@@ -171,6 +171,9 @@ pub async fn accept_loop(listener: TcpListener, events: mpsc::Sender<ConnEvent>,
 
 /// Runs the handshake of `accept.layer`, then serves the connection until it closes.
 /// Returns whether the main loop was told the connection opened.
+///
+/// Each transport's future is boxed: the task of an idle TCP connection then does not
+/// carry room for a TLS handshake or a WebSocket upgrade.
 async fn connect(
     id: u64,
     stream: TcpStream,
@@ -180,42 +183,63 @@ async fn connect(
 ) -> bool {
     let (limits, idle) = (accept.limits, accept.idle);
     match &accept.layer {
-        Layer::Plain => serve(id, stream, peer, events, limits, idle).await,
-        Layer::Tls(certs) => match tls_handshake(certs, stream, peer, "tls").await {
-            Some(tls) => serve(id, tls, peer, events, limits, idle).await,
-            None => false,
-        },
+        Layer::Plain => Box::pin(serve(id, stream, peer, events, limits, idle)).await,
+        Layer::Tls(certs) => {
+            let certs = certs.clone();
+            let serve_tls = async move {
+                let tls = Box::pin(tls_handshake(&certs, stream, peer, "tls")).await?;
+                Some(Box::pin(serve(id, tls, peer, events, limits, idle)).await)
+            };
+            Box::pin(serve_tls).await.unwrap_or(false)
+        }
         Layer::Ws(origins) => {
-            let upgraded = tokio::time::timeout(
-                HANDSHAKE_TIMEOUT,
-                ws::upgrade(stream, peer, origins, &limits, "ws"),
-            )
-            .await;
-            match upgraded {
-                Ok(Some(ws)) => ws::serve(id, ws, peer, events, idle).await,
-                Ok(None) => false,
-                Err(_) => {
-                    tracing::warn!(transport = "ws", %peer, "websocket handshake timed out; closing");
-                    false
-                }
-            }
+            let origins = origins.clone();
+            let serve_ws = async move {
+                let ws = upgrade(stream, peer, &origins, &limits, "ws").await?;
+                Some(Box::pin(ws::serve(id, ws, peer, events, idle)).await)
+            };
+            Box::pin(serve_ws).await.unwrap_or(false)
         }
         Layer::Wss(certs, origins) => {
-            let started = tokio::time::Instant::now();
-            let Some(tls) = tls_handshake(certs, stream, peer, "wss").await else {
-                return false;
-            };
-            let left = HANDSHAKE_TIMEOUT.saturating_sub(started.elapsed());
-            let upgraded =
-                tokio::time::timeout(left, ws::upgrade(tls, peer, origins, &limits, "wss")).await;
-            match upgraded {
-                Ok(Some(ws)) => ws::serve(id, ws, peer, events, idle).await,
-                Ok(None) => false,
-                Err(_) => {
+            let (certs, origins) = (certs.clone(), origins.clone());
+            let serve_wss = async move {
+                let started = tokio::time::Instant::now();
+                let tls = Box::pin(tls_handshake(&certs, stream, peer, "wss")).await?;
+                let left = HANDSHAKE_TIMEOUT.saturating_sub(started.elapsed());
+                let ws = Box::pin(tokio::time::timeout(
+                    left,
+                    ws::upgrade(tls, peer, &origins, &limits, "wss"),
+                ))
+                .await
+                .unwrap_or_else(|_| {
                     tracing::warn!(transport = "wss", %peer, "websocket handshake timed out; closing");
-                    false
-                }
-            }
+                    None
+                })?;
+                Some(Box::pin(ws::serve(id, ws, peer, events, idle)).await)
+            };
+            Box::pin(serve_wss).await.unwrap_or(false)
+        }
+    }
+}
+
+/// The WebSocket upgrade within [`HANDSHAKE_TIMEOUT`] (for `ws`; `wss` counts the TLS
+/// handshake in).
+async fn upgrade<S>(
+    stream: S,
+    peer: SocketAddr,
+    origins: &Origins,
+    limits: &Limits,
+    transport: &'static str,
+) -> Option<tokio_tungstenite::WebSocketStream<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let upgrade = Box::pin(ws::upgrade(stream, peer, origins, limits, transport));
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, upgrade).await {
+        Ok(ws) => ws,
+        Err(_) => {
+            tracing::warn!(transport, %peer, "websocket handshake timed out; closing");
+            None
         }
     }
 }
@@ -305,40 +329,44 @@ where
         let _ = wr.shutdown().await;
     });
     let max = limits.max_message_size;
-    // Read straight into the frame buffer: an idle connection holds one small buffer.
+    // Reads land in `chunk`, part of this (boxed) future; `buf` holds only the start of a
+    // message still incomplete, so an idle connection keeps no heap buffer of its own.
+    let mut chunk = [0u8; 2048];
     let mut buf: Vec<u8> = Vec::new();
     'conn: loop {
-        if buf.capacity() - buf.len() < 2048 {
-            buf.reserve(4096);
-        }
-        match tokio::time::timeout(idle, rd.read_buf(&mut buf)).await {
+        let n = match tokio::time::timeout(idle, rd.read(&mut chunk)).await {
             Err(_) => {
                 tracing::debug!(%peer, "connection idle; closing");
                 break;
             }
             Ok(Ok(0)) | Ok(Err(_)) => break,
-            Ok(Ok(_)) => {}
+            Ok(Ok(n)) => n,
+        };
+        let buffered = !buf.is_empty();
+        if buffered {
+            buf.extend_from_slice(&chunk[..n]);
         }
+        let data: &[u8] = if buffered { &buf } else { &chunk[..n] };
+        let mut at = 0;
         loop {
-            match frame(&buf, &limits) {
+            match frame(&data[at..], &limits) {
                 Ok(Frame::Incomplete) => {
-                    if buf.len() > max {
+                    if data.len() - at > max {
                         tracing::warn!(%peer, "message over the size limit; closing");
                         break 'conn;
                     }
                     break;
                 }
                 Ok(Frame::Ping { len }) => {
-                    buf.drain(..len);
+                    at += len;
                     if tx.try_send(Arc::from(&b"\r\n"[..])).is_err() {
                         break 'conn;
                     }
                 }
-                Ok(Frame::Pong { len }) => {
-                    buf.drain(..len);
-                }
+                Ok(Frame::Pong { len }) => at += len,
                 Ok(Frame::Message { len }) => {
-                    let bytes: Vec<u8> = buf.drain(..len).collect();
+                    let bytes = data[at..at + len].to_vec();
+                    at += len;
                     if events
                         .send(ConnEvent::Message { id, peer, bytes })
                         .await
@@ -354,8 +382,12 @@ where
                 }
             }
         }
-        if buf.is_empty() && buf.capacity() > 16 * 1024 {
-            // A large message passed: give its memory back.
+        if buffered {
+            buf.drain(..at);
+        } else {
+            buf.extend_from_slice(&chunk[at..n]);
+        }
+        if buf.is_empty() {
             buf = Vec::new();
         }
     }
@@ -364,4 +396,101 @@ where
     // told the connection closed.
     writer.abort();
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every idle connection is one task: its future must not carry room for the largest
+    /// transport's handshake (see `connect`).
+    #[test]
+    fn connection_task_stays_small() {
+        let (tx, _rx) = mpsc::channel(1);
+        let accept = Accept {
+            layer: Layer::Plain,
+            limits: Limits::default(),
+            idle: Duration::from_secs(1),
+            max: 1,
+            open: Default::default(),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let stream = TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            let peer = stream.local_addr().unwrap();
+            let task = connect(1, stream, peer, &tx, &accept);
+            assert!(
+                std::mem::size_of_val(&task) < 256,
+                "{}",
+                std::mem::size_of_val(&task)
+            );
+        });
+    }
+
+    fn message(body: usize) -> Vec<u8> {
+        let mut m = format!(
+            "MESSAGE sip:1002@pbx.test SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:5;branch=z9hG4bK{body}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:1001@pbx.test>;tag=a\r\nTo: <sip:1002@pbx.test>\r\n\
+             Call-ID: c{body}\r\nCSeq: 1 MESSAGE\r\nContent-Length: {body}\r\n\r\n"
+        )
+        .into_bytes();
+        m.extend(std::iter::repeat_n(b'x', body));
+        m
+    }
+
+    /// Messages split across reads, several in one read, larger than the read chunk, and
+    /// keep-alive pings between them all come out whole and in order.
+    #[test]
+    fn stream_framing_across_reads() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (mut client, server) = tokio::io::duplex(64 * 1024);
+            let (events, mut rx) = mpsc::channel(16);
+            let peer: SocketAddr = "127.0.0.1:5".parse().unwrap();
+            let task = tokio::spawn(async move {
+                serve(
+                    7,
+                    server,
+                    peer,
+                    &events,
+                    Limits::default(),
+                    Duration::from_secs(5),
+                )
+                .await
+            });
+            let Some(ConnEvent::Opened { id: 7, .. }) = rx.recv().await else {
+                panic!("no Opened event");
+            };
+            let sizes = [0usize, 10, 5000, 100];
+            let mut wire = b"\r\n\r\n".to_vec();
+            for &n in &sizes {
+                wire.extend(message(n));
+            }
+            // Odd pieces: a message ends mid-read, the big one spans several chunks.
+            for piece in wire.chunks(1500) {
+                client.write_all(piece).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            for &n in &sizes {
+                match rx.recv().await {
+                    Some(ConnEvent::Message { id: 7, bytes, .. }) => assert_eq!(bytes, message(n)),
+                    other => panic!("expected message of body {n}, got {other:?}"),
+                }
+            }
+            let mut pong = [0u8; 2];
+            client.read_exact(&mut pong).await.unwrap();
+            assert_eq!(&pong, b"\r\n");
+            drop(client);
+            assert!(task.await.unwrap());
+        });
+    }
 }
