@@ -4,6 +4,9 @@
 pub mod postgres;
 pub mod sip;
 pub mod sipp;
+pub mod tls;
+pub mod ua;
+pub mod ws;
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -49,6 +52,9 @@ pub struct Setup {
     pub extensions: Vec<(String, String)>,
     /// Extra TOML appended as is (sections like `[supervisor]`).
     pub extra: String,
+    /// Workers of `[[listen]]` entries written in `extra` (TLS, WebSocket), so that waiting
+    /// for every child to be ready counts them.
+    pub extra_workers: usize,
     pub env: Vec<(String, String)>,
 }
 
@@ -61,6 +67,7 @@ impl Default for Setup {
                 .map(|n| (n.to_string(), format!("pw{n}")))
                 .collect(),
             extra: String::new(),
+            extra_workers: 0,
             env: Vec::new(),
         }
     }
@@ -140,7 +147,7 @@ impl Server {
     }
 
     pub fn children_count(&self) -> usize {
-        1 + self.setup.udp_workers + self.setup.tcp_workers
+        1 + self.setup.udp_workers + self.setup.tcp_workers + self.setup.extra_workers
     }
 
     pub fn wait_all_ready(&self) -> Value {
