@@ -216,7 +216,10 @@ def markdown(res):
       "[\"127.0.0.0/8\"]` (no per-IP rate limit), `[limits] max_transactions = 2000000` "
       "(every UDP request keeps its server transaction for Timer J, 32 s: the default 50,000 "
       "per worker would cap registrations near 1,500/s with 503s); all else default, which "
-      "includes challenging with MD5 and SHA-256 (two WWW-Authenticate headers).")
+      "includes challenging with MD5 and SHA-256 (two WWW-Authenticate headers). "
+      "`log_level = \"warn\"` and `RUST_LOG=warn`: this build ignores `server.log_level` "
+      "(the logger takes RUST_LOG or info), and at info every call writes three \"call "
+      "record\" lines to the log.")
     w("- Kamailio: bench/kamailio.cfg, `-m 1024 -M 64` (1 GiB shared memory; 64 MiB private "
       "per process, needed to load 100k credentials from db_text). REGISTER is answered "
       "statelessly (sl), INVITE/BYE through tm; only MD5 is offered; completed non-INVITE "
