@@ -427,3 +427,26 @@ fn origin_allow_list_and_mutual_tls() {
     assert!(net.server.log().contains("tls handshake failed"));
     assert_eq!(net.worker("tls-0")["restarts"], 0);
 }
+
+#[test]
+fn a_restarted_worker_never_hands_an_old_flow_to_a_new_phone() {
+    let net = start("", "");
+    let mut old = net.registered(net.tls("old", "1001"));
+    let pid = net.server.pid_of("tls-0");
+    assert!(net.server.ctl(&["restart", "tls-0"]).status.success());
+    wait_for("tls-0 back", Duration::from_secs(10), || {
+        let w = net.worker("tls-0");
+        (w["state"] == "ready" && w["pid"].as_u64() != Some(u64::from(pid))).then_some(())
+    });
+    // The new process's first connection: with ids counted from 1 in every process it
+    // would take the old phone's id, and the old binding would reach it.
+    let mut new = net.registered(net.tls("new", "1002"));
+    let mut caller = net.registered(net.udp("caller", "1003"));
+    let _inv = caller.invite("1001");
+    assert!(
+        new.recv(Duration::from_secs(2)).is_none(),
+        "a call for 1001 reached 1002's connection\n{}",
+        new.dump()
+    );
+    assert!(old.recv(Duration::from_millis(100)).is_none());
+}

@@ -137,7 +137,7 @@ pub struct Accept {
 
 /// Accepts connections until the listener fails; refuses past `max` open connections.
 pub async fn accept_loop(listener: TcpListener, events: mpsc::Sender<ConnEvent>, accept: Accept) {
-    let mut next_id = 1u64;
+    let mut next_id = first_connection_id();
     let transport = accept.layer.name();
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -167,6 +167,20 @@ pub async fn accept_loop(listener: TcpListener, events: mpsc::Sender<ConnEvent>,
             }
         });
     }
+}
+
+/// The first connection id of this worker process. Bindings and Record-Route flow tokens
+/// name connections by owner and id, and outlive a worker that is restarted: ids start at a
+/// random point so that a restarted worker's new connections never take the ids of the old
+/// ones, and a request for a phone that was on the old process finds no connection rather
+/// than another phone's.
+fn first_connection_id() -> u64 {
+    let high = getrandom::u32().unwrap_or_else(|_| {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        now.map_or(0, |d| d.subsec_nanos() ^ std::process::id())
+    });
+    // 31 bits: ids stay positive where they are stored as signed 64-bit numbers.
+    (u64::from(high & 0x7fff_ffff) << 32) | 1
 }
 
 /// Runs the handshake of `accept.layer`, then serves the connection until it closes.
