@@ -227,6 +227,20 @@ async fn send(core: &Core, udp: Option<&tokio::net::UdpSocket>, msg: transport::
             }
             None => tracing::debug!(conn = id, "connection gone; message dropped"),
         },
+        (None, _)
+            if matches!(
+                msg.target.transport,
+                Transport::Tls | Transport::Ws | Transport::Wss
+            ) =>
+        {
+            // Never in plaintext over UDP what was meant for TLS or a WebSocket: sipcraft
+            // opens no connections; these peers are reached through the ones they opened.
+            tracing::debug!(
+                peer = %msg.target.peer,
+                transport = msg.target.transport.as_str(),
+                "no connection to this peer; message dropped"
+            )
+        }
         (None, Some(sock)) => {
             if let Err(e) = sock.send_to(&msg.bytes, msg.target.peer).await {
                 tracing::debug!(peer = %msg.target.peer, error = %e, "udp send failed");
