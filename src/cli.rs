@@ -90,6 +90,13 @@ fn report(role: &str, err: &dyn std::error::Error) -> ExitCode {
 }
 
 pub fn run_supervisor(config: &Path) -> ExitCode {
+    // `[server] log_level` applies unless RUST_LOG says otherwise; children inherit it
+    // through the environment. (Set before any thread exists.)
+    if std::env::var_os("RUST_LOG").is_none() {
+        if let Ok(c) = sipcraft_config::load(config) {
+            std::env::set_var("RUST_LOG", c.server.log_level.as_str());
+        }
+    }
     init_logging("supervisor");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
