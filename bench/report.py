@@ -267,9 +267,8 @@ def markdown(res):
       "50,000 per worker, 50,000 / (2 transactions × 32 s) ≈ 780 registrations/s per worker "
       "is the most a worker can sustain before answering 503); all else default, which "
       "includes challenging with MD5 and SHA-256 (two WWW-Authenticate headers). "
-      "`log_level = \"warn\"` and `RUST_LOG=warn`: this build ignores `server.log_level` "
-      "(the logger takes RUST_LOG or info), and at info every call writes three \"call "
-      "record\" lines to the log.")
+      "`log_level = \"warn\"` and `RUST_LOG=warn` (builds before 5f05c01 ignored "
+      "`server.log_level`; at info every call writes three \"call record\" log lines).")
     w("- Kamailio: bench/kamailio.cfg, `-m 1024 -M 64` (1 GiB shared memory; 64 MiB private "
       "per process, needed to load 100k credentials from db_text). REGISTER is answered "
       "statelessly (sl), INVITE/BYE through tm; only MD5 is offered; completed non-INVITE "

@@ -95,8 +95,8 @@ class Sipcraft(Server):
 
     def start(self, timeout=120):
         log = open(os.path.join(self.dir, "sipcraft.log"), "ab")
-        # RUST_LOG as well as log_level: this build applies RUST_LOG (or "info") and not
-        # server.log_level, and at info every call writes three "call record" log lines.
+        # RUST_LOG as well as log_level: builds before 5f05c01 ignored server.log_level
+        # (RUST_LOG or "info"), and at info every call writes three "call record" log lines.
         env = {**os.environ, "RUST_LOG": "warn"}
         self.proc = subprocess.Popen(
             [self.binary, "run", "-c", self.config], env=env,
