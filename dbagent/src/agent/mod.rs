@@ -24,8 +24,10 @@ use crate::Error;
 
 /// How often journal appends are fsynced (the batch window).
 pub const SYNC_EVERY: Duration = Duration::from_millis(50);
-/// A dirty cache is written at most this often.
-const CACHE_EVERY: Duration = Duration::from_secs(2);
+/// A dirty cache is written at most this often (sooner when the journal is half full). The
+/// journal covers what happened since: it is replayed over the cache at start. Writing it
+/// every 2 s took half of sipcraft's CPU at 1,000 registrations/s (bench/PROFILE.md).
+const CACHE_EVERY: Duration = Duration::from_secs(30);
 /// Bindings published to restore them are kept this long while their echo is awaited.
 const RESTORE_GRACE: Duration = Duration::from_secs(10);
 /// Largest extension set published as one `ExtensionsReplaced` (bytes, postcard); bigger
