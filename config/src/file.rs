@@ -148,6 +148,7 @@ pub(crate) struct LimitsFile {
     pub max_tcp_connections: Option<u64>,
     pub tcp_idle_timeout_s: Option<u64>,
     pub max_transactions: Option<u64>,
+    pub udp_linger_ms: Option<u64>,
 }
 
 /// `[proxy]`

@@ -184,6 +184,12 @@ pub struct Limits {
     pub tcp_idle_timeout_s: u64,
     /// Live SIP transactions per worker; requests beyond it get `503` with `Retry-After`.
     pub max_transactions: u32,
+    /// How long a finished non-INVITE server transaction over UDP keeps its response to
+    /// answer retransmissions (RFC 3261 Timer J). RFC 3261 says 64*T1 = 32 s; like
+    /// Kamailio's `wt_timer` the default is 5 s: a client that got the response stops
+    /// retransmitting, and 32 s of every REGISTER kept in memory caps a worker at about
+    /// `max_transactions / 64` digest registrations per second.
+    pub udp_linger_ms: u64,
 }
 
 impl Default for Limits {
@@ -193,6 +199,7 @@ impl Default for Limits {
             max_tcp_connections: 10_000,
             tcp_idle_timeout_s: 3_900,
             max_transactions: 50_000,
+            udp_linger_ms: 5_000,
         }
     }
 }

@@ -71,10 +71,11 @@ impl Core {
             max_message_size: config.limits.max_message_bytes as usize,
             ..Limits::default()
         };
-        let txns = TransactionTable::new(
-            transaction::Config::default(),
-            config.limits.max_transactions as usize,
-        );
+        let timers = transaction::Config {
+            timer_j: std::time::Duration::from_millis(config.limits.udp_linger_ms),
+            ..transaction::Config::default()
+        };
+        let txns = TransactionTable::new(timers, config.limits.max_transactions as usize);
         Core {
             registrar: Registrar::new(secret, &config),
             proxy: Proxy::new(&config),
@@ -389,7 +390,7 @@ impl Core {
         let bytes = if bytes.is_empty() {
             bytes
         } else {
-            with_server_header(&bytes, &self.server_header)
+            with_to_tag(&with_server_header(&bytes, &self.server_header), req)
         };
         let mut target = from.clone();
         if !from.is_reliable() {
@@ -519,6 +520,65 @@ pub(crate) fn with_server_header(bytes: &[u8], server: &str) -> Vec<u8> {
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&bytes[at..]);
     out
+}
+
+/// A final response must carry a To tag (RFC 3261 §8.2.6.2); `ResponseBuilder` copies the
+/// request's To. The tag is derived from the request, so a retransmitted request gets the
+/// same one.
+fn with_to_tag(bytes: &[u8], req: &Message<'_>) -> Vec<u8> {
+    use std::hash::{Hash, Hasher};
+    if status_of(bytes) < 200 || req.to().is_ok_and(|t| t.tag().is_some()) {
+        return bytes.to_vec();
+    }
+    let Some(start) = find_header_line(bytes, &["to", "t"]) else {
+        return bytes.to_vec();
+    };
+    let end = bytes[start..]
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .map_or(bytes.len(), |i| start + i);
+    if bytes[start..end]
+        .windows(5)
+        .any(|w| w.eq_ignore_ascii_case(b";tag="))
+    {
+        return bytes.to_vec();
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    req.call_id().unwrap_or_default().hash(&mut h);
+    req.from()
+        .ok()
+        .and_then(|f| f.tag())
+        .unwrap_or_default()
+        .hash(&mut h);
+    req.cseq().map(|c| c.seq).unwrap_or_default().hash(&mut h);
+    let tag = format!(";tag=sc{:x}", h.finish());
+    let mut out = Vec::with_capacity(bytes.len() + tag.len());
+    out.extend_from_slice(&bytes[..end]);
+    out.extend_from_slice(tag.as_bytes());
+    out.extend_from_slice(&bytes[end..]);
+    out
+}
+
+/// Offset of the first header line with one of these names (lowercase).
+fn find_header_line(bytes: &[u8], names: &[&str]) -> Option<usize> {
+    let mut at = bytes.windows(2).position(|w| w == b"\r\n")? + 2;
+    while at < bytes.len() && !bytes[at..].starts_with(b"\r\n") {
+        let line_end = bytes[at..]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map_or(bytes.len(), |i| at + i);
+        let line = &bytes[at..line_end];
+        if let Some(colon) = line.iter().position(|&b| b == b':') {
+            let name = String::from_utf8_lossy(&line[..colon])
+                .trim()
+                .to_ascii_lowercase();
+            if names.contains(&name.as_str()) {
+                return Some(at);
+            }
+        }
+        at = line_end + 2;
+    }
+    None
 }
 
 fn status_of(response: &[u8]) -> u16 {

@@ -175,6 +175,13 @@ pub(super) fn limits(file: &LimitsFile, c: &mut Collector<'_>) -> Limits {
             d.max_transactions,
             1..=10_000_000,
         ),
+        udp_linger_ms: number(
+            c,
+            "limits.udp_linger_ms",
+            file.udp_linger_ms,
+            d.udp_linger_ms,
+            0..=32_000,
+        ),
     }
 }
 

@@ -51,6 +51,9 @@ pub struct Config {
     pub t4: Duration,
     /// Timer D on unreliable transports; RFC 3261 asks for at least 32 s.
     pub timer_d: Duration,
+    /// Timer J over UDP: how long a completed non-INVITE server transaction absorbs
+    /// retransmissions (RFC 3261: 64*T1).
+    pub timer_j: Duration,
     /// How long a server INVITE transaction waits for the TU before asking for a 100 (Trying).
     pub trying_delay: Duration,
 }
@@ -62,6 +65,7 @@ impl Default for Config {
             t2: Duration::from_secs(4),
             t4: Duration::from_secs(5),
             timer_d: Duration::from_secs(32),
+            timer_j: Duration::from_secs(32),
             trying_delay: Duration::from_millis(200),
         }
     }
@@ -105,6 +109,7 @@ impl Config {
             ("t2", self.t2),
             ("t4", self.t4),
             ("timer_d", self.timer_d),
+            ("timer_j", self.timer_j),
             ("trying_delay", self.trying_delay),
         ];
         if let Some((name, _)) = fields.iter().find(|(_, value)| *value > MAX_BASE) {
@@ -127,6 +132,7 @@ impl Config {
             t2: self.t2.clamp(t1, MAX_BASE),
             t4: self.t4.min(MAX_BASE),
             timer_d: self.timer_d.min(MAX_BASE),
+            timer_j: self.timer_j.min(MAX_BASE),
             trying_delay: self.trying_delay.min(MAX_BASE),
         }
     }
@@ -150,7 +156,7 @@ impl Config {
             TimerKind::D | TimerKind::I | TimerKind::J | TimerKind::K if reliable => Duration::ZERO,
             TimerKind::D => self.timer_d,
             TimerKind::I | TimerKind::K => self.t4,
-            TimerKind::J => self.transaction_timeout(),
+            TimerKind::J => self.timer_j,
             TimerKind::Trying => self.trying_delay,
         };
         Some(value)
