@@ -51,7 +51,10 @@ fn sha256_registration_and_challenge_order() {
     let first = phone.register_once("");
     assert_eq!(first.status, 401);
     let to = first.header("To").unwrap();
-    assert!(to.contains(";tag="), "a final response carries a To tag (RFC 3261 §8.2.6.2): {to}");
+    assert!(
+        to.contains(";tag="),
+        "a final response carries a To tag (RFC 3261 §8.2.6.2): {to}"
+    );
     let algs: Vec<_> = first
         .headers("WWW-Authenticate")
         .iter()
