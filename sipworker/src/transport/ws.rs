@@ -109,6 +109,15 @@ where
             Ok(n) => n,
         };
         head.extend_from_slice(&chunk[..n]);
+        if head.first() == Some(&super::tls::HANDSHAKE_RECORD) {
+            // Not HTTP: a TLS client on a plain WebSocket port. Nothing it could read.
+            tracing::warn!(
+                transport,
+                %peer,
+                "websocket upgrade refused: a TLS handshake on a plain ws port (wss meant?)"
+            );
+            return None;
+        }
         if let Some(end) = find(&head, b"\r\n\r\n") {
             if end + 4 != head.len() {
                 // A client waits for 101 before it sends frames (RFC 6455 §4.1).
