@@ -38,6 +38,8 @@ lint:
 
 check-windows:
 	rustup target add x86_64-pc-windows-gnu
+	@# ring (rustls) compiles C even for `cargo check`: it needs the MinGW cross compiler.
+	@command -v x86_64-w64-mingw32-gcc >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc-mingw-w64-x86-64 >/dev/null; }
 	$(CARGO) check --workspace --target x86_64-pc-windows-gnu --locked
 
 clean:
