@@ -32,20 +32,9 @@ impl Store {
     /// Applies a journaled operation (replaying the journal at start).
     pub fn apply(&mut self, op: &Op) {
         match op {
-            Op::BindingUpserted(b) => {
-                let list = self.bindings.entry(b.aor.clone()).or_default();
-                match list.iter_mut().find(|x| x.key == b.key) {
-                    Some(x) => *x = b.clone(),
-                    None => list.push(b.clone()),
-                }
-            }
+            Op::BindingUpserted(b) => sipcraft_ipc::state::upsert_binding(&mut self.bindings, b),
             Op::BindingRemoved { aor, key } => {
-                if let Some(list) = self.bindings.get_mut(aor) {
-                    list.retain(|x| &x.key != key);
-                    if list.is_empty() {
-                        self.bindings.remove(aor);
-                    }
-                }
+                sipcraft_ipc::state::remove_binding(&mut self.bindings, aor, key)
             }
             Op::CallRecord(_) => {}
         }

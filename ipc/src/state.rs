@@ -83,6 +83,29 @@ pub enum SnapshotPart {
 /// Items per snapshot part.
 pub const SNAPSHOT_CHUNK: usize = 512;
 
+/// Bindings by AOR: the shape every holder of bindings keeps (replicas, the dbagent's
+/// persisted copy).
+pub type BindingMap = HashMap<String, Vec<Binding>>;
+
+/// Inserts `binding`, or replaces the binding of its AOR with the same key.
+pub fn upsert_binding(map: &mut BindingMap, binding: &Binding) {
+    let list = map.entry(binding.aor.clone()).or_default();
+    match list.iter_mut().find(|b| b.key == binding.key) {
+        Some(existing) => *existing = binding.clone(),
+        None => list.push(binding.clone()),
+    }
+}
+
+/// Removes the binding `key` of `aor`, and the AOR once it has none.
+pub fn remove_binding(map: &mut BindingMap, aor: &str, key: &str) {
+    if let Some(list) = map.get_mut(aor) {
+        list.retain(|b| b.key != key);
+        if list.is_empty() {
+            map.remove(aor);
+        }
+    }
+}
+
 /// A process's copy of the replicated state.
 #[derive(Debug, Default, Clone)]
 pub struct Replica {
@@ -153,21 +176,8 @@ impl Replica {
                 self.extensions.remove(number);
                 self.bindings.remove(number);
             }
-            Update::BindingUpserted(binding) => {
-                let list = self.bindings.entry(binding.aor.clone()).or_default();
-                match list.iter_mut().find(|b| b.key == binding.key) {
-                    Some(existing) => *existing = binding.clone(),
-                    None => list.push(binding.clone()),
-                }
-            }
-            Update::BindingRemoved { aor, key } => {
-                if let Some(list) = self.bindings.get_mut(aor) {
-                    list.retain(|b| &b.key != key);
-                    if list.is_empty() {
-                        self.bindings.remove(aor);
-                    }
-                }
-            }
+            Update::BindingUpserted(binding) => upsert_binding(&mut self.bindings, binding),
+            Update::BindingRemoved { aor, key } => remove_binding(&mut self.bindings, aor, key),
             Update::BindingsCleared { aor } => {
                 self.bindings.remove(aor);
             }
