@@ -387,21 +387,9 @@ impl Core {
     /// connection; for UDP to the source port when `rport` was asked for, else the Via port
     /// at the source address.
     pub(crate) fn reply_to(&self, req: &Message<'_>, from: &Target, bytes: Vec<u8>) -> Out {
-        let bytes = if bytes.is_empty() {
-            bytes
-        } else {
-            with_to_tag(&with_server_header(&bytes, &self.server_header), req)
-        };
-        let mut target = from.clone();
-        if !from.is_reliable() {
-            if let Ok(via) = req.top_via() {
-                if via.rport().is_none() {
-                    target.peer.set_port(via.port_or_default());
-                }
-            }
-        }
+        let bytes = with_to_tag(&with_server_header(&bytes, &self.server_header), req);
         Out {
-            target,
+            target: reply_target(req, from),
             bytes: Arc::from(bytes),
         }
     }
@@ -497,6 +485,19 @@ fn with_received(msg: &Message<'_>, from: &Target) -> Option<Vec<u8>> {
     Some(rw.finish())
 }
 
+/// Where a response to `req`, received from `from`, goes (RFC 3261 §18.2.2, RFC 3581).
+pub(crate) fn reply_target(req: &Message<'_>, from: &Target) -> Target {
+    let mut target = from.clone();
+    if !from.is_reliable() {
+        if let Ok(via) = req.top_via() {
+            if via.rport().is_none() {
+                target.peer.set_port(via.port_or_default());
+            }
+        }
+    }
+    target
+}
+
 /// Tells every worker about a ban, through the replicated state.
 pub fn share_ban(outbox: &Outbox, event: &crate::security::BanEvent) {
     let ban = sipcraft_ipc::state::Ban {
@@ -560,6 +561,7 @@ fn with_to_tag(bytes: &[u8], req: &Message<'_>) -> Vec<u8> {
 }
 
 /// Offset of the first header line with one of these names (lowercase).
+/// No allocation: this runs for every final response the worker makes.
 fn find_header_line(bytes: &[u8], names: &[&str]) -> Option<usize> {
     let mut at = bytes.windows(2).position(|w| w == b"\r\n")? + 2;
     while at < bytes.len() && !bytes[at..].starts_with(b"\r\n") {
@@ -569,10 +571,11 @@ fn find_header_line(bytes: &[u8], names: &[&str]) -> Option<usize> {
             .map_or(bytes.len(), |i| at + i);
         let line = &bytes[at..line_end];
         if let Some(colon) = line.iter().position(|&b| b == b':') {
-            let name = String::from_utf8_lossy(&line[..colon])
-                .trim()
-                .to_ascii_lowercase();
-            if names.contains(&name.as_str()) {
+            let name = line[..colon].trim_ascii();
+            if names
+                .iter()
+                .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+            {
                 return Some(at);
             }
         }

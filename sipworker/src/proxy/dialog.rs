@@ -27,7 +27,7 @@ impl Core {
             let r = ResponseBuilder::new(msg, 404, "Not Found (no route)").build();
             return self.answer(msg, key, from, r, now);
         };
-        let caller = self.reply_to(msg, from, Vec::new()).target;
+        let caller = crate::core::reply_target(msg, from);
         let fork = Fork::new(key.clone(), method, msg.as_bytes().to_vec(), caller);
         self.proxy.forks.insert(key.clone(), fork);
         if method == "BYE" {

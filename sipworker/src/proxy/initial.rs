@@ -159,7 +159,7 @@ impl Core {
                 g.push(hop);
             }
         }
-        let caller = self.reply_to(msg, from, Vec::new()).target;
+        let caller = crate::core::reply_target(msg, from);
         let mut fork = Fork::new(key.clone(), &method, msg.as_bytes().to_vec(), caller);
         fork.later = groups.into_iter().rev().collect();
         fork.timer_c = (method == "INVITE").then(|| now + self.proxy.ring_timeout);
