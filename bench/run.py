@@ -36,6 +36,9 @@ import sipp  # noqa: E402
 from servers import Kamailio, Sipcraft, password  # noqa: E402
 
 CALLEE = "999999"
+# Seconds to wait after the 100k fill before the steady-state memory point: Timer J
+# (64 × T1 = 32 s) plus a margin.
+SETTLE_S = 36
 T0 = time.monotonic()
 
 
@@ -162,7 +165,6 @@ class Bench:
         log(f"idle CPU (cores): {self.results['idle_cores']}")
 
     def memory(self):
-        mem = self.results["memory"]
         base = {s.name: s.memory_kib() for s in self.servers}
         log("memory baseline: " + ", ".join(f"{k} {v['total'] / 1024:.0f} MiB" for k, v in base.items()))
         for stage, target, inf in (("first", self.mem_first, "mem1"),
@@ -171,28 +173,37 @@ class Bench:
                 n = target - (0 if stage == "first" else self.mem_first)
                 self.run(srv, "register", self.load_rate, n / self.load_rate, inf=self.inf[inf],
                          tag="-fill")
-            # sipcraft keeps each UDP request's server transaction for Timer J (32 s); its RSS
-            # stays where it is once they expire (measured: within 0.2 %, the allocator keeps
-            # the pages), so the figure is taken as soon as every binding is in place.
+            # Taken as soon as every binding is in place, so each server's figure still holds
+            # the fill's transient state: sipcraft keeps every UDP request's server
+            # transaction for Timer J (32 s), Kamailio answers REGISTER statelessly.
             for srv in self.servers:
                 deadline = time.monotonic() + 10
                 while srv.registered() < target and time.monotonic() < deadline:
                     time.sleep(0.2)
-                regs = srv.registered()
-                m = srv.memory_kib()
-                b = base[srv.name]
-                per = lambda key, m=m: round((m[key] - b[key]) * 1024 / max(regs, 1))
-                mem.setdefault(srv.name, {"baseline": b})[stage] = {
-                    "registered": regs, "memory": m,
-                    "bytes_per_registration": per("total"),
-                    "pss_bytes_per_registration": per("pss"),
-                }
-                if "by_process" in m and "by_process" in b:
-                    mem[srv.name][stage]["bytes_per_registration_by_process"] = {
-                        k: round((m["by_process"][k] - b["by_process"].get(k, 0)) * 1024 / max(regs, 1))
-                        for k in m["by_process"]}
-                log(f"{srv.name}: {regs} registered, {m['total'] / 1024:.0f} MiB, "
-                    f"{mem[srv.name][stage]['bytes_per_registration']} B/registration")
+                self._memory_point(srv, stage, base[srv.name])
+        # Steady state at 100k: what a registration costs once the fill's transactions are
+        # gone (Timer J is 64 × T1 = 32 s; Kamailio's completed transactions live 5 s). One
+        # wait covers both servers.
+        log(f"waiting {SETTLE_S} s for the fill's transactions to expire")
+        time.sleep(SETTLE_S)
+        for srv in self.servers:
+            self._memory_point(srv, "settled", base[srv.name])
+
+    def _memory_point(self, srv, stage, b):
+        """Memory per registration now against the baseline `b`, stored under `stage`."""
+        regs = srv.registered()
+        m = srv.memory_kib()
+        per = lambda key: round((m[key] - b[key]) * 1024 / max(regs, 1))
+        point = {"registered": regs, "memory": m,
+                 "bytes_per_registration": per("total"),
+                 "pss_bytes_per_registration": per("pss")}
+        if "by_process" in m and "by_process" in b:
+            point["bytes_per_registration_by_process"] = {
+                k: round((m["by_process"][k] - b["by_process"].get(k, 0)) * 1024 / max(regs, 1))
+                for k in m["by_process"]}
+        self.results["memory"].setdefault(srv.name, {"baseline": b})[stage] = point
+        log(f"{srv.name} ({stage}): {regs} registered, {m['total'] / 1024:.0f} MiB, "
+            f"{point['bytes_per_registration']} B/registration")
 
     def moderate(self, kind, rate):
         """Two rounds per server, alternating: one with a capture (response times), one
