@@ -134,7 +134,7 @@ fn journal_at_its_limit_raises_the_alarm_and_nothing_crashes() {
     const USERS: u32 = 600;
     let mut pg = Postgres::start();
     let mut setup = setup_with(&pg);
-    setup.env = vec![("SIPCRAFT_JOURNAL_MAX_BYTES".into(), "32768".into())];
+    setup.extra += "[dbagent]\njournal_max_bytes = 32768\n\n";
     let server = Server::start(setup);
     pg.wait_schema();
     let list = users(FIRST, USERS);
@@ -156,6 +156,10 @@ fn journal_at_its_limit_raises_the_alarm_and_nothing_crashes() {
         || dbagent_alarm(&server).filter(|a| a.contains("journal FULL")),
     );
     eprintln!("alarm: {alarm}");
+    assert!(
+        alarm.contains("of 32768 bytes"),
+        "the configured limit: {alarm}"
+    );
     let dbagent = server.child("dbagent");
     assert_eq!(dbagent["restarts"], 0, "{dbagent}");
     assert_eq!(dbagent["state"], "ready", "{dbagent}");

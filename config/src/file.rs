@@ -30,6 +30,8 @@ pub(crate) struct FileConfig {
     pub proxy: ProxyFile,
     #[serde(default)]
     pub supervisor: SupervisorFile,
+    #[serde(default)]
+    pub dbagent: DbAgentFile,
 }
 
 /// `[server]`
@@ -167,4 +169,11 @@ pub(crate) struct SupervisorFile {
     pub healthy_after_s: Option<u64>,
     pub crash_loop_restarts: Option<u64>,
     pub stop_timeout_s: Option<u64>,
+}
+
+/// `[dbagent]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DbAgentFile {
+    pub journal_max_bytes: Option<u64>,
 }

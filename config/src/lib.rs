@@ -38,7 +38,7 @@ pub use model::{
 };
 pub use problem::{Problem, Problems};
 pub use reload::{apply_live, restart_needed};
-pub use sections::{IpNet, IpNetError, Limits, Proxy, Registrar, Security, Supervisor};
+pub use sections::{DbAgent, IpNet, IpNetError, Limits, Proxy, Registrar, Security, Supervisor};
 pub use slice::{DbAgentConfig, WorkerConfig, WorkerSpec};
 pub use validate::{MAX_RUNTIME_DIR_BYTES, MAX_WORKERS};
 

@@ -11,7 +11,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::sections::{Limits, Proxy, Registrar, Security, Supervisor};
+use crate::sections::{DbAgent, Limits, Proxy, Registrar, Security, Supervisor};
 
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,6 +34,8 @@ pub struct Config {
     pub proxy: Proxy,
     /// `[supervisor]`: child restart policy and shutdown timing.
     pub supervisor: Supervisor,
+    /// `[dbagent]`: the write journal's bound.
+    pub dbagent: DbAgent,
 }
 
 /// `[server]`

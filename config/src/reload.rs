@@ -9,7 +9,8 @@ use crate::model::{Config, Listen};
 /// `server.node_name` (recorded in registrations), `server.runtime_dir` and
 /// `server.state_dir` (sockets and files already open), the transport, address and workers
 /// of every `listen[i]` entry (bound sockets and worker processes), and `database` being
-/// added or removed or its `url` changing (the dbagent's source of truth).
+/// added or removed or its `url` changing (the dbagent's source of truth), and
+/// `dbagent.journal_max_bytes` (the journal is opened with it; its segment size follows).
 ///
 /// Apply live: extensions, `[registrar]`, `[security]`, `[limits]`, `[proxy]`,
 /// `[supervisor]`, `server.log_level`, the database timeouts, and the certificate files and
@@ -22,6 +23,10 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         (a.node_name != b.node_name, "server.node_name"),
         (a.runtime_dir != b.runtime_dir, "server.runtime_dir"),
         (a.state_dir != b.state_dir, "server.state_dir"),
+        (
+            old.dbagent.journal_max_bytes != new.dbagent.journal_max_bytes,
+            "dbagent.journal_max_bytes",
+        ),
     ] {
         if changed {
             keys.push(key.to_string());
@@ -53,6 +58,7 @@ pub fn apply_live(running: &Config, new: Config) -> Config {
     applied.server.node_name = running.server.node_name.clone();
     applied.server.runtime_dir = running.server.runtime_dir.clone();
     applied.server.state_dir = running.server.state_dir.clone();
+    applied.dbagent.journal_max_bytes = running.dbagent.journal_max_bytes;
     let mut listen = running.listen.clone();
     for (kept, new) in listen.iter_mut().zip(&applied.listen) {
         if (kept.transport, kept.address) == (new.transport, new.address) {

@@ -1,4 +1,5 @@
-//! The optional sections: `[registrar]`, `[security]`, `[limits]`, `[proxy]`, `[supervisor]`.
+//! The optional sections: `[registrar]`, `[security]`, `[limits]`, `[proxy]`, `[supervisor]`,
+//! `[dbagent]`.
 //!
 //! Each `Default` is the production default, so a file can leave any of them out. The same
 //! postcard rule as in [`crate::model`] holds: append fields, never reorder or retype.
@@ -244,6 +245,34 @@ impl Default for Supervisor {
             healthy_after_s: 60,
             crash_loop_restarts: 5,
             stop_timeout_s: 5,
+        }
+    }
+}
+
+/// `[dbagent]`: the dbagent's local persistence in `server.state_dir`, which it keeps with or
+/// without a `[database]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DbAgent {
+    /// Bound of the write journal (registration changes and call records waiting for
+    /// PostgreSQL, or for the cache file without one), in bytes. It caps the disk a long
+    /// database outage can take; from 80 % of it the dbagent raises an alarm, and at it call
+    /// records are dropped and registrations kept in the cache only (docs/schema.md). Read
+    /// when the dbagent starts (segment sizes derive from it), so a change needs a restart.
+    pub journal_max_bytes: u64,
+}
+
+impl DbAgent {
+    /// Smallest `journal_max_bytes`: room for a few segments of a few records each.
+    pub const MIN_JOURNAL_BYTES: u64 = 16 << 10;
+    /// Largest `journal_max_bytes` (1 TiB): beyond any outage worth journaling.
+    pub const MAX_JOURNAL_BYTES: u64 = 1 << 40;
+}
+
+impl Default for DbAgent {
+    fn default() -> Self {
+        // About 400,000 writes: days of registrations for thousands of phones.
+        DbAgent {
+            journal_max_bytes: 64 << 20,
         }
     }
 }

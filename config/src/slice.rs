@@ -53,6 +53,8 @@ pub struct DbAgentConfig {
     pub database: Option<Database>,
     /// Extensions from the file (empty when `database` is set).
     pub extensions: Vec<Extension>,
+    /// Bound of the write journal in `state_dir`, in bytes.
+    pub journal_max_bytes: u64,
 }
 
 impl Config {
@@ -97,6 +99,7 @@ impl Config {
             log_level: self.server.log_level,
             database: self.database.clone(),
             extensions: self.extensions.clone(),
+            journal_max_bytes: self.dbagent.journal_max_bytes,
         }
     }
 }

@@ -85,6 +85,7 @@ fn shipped_example_is_valid() {
     assert_eq!(config.limits, Limits::default());
     assert_eq!(config.proxy, Proxy::default());
     assert_eq!(config.supervisor, Supervisor::default());
+    assert_eq!(config.dbagent, DbAgent::default());
     assert!(check_file(&example_path()).is_empty());
 }
 
@@ -454,6 +455,49 @@ fn restart_needed_names_what_cannot_apply_live() {
     assert_eq!(applied.server.domain, old.server.domain);
     let applied = apply_live(&new, newer.clone());
     assert_eq!(applied.database.unwrap().statement_timeout_ms, 9);
+}
+
+#[test]
+fn journal_limit_is_a_dbagent_key_checked_with_its_line() {
+    // Without [database] too: the registration journal exists stand-alone.
+    let config = parse(MINIMAL, origin()).unwrap();
+    assert_eq!(config.dbagent.journal_max_bytes, 64 << 20);
+    let text = format!("{MINIMAL}\n[dbagent]\njournal_max_bytes = 32768\n");
+    let config = parse(&text, origin()).unwrap_or_else(|p| panic!("{p}"));
+    assert_eq!(config.dbagent.journal_max_bytes, 32768);
+    assert_eq!(config.dbagent_config().journal_max_bytes, 32768);
+
+    let text = format!("{MINIMAL}\n[dbagent]\njournal_max_bytes = 1000\n");
+    let p = problems(&text);
+    assert_eq!(p.len(), 1, "{p:#?}");
+    let problem = at(&p, "dbagent.journal_max_bytes");
+    assert_eq!(problem.line, Some(text.lines().count()), "{problem}");
+    assert_eq!(
+        problem.message,
+        "1000 is out of range (expected 16384..=1099511627776)"
+    );
+    let text = format!("{MINIMAL}\n[dbagent]\njournal_max_bytes = \"64MiB\"\n");
+    let p = problems(&text);
+    let problem = at(&p, "dbagent.journal_max_bytes");
+    assert_eq!(problem.line, Some(text.lines().count()), "{problem}");
+    assert!(
+        problem.message.contains("expected a non-negative integer"),
+        "{problem}"
+    );
+    let p = problems(&format!("{MINIMAL}\n[dbagent]\njournal_bytes = 1\n"));
+    assert!(
+        at(&p, "dbagent.journal_bytes")
+            .message
+            .starts_with("unknown key `journal_bytes`"),
+        "{p:#?}"
+    );
+
+    // The journal is opened with it: a reload keeps the running value until a restart.
+    let mut new = config.clone();
+    new.dbagent.journal_max_bytes = 1 << 30;
+    assert_eq!(restart_needed(&config, &new), ["dbagent.journal_max_bytes"]);
+    let applied = apply_live(&config, new);
+    assert_eq!(applied.dbagent.journal_max_bytes, 32768);
 }
 
 #[test]

@@ -53,18 +53,16 @@ pub enum Error {
     },
 }
 
-/// Environment variable that sets the journal's size limit in bytes (default 64 MiB).
-pub const JOURNAL_MAX_ENV: &str = "SIPCRAFT_JOURNAL_MAX_BYTES";
-/// Default journal size limit.
-pub const JOURNAL_MAX_DEFAULT: u64 = 64 << 20;
-
 /// Runs the dbagent until it is told to stop or loses the supervisor.
 pub async fn run(args: Args) -> Result<(), Error> {
     if !child::guard_parent(args.parent) {
         return Err(Error::Orphaned(args.parent));
     }
     let link = child::join(&args.bus, Role::DbAgent, &args.name, true).await?;
-    let mut agent = Agent::start(link, journal_max()).await?;
+    // `[dbagent] journal_max_bytes`, validated with the config; a reload keeps the value the
+    // journal was opened with (it needs a restart).
+    let journal_max = link.config.dbagent.journal_max_bytes;
+    let mut agent = Agent::start(link, journal_max).await?;
     agent.link.outbox.send(FromChild::Ready);
     tracing::info!(database = agent.has_database(), "dbagent serving");
 
@@ -107,13 +105,4 @@ pub async fn run(args: Args) -> Result<(), Error> {
     agent.finish().await;
     tracing::info!("dbagent stopped");
     Ok(())
-}
-
-/// The journal size limit: [`JOURNAL_MAX_ENV`] or the default, at least 16 KiB.
-fn journal_max() -> u64 {
-    std::env::var(JOURNAL_MAX_ENV)
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or(JOURNAL_MAX_DEFAULT)
-        .max(16 << 10)
 }

@@ -48,6 +48,7 @@ pub(crate) fn validate(file: FileConfig, base_dir: &Path, c: &mut Collector<'_>)
         limits: sections::limits(&file.limits, c),
         proxy: sections::proxy(&file.proxy, c),
         supervisor: sections::supervisor(&file.supervisor, c),
+        dbagent: sections::dbagent(&file.dbagent, c),
     }
 }
 

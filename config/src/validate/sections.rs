@@ -1,8 +1,10 @@
 //! The optional sections: every key has a default and a range.
 
-use crate::file::{LimitsFile, ProxyFile, RegistrarFile, SecurityFile, SupervisorFile};
+use crate::file::{
+    DbAgentFile, LimitsFile, ProxyFile, RegistrarFile, SecurityFile, SupervisorFile,
+};
 use crate::problem::Collector;
-use crate::sections::{IpNet, Limits, Proxy, Registrar, Security, Supervisor};
+use crate::sections::{DbAgent, IpNet, Limits, Proxy, Registrar, Security, Supervisor};
 
 use super::extension::algorithms;
 use super::{number, number32};
@@ -253,6 +255,19 @@ pub(super) fn supervisor(file: &SupervisorFile, c: &mut Collector<'_>) -> Superv
             file.stop_timeout_s,
             d.stop_timeout_s,
             1..=3_600,
+        ),
+    }
+}
+
+pub(super) fn dbagent(file: &DbAgentFile, c: &mut Collector<'_>) -> DbAgent {
+    let d = DbAgent::default();
+    DbAgent {
+        journal_max_bytes: number(
+            c,
+            "dbagent.journal_max_bytes",
+            file.journal_max_bytes,
+            d.journal_max_bytes,
+            DbAgent::MIN_JOURNAL_BYTES..=DbAgent::MAX_JOURNAL_BYTES,
         ),
     }
 }
