@@ -26,6 +26,13 @@ impl<'a> Host<'a> {
             };
             return parse_v6(inner).map(Host::V6);
         }
+        // An address is the common case in Via and Contact: one pass, and a name starting
+        // with a digit (or anything else) falls through to the full check.
+        if s.as_bytes().first().is_some_and(u8::is_ascii_digit) {
+            if let Some(a) = parse_v4(s) {
+                return Ok(Host::V4(a));
+            }
+        }
         match classify(s) {
             HostKind::Name => Ok(Host::Domain(s)),
             // All-numeric labels are not a valid host name either.

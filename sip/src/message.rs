@@ -291,7 +291,8 @@ impl<'a> Message<'a> {
 
     /// Contact: `*`, or every address across all Contact lines (empty list when absent).
     pub fn contacts(&self) -> Result<Contacts<'a>, HeaderError> {
-        let mut list = Vec::new();
+        // One address per line is usual: room for that, not the default four.
+        let mut list = Vec::with_capacity(self.count(HeaderName::Contact));
         let mut star = false;
         for h in self.headers_named(HeaderName::Contact) {
             if h.value == "*" {

@@ -10,12 +10,20 @@ use crate::params::Params;
 
 /// `callid = word [ "@" word ]`
 pub fn parse_call_id(s: &str) -> SResult<&str> {
-    let (a, b) = match s.split_once('@') {
-        Some((a, b)) => (a, Some(b)),
-        None => (s, None),
+    // `@` is not a word character: the first byte that is not one must be the only `@`,
+    // with words on both sides.
+    let b = s.as_bytes();
+    let ok = match b.iter().position(|&c| !is_word(c)) {
+        None => !b.is_empty(),
+        Some(at) => {
+            let after = b.get(at + 1..).unwrap_or_default();
+            b.get(at) == Some(&b'@')
+                && at > 0
+                && !after.is_empty()
+                && after.iter().all(|&c| is_word(c))
+        }
     };
-    let word = |w: &str| !w.is_empty() && w.bytes().all(is_word);
-    if word(a) && b.is_none_or(word) {
+    if ok {
         Ok(s)
     } else {
         bad("invalid Call-ID")

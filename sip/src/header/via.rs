@@ -223,18 +223,26 @@ fn check_param<'a>(p: crate::params::Param<'a>, known: &mut Known<'a>) -> SResul
 
 fn sent_protocol_and_by<'a>(c: &mut Cursor<'a>) -> SResult<Via<'a>> {
     c.skip_ws();
-    let protocol = c
-        .token()
-        .ok_or(crate::error::SyntaxError("missing protocol in Via"))?;
-    if !c.eat_sep(b'/') {
-        return bad("malformed sent-protocol in Via");
-    }
-    let version = c
-        .token()
-        .ok_or(crate::error::SyntaxError("missing version in Via"))?;
-    if !c.eat_sep(b'/') {
-        return bad("malformed sent-protocol in Via");
-    }
+    let (protocol, version) = if c.rest().starts_with("SIP/2.0/") {
+        // What every sender writes, read without the white-space dance below.
+        let at = c.pos();
+        c.set_pos(at + 8);
+        (c.slice(at, at + 3), c.slice(at + 4, at + 7))
+    } else {
+        let protocol = c
+            .token()
+            .ok_or(crate::error::SyntaxError("missing protocol in Via"))?;
+        if !c.eat_sep(b'/') {
+            return bad("malformed sent-protocol in Via");
+        }
+        let version = c
+            .token()
+            .ok_or(crate::error::SyntaxError("missing version in Via"))?;
+        if !c.eat_sep(b'/') {
+            return bad("malformed sent-protocol in Via");
+        }
+        (protocol, version)
+    };
     let transport = Transport::parse(
         c.token()
             .ok_or(crate::error::SyntaxError("missing transport in Via"))?,

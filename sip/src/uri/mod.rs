@@ -32,6 +32,10 @@ pub enum Uri<'a> {
 impl<'a> Uri<'a> {
     /// Parses a complete URI (no surrounding white space or brackets).
     pub fn parse(s: &'a str) -> SResult<Uri<'a>> {
+        // Nearly every URI a registrar or proxy reads is written `sip:` in lower case.
+        if let Some(rest) = s.strip_prefix("sip:") {
+            return SipUri::parse_parts(false, rest).map(Uri::Sip);
+        }
         let Some(colon) = memchr::memchr(b':', s.as_bytes()) else {
             return bad("URI without scheme");
         };

@@ -47,6 +47,25 @@ fn is_param_char(b: u8) -> bool {
     PARAM[b as usize]
 }
 
+/// The end of the run of bytes from `from` that satisfy `ok` or are a valid `escaped`
+/// (`%` and two hex digits).
+fn escaped_run(b: &[u8], from: usize, ok: impl Fn(u8) -> bool) -> usize {
+    let mut i = from;
+    while let Some(&c) = b.get(i) {
+        if ok(c) {
+            i += 1;
+        } else if c == b'%'
+            && b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+            && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit)
+        {
+            i += 3;
+        } else {
+            break;
+        }
+    }
+    i
+}
+
 /// `hnv-unreserved / unreserved / escaped`
 fn is_header_char(b: u8) -> bool {
     HEADER[b as usize]
@@ -224,27 +243,40 @@ pub struct UriParams<'a> {
 }
 
 impl<'a> UriParams<'a> {
-    /// Validates `*( ";" pname [ "=" pvalue ] )`.
+    /// Validates `*( ";" pname [ "=" pvalue ] )` in one pass over the bytes.
     pub(crate) fn parse(raw: &'a str) -> SResult<UriParams<'a>> {
-        if raw.is_empty() {
+        let b = raw.as_bytes();
+        if b.is_empty() {
             return Ok(UriParams { raw });
         }
-        let Some(body) = raw.strip_prefix(';') else {
+        if b.first() != Some(&b';') {
             return bad("invalid URI parameters");
-        };
-        for p in body.split(';') {
-            let (n, v) = match p.split_once('=') {
-                Some((n, v)) => (n, Some(v)),
-                None => (p, None),
-            };
-            if n.is_empty() || !check_escaped(n, is_param_char) {
+        }
+        let mut i = 1;
+        loop {
+            let name_end = escaped_run(b, i, is_param_char);
+            if name_end == i {
                 return bad("invalid URI parameter name");
             }
-            if let Some(v) = v {
-                if v.is_empty() || !check_escaped(v, is_param_char) {
-                    return bad("invalid URI parameter value");
+            i = name_end;
+            match b.get(i) {
+                None => break,
+                Some(b';') => {}
+                Some(b'=') => {
+                    let value_end = escaped_run(b, i + 1, is_param_char);
+                    if value_end == i + 1 {
+                        return bad("invalid URI parameter value");
+                    }
+                    i = value_end;
+                    match b.get(i) {
+                        None => break,
+                        Some(b';') => {}
+                        Some(_) => return bad("invalid URI parameter value"),
+                    }
                 }
+                Some(_) => return bad("invalid URI parameter name"),
             }
+            i += 1;
         }
         Ok(UriParams { raw })
     }
