@@ -249,6 +249,35 @@ impl Sipp {
         }
     }
 
+    /// SIGUSR1, SIPp's soft quit: it places no new call and exits once the calls in flight
+    /// have ended, with status 0 only if no call failed. For a load run with a large `-m`
+    /// that the test ends when it has seen what it needs.
+    pub fn stop_placing_calls(&mut self) {
+        if self.try_wait().is_none() {
+            if let Some(child) = &self.child {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(child.id() as i32),
+                    nix::sys::signal::Signal::SIGUSR1,
+                );
+            }
+        }
+    }
+
+    /// The second word of every `<log>` line that starts with `word`: the Call-IDs of
+    /// `ANSWERED <call_id>` lines, say.
+    pub fn logged_ids(&self, word: &str) -> Vec<String> {
+        self.logs()
+            .iter()
+            .filter_map(|l| {
+                let mut words = l.split_whitespace();
+                (words.next() == Some(word))
+                    .then(|| words.next())
+                    .flatten()
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+
     /// Lines written by `<log>` actions (`-trace_logs`).
     pub fn logs(&self) -> Vec<String> {
         self.read("logs.log").lines().map(str::to_owned).collect()
