@@ -181,11 +181,7 @@ impl<'a> Cursor<'a> {
         let bytes = self.s.as_bytes();
         let mut plain = true;
         loop {
-            let rest = bytes.get(self.pos..).unwrap_or_default();
-            self.pos += rest
-                .iter()
-                .position(|&b| !QDTEXT[b as usize])
-                .unwrap_or(rest.len());
+            self.pos = skip_qdtext(bytes, self.pos);
             match bytes.get(self.pos).copied() {
                 Some(b'"') => {
                     let inner = self.slice(start, self.pos);
@@ -209,6 +205,46 @@ impl<'a> Cursor<'a> {
             }
         }
     }
+}
+
+const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+
+/// The high bit of each byte of `x` that is below `n` (`n` at most 0x80). Bytes above the
+/// lowest flagged one may be flagged wrongly; the lowest flagged byte is always right.
+#[inline]
+fn bytes_below(x: u64, n: u8) -> u64 {
+    x.wrapping_sub(ONES * u64::from(n)) & !x & HIGHS
+}
+
+/// The high bit of each byte of `x` equal to `b`, exact at the lowest flagged byte.
+#[inline]
+fn bytes_equal(x: u64, b: u8) -> u64 {
+    bytes_below(x ^ (ONES * u64::from(b)), 1)
+}
+
+/// The end of the run of `qdtext` bytes from `i`: eight bytes at a time while none of them
+/// is `"`, `\`, a control or DEL (the common case), then one at a time.
+#[inline]
+fn skip_qdtext(bytes: &[u8], mut i: usize) -> usize {
+    while let Some(chunk) = bytes.get(i..).and_then(|r| r.first_chunk::<8>()) {
+        let x = u64::from_le_bytes(*chunk);
+        let stops = bytes_equal(x, b'"')
+            | bytes_equal(x, b'\\')
+            | bytes_equal(x, 0x7f)
+            | bytes_below(x, 0x20);
+        if stops != 0 {
+            // The first stop is exact; HTAB is qdtext, so finish byte by byte from there.
+            i += (stops.trailing_zeros() / 8) as usize;
+            break;
+        }
+        i += 8;
+    }
+    let rest = bytes.get(i..).unwrap_or_default();
+    i + rest
+        .iter()
+        .position(|&b| !QDTEXT[b as usize])
+        .unwrap_or(rest.len())
 }
 
 /// Replaces each line fold (CRLF and the white space after it) with one SP, as RFC 3261
@@ -353,6 +389,23 @@ mod tests {
         assert_eq!(c.quoted(), Some(r#"J Rosenberg \\\""#));
         assert_eq!(c.rest(), " rest");
         assert_eq!(unescape_quoted(r#"J Rosenberg \\\""#), r#"J Rosenberg \""#);
+        // Long enough for the eight-byte steps, with each kind of stop past the first step.
+        let mut c = Cursor::new("\"0123456789abcdef\tghij\\\"klmnopqrstu\" x");
+        assert_eq!(
+            c.quoted_plain(),
+            Some(("0123456789abcdef\tghij\\\"klmnopqrstu", false))
+        );
+        assert_eq!(c.rest(), " x");
+        let mut c = Cursor::new("\"0123456789abcdefghijklmnopqrstu\u{e9}\u{e9}\u{e9}\u{e9}\"");
+        assert_eq!(c.quoted_plain().map(|(_, plain)| plain), Some(true));
+        assert!(c.at_end());
+        for bad in [
+            "\"0123456789abc\u{0}def\"",
+            "\"0123456789abcdef\u{7f}\"",
+            "\"0123456789abcdefgh",
+        ] {
+            assert_eq!(Cursor::new(bad).quoted(), None, "{bad:?}");
+        }
         assert_eq!(Cursor::new("\"open").quoted(), None);
         assert_eq!(Cursor::new("\"bad\\").quoted(), None);
     }

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use crate::error::{bad, SResult};
-use crate::lex::{is_token, split_commas, Cursor};
+use crate::lex::{split_commas, Cursor};
 use crate::params::unquote;
 
 /// `auth-param *(COMMA auth-param)` after the scheme, validated and kept raw.
@@ -56,13 +56,28 @@ fn next_auth_param<'a>(c: &mut Cursor<'a>) -> SResult<(&'a str, &'a str, Option<
             Some((inner, plain)) => plain.then_some(inner),
         }
     } else {
-        let t = c.take_while(|b| is_token(b) || b == b'/' || b == b'=');
+        let t = c.take_while(is_auth_value_char);
         if t.is_empty() {
             return bad("empty auth parameter value");
         }
         Some(t)
     };
     Ok((name, c.slice(start, c.pos()), ready))
+}
+
+static AUTH_VALUE: [bool; 256] = crate::lex::class(true, b"-.!%*_+`'~/=");
+
+/// A token character, or `/` and `=` of a token68-style value (base64).
+#[inline]
+fn is_auth_value_char(b: u8) -> bool {
+    AUTH_VALUE[b as usize]
+}
+
+/// Whether `name` is `lower` in any case; `lower` must be lower-case letters only, which
+/// makes setting bit 0x20 of each byte of `name` an exact case fold.
+#[inline]
+fn is_name(name: &[u8], lower: &[u8]) -> bool {
+    name.len() == lower.len() && name.iter().zip(lower).all(|(a, b)| a | 0x20 == *b)
 }
 
 /// `auth-param-name EQUAL ( token / quoted-string )`
@@ -79,10 +94,7 @@ fn auth_param(item: &str) -> SResult<(&str, &str)> {
         if c.quoted().is_none() {
             return bad("unterminated quoted auth parameter");
         }
-    } else if c
-        .take_while(|b| is_token(b) || b == b'/' || b == b'=')
-        .is_empty()
-    {
+    } else if c.take_while(is_auth_value_char).is_empty() {
         // token68-style values (base64 with '/' and '=') are accepted for other schemes.
         return bad("empty auth parameter value");
     }
@@ -201,17 +213,18 @@ impl<'a> DigestCredentials<'a> {
     }
 
     fn set(&mut self, name: &str, value: &'a str, ready: Option<&'a str>) {
-        let slot = match name.len() {
-            2 if name.eq_ignore_ascii_case("nc") => &mut self.nc,
-            3 if name.eq_ignore_ascii_case("uri") => &mut self.uri,
-            3 if name.eq_ignore_ascii_case("qop") => &mut self.qop,
-            5 if name.eq_ignore_ascii_case("realm") => &mut self.realm,
-            5 if name.eq_ignore_ascii_case("nonce") => &mut self.nonce,
-            6 if name.eq_ignore_ascii_case("cnonce") => &mut self.cnonce,
-            6 if name.eq_ignore_ascii_case("opaque") => &mut self.opaque,
-            8 if name.eq_ignore_ascii_case("username") => &mut self.username,
-            8 if name.eq_ignore_ascii_case("response") => &mut self.response,
-            9 if name.eq_ignore_ascii_case("algorithm") => &mut self.algorithm,
+        let n = name.as_bytes();
+        let slot = match (n.len(), n.first().map_or(0, |c| c | 0x20)) {
+            (2, b'n') if is_name(n, b"nc") => &mut self.nc,
+            (3, b'u') if is_name(n, b"uri") => &mut self.uri,
+            (3, b'q') if is_name(n, b"qop") => &mut self.qop,
+            (5, b'r') if is_name(n, b"realm") => &mut self.realm,
+            (5, b'n') if is_name(n, b"nonce") => &mut self.nonce,
+            (6, b'c') if is_name(n, b"cnonce") => &mut self.cnonce,
+            (6, b'o') if is_name(n, b"opaque") => &mut self.opaque,
+            (8, b'u') if is_name(n, b"username") => &mut self.username,
+            (8, b'r') if is_name(n, b"response") => &mut self.response,
+            (9, b'a') if is_name(n, b"algorithm") => &mut self.algorithm,
             _ => return,
         };
         // The first occurrence counts; a repeated parameter is ignored.
