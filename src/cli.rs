@@ -61,22 +61,6 @@ pub struct WorkerArgs {
 }
 
 /// Logs to stderr. Under systemd (JOURNAL_STREAM set) journald adds its own timestamps.
-fn init_logging(role: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false);
-    let under_journal = std::env::var_os("JOURNAL_STREAM").is_some();
-    let _ = if under_journal {
-        builder.without_time().with_ansi(false).try_init()
-    } else {
-        builder.try_init()
-    };
-    let _ = role;
-}
-
 fn report(role: &str, err: &dyn std::error::Error) -> ExitCode {
     let mut msg = err.to_string();
     let mut source = err.source();
@@ -97,7 +81,7 @@ pub fn run_supervisor(config: &Path) -> ExitCode {
             std::env::set_var("RUST_LOG", c.server.log_level.as_str());
         }
     }
-    init_logging("supervisor");
+    crate::logging::init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("supervisor")
@@ -132,7 +116,7 @@ pub fn run_worker(args: WorkerArgs) -> ExitCode {
     if let Some(code) = fault_point(&args.child.name) {
         return code;
     }
-    init_logging("worker");
+    crate::logging::init();
     let span = tracing::info_span!("worker", name = %args.child.name);
     let worker = sipcraft_sipworker::Args {
         name: args.child.name,
@@ -153,7 +137,7 @@ pub fn run_dbagent(args: ChildArgs) -> ExitCode {
     if let Some(code) = fault_point(&args.name) {
         return code;
     }
-    init_logging("dbagent");
+    crate::logging::init();
     let span = tracing::info_span!("dbagent");
     let agent = sipcraft_dbagent::Args {
         name: args.name,

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cli;
+mod logging;
 #[cfg(windows)]
 mod winservice;
 

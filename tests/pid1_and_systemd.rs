@@ -122,6 +122,8 @@ fn systemd_gets_ready_after_the_children_and_a_steady_watchdog() {
         env: vec![
             ("NOTIFY_SOCKET".into(), sock_path.display().to_string()),
             ("WATCHDOG_USEC".into(), "400000".into()),
+            // stderr is a file here, but the processes log as they would into the journal.
+            ("JOURNAL_STREAM".into(), "8:12345".into()),
         ],
         ..Setup::default()
     };
@@ -161,6 +163,25 @@ fn systemd_gets_ready_after_the_children_and_a_steady_watchdog() {
         messages.iter().all(|m| !m.contains("MAINPID")),
         "{messages:?}"
     );
+
+    // Under the journal every line carries its syslog priority and no timestamp of its own:
+    // the workers' start lines are info (<6>).
+    let log = server.log();
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("<6>") && l.contains("worker serving")),
+        "{log}"
+    );
+    for line in log.lines().filter(|l| !l.is_empty()) {
+        let level = line.get(3..).unwrap_or("").split_whitespace().next();
+        let expected = match level {
+            Some("ERROR") => "<3>",
+            Some("WARN") => "<4>",
+            Some("INFO") => "<6>",
+            _ => "<7>",
+        };
+        assert!(line.starts_with(expected), "{line:?} in\n{log}");
+    }
 
     server.signal(Signal::SIGTERM);
     wait_for("STOPPING=1", Duration::from_secs(5), || {
