@@ -3,10 +3,12 @@
 //! - [`codec`]: frames (`u32` little-endian length, postcard body), no I/O.
 //! - [`wire`]: every message type, one enum per direction, in an envelope.
 //! - [`state`]: the replicated state and its reducer, the same code in every process.
+//! - [`bindings`]: the compact table every replica keeps its bindings in.
 //! - [`conn`]: framed connections over local sockets (Unix sockets, Windows named pipes).
 
 #![forbid(unsafe_code)]
 
+pub mod bindings;
 pub mod child;
 pub mod codec;
 pub mod conn;

@@ -10,6 +10,8 @@ use std::net::{IpAddr, SocketAddr};
 use serde::{Deserialize, Serialize};
 use sipcraft_config::{Extension, Transport};
 
+pub use crate::bindings::{BindingRef, BindingTable};
+
 /// One registered contact of an extension (RFC 3261 §10).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Binding {
@@ -112,7 +114,7 @@ pub struct Replica {
     /// Number of the last update applied (the generation).
     seq: u64,
     extensions: HashMap<String, Extension>,
-    bindings: HashMap<String, Vec<Binding>>,
+    bindings: BindingTable,
     bans: HashMap<IpAddr, Ban>,
 }
 
@@ -167,20 +169,19 @@ impl Replica {
             Update::ExtensionsReplaced(all) => {
                 self.extensions = all.iter().map(|e| (e.number.clone(), e.clone())).collect();
                 let extensions = &self.extensions;
-                self.bindings.retain(|aor, _| extensions.contains_key(aor));
+                self.bindings
+                    .retain_aors(|aor| extensions.contains_key(aor));
             }
             Update::ExtensionUpserted(ext) => {
                 self.extensions.insert(ext.number.clone(), ext.clone());
             }
             Update::ExtensionDeleted(number) => {
                 self.extensions.remove(number);
-                self.bindings.remove(number);
+                self.bindings.clear_aor(number);
             }
-            Update::BindingUpserted(binding) => upsert_binding(&mut self.bindings, binding),
-            Update::BindingRemoved { aor, key } => remove_binding(&mut self.bindings, aor, key),
-            Update::BindingsCleared { aor } => {
-                self.bindings.remove(aor);
-            }
+            Update::BindingUpserted(binding) => self.bindings.upsert(binding),
+            Update::BindingRemoved { aor, key } => self.bindings.remove(aor, key),
+            Update::BindingsCleared { aor } => self.bindings.clear_aor(aor),
             Update::SourceBanned(ban) => {
                 let longer = self
                     .bans
@@ -201,18 +202,26 @@ impl Replica {
         self.extensions.len()
     }
 
-    /// Bindings of `aor` that have not expired at `now_ms`.
-    pub fn bindings(&self, aor: &str, now_ms: u64) -> impl Iterator<Item = &Binding> {
+    /// Bindings of `aor` that have not expired at `now_ms`, as borrowed views
+    /// ([`BindingRef::to_binding`] for an owned copy).
+    pub fn bindings<'a>(
+        &'a self,
+        aor: &str,
+        now_ms: u64,
+    ) -> impl Iterator<Item = BindingRef<'a>> + 'a {
         self.bindings
             .get(aor)
-            .into_iter()
-            .flatten()
             .filter(move |b| b.expires_at_ms > now_ms)
+    }
+
+    /// Every binding, expired ones not yet purged included.
+    pub fn all_bindings(&self) -> impl Iterator<Item = BindingRef<'_>> {
+        self.bindings.iter()
     }
 
     /// Count of bindings, expired ones not yet purged included.
     pub fn binding_count(&self) -> usize {
-        self.bindings.values().map(Vec::len).sum()
+        self.bindings.len()
     }
 
     /// Whether `ip` is banned at `now_ms`.
@@ -229,27 +238,15 @@ impl Replica {
     /// own; it changes nothing another process could observe, since lookups ignore them.
     pub fn purge_expired(&mut self, now_ms: u64) -> usize {
         self.bans.retain(|_, b| b.until_ms > now_ms);
-        let before = self.binding_count();
-        self.bindings.retain(|_, list| {
-            list.retain(|b| b.expires_at_ms > now_ms);
-            !list.is_empty()
-        });
-        before - self.binding_count()
+        self.bindings.purge_expired(now_ms)
     }
 
     /// The whole state as snapshot parts, to rebuild with [`Replica::from_snapshot`].
     pub fn snapshot(&self) -> Vec<SnapshotPart> {
-        let extensions: Vec<Extension> = self.extensions.values().cloned().collect();
-        let bindings: Vec<Binding> = self.bindings.values().flatten().cloned().collect();
-        let mut parts: Vec<SnapshotPart> = extensions
-            .chunks(SNAPSHOT_CHUNK)
-            .map(|c| SnapshotPart::Extensions(c.to_vec()))
+        let mut parts: Vec<SnapshotPart> = chunked(self.extensions.values().cloned())
+            .map(SnapshotPart::Extensions)
             .collect();
-        parts.extend(
-            bindings
-                .chunks(SNAPSHOT_CHUNK)
-                .map(|c| SnapshotPart::Bindings(c.to_vec())),
-        );
+        parts.extend(chunked(self.bindings.iter().map(Binding::from)).map(SnapshotPart::Bindings));
         if !self.bans.is_empty() {
             parts.push(SnapshotPart::Bans(self.bans.values().cloned().collect()));
         }
@@ -288,6 +285,14 @@ impl Replica {
             }
         }
     }
+}
+
+/// `items` in vectors of [`SNAPSHOT_CHUNK`], without collecting them all first.
+fn chunked<T>(mut items: impl Iterator<Item = T>) -> impl Iterator<Item = Vec<T>> {
+    std::iter::from_fn(move || {
+        let chunk: Vec<T> = items.by_ref().take(SNAPSHOT_CHUNK).collect();
+        (!chunk.is_empty()).then_some(chunk)
+    })
 }
 
 #[cfg(test)]
@@ -346,7 +351,7 @@ mod tests {
         r.apply_local(&Update::BindingUpserted(binding("1001", "b", 2000)));
         r.apply_local(&Update::BindingUpserted(binding("1001", "a", 3000)));
         assert_eq!(r.binding_count(), 2);
-        let live: Vec<_> = r.bindings("1001", 2500).map(|b| b.key.as_str()).collect();
+        let live: Vec<_> = r.bindings("1001", 2500).map(|b| b.key).collect();
         assert_eq!(live, vec!["a"]);
         assert_eq!(r.purge_expired(2500), 1);
         r.apply_local(&Update::BindingRemoved {

@@ -219,8 +219,10 @@ impl Registrar {
                 updates.push(Update::BindingsCleared { aor: aor.clone() });
             }
             Contacts::List(list) => {
-                let existing: Vec<Binding> =
-                    read(replica).bindings(&aor, now_ms).cloned().collect();
+                let existing: Vec<Binding> = read(replica)
+                    .bindings(&aor, now_ms)
+                    .map(Binding::from)
+                    .collect();
                 let mut live = existing.len();
                 for contact in &list {
                     let expires = contact

@@ -224,7 +224,7 @@ impl Agent {
     }
 
     fn sync_aor(&mut self, aor: &str) {
-        let now: Vec<Binding> = self.replica().bindings(aor, 0).cloned().collect();
+        let now: Vec<Binding> = self.replica().bindings(aor, 0).map(Binding::from).collect();
         let ops = self.store.sync_aor(aor, now, &self.restoring);
         for op in ops {
             self.record(op);

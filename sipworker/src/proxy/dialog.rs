@@ -119,7 +119,7 @@ impl Core {
             let found = r
                 .bindings(user, now_ms)
                 .find(|b| b.contact == uri_text)
-                .map(|b| route::binding_target(b, &self.name));
+                .map(|b| route::binding_target(&b.to_binding(), &self.name));
             if found.is_some() {
                 return found;
             }

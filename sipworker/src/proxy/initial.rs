@@ -126,7 +126,9 @@ impl Core {
             let known = r.extension(&callee).is_some_and(|e| e.enabled);
             (
                 known,
-                r.bindings(&callee, now_ms).cloned().collect::<Vec<_>>(),
+                r.bindings(&callee, now_ms)
+                    .map(sipcraft_ipc::state::Binding::from)
+                    .collect::<Vec<_>>(),
             )
         };
         let record = (method == "INVITE").then(|| self.new_record(msg, &caller, &callee));
