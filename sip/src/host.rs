@@ -130,34 +130,73 @@ enum HostKind {
     Invalid,
 }
 
+/// Byte classes of a host name, for [`classify`].
+const INVALID: u8 = 0;
+const DIGIT: u8 = 1;
+const LETTER: u8 = 2;
+const HYPHEN: u8 = 3;
+const DOT: u8 = 4;
+
+static HOST_CLASS: [u8; 256] = {
+    let mut t = [INVALID; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = if b.is_ascii_digit() {
+            DIGIT
+        } else if b.is_ascii_alphabetic() || b == b'_' {
+            LETTER
+        } else if b == b'-' {
+            HYPHEN
+        } else if b == b'.' {
+            DOT
+        } else {
+            INVALID
+        };
+        i += 1;
+    }
+    t
+};
+
+/// Whether a byte of class `cur` may not follow one of class `prev` (a label may not be
+/// empty, nor start or end with `-`), indexed `prev * 5 + cur`.
+static BAD_PAIR: [bool; 25] = {
+    let mut t = [false; 25];
+    let mut prev = 0;
+    while prev < 5 {
+        t[prev * 5 + INVALID as usize] = true;
+        prev += 1;
+    }
+    t[DOT as usize * 5 + DOT as usize] = true;
+    t[HYPHEN as usize * 5 + DOT as usize] = true;
+    t[DOT as usize * 5 + HYPHEN as usize] = true;
+    t
+};
+
 /// One pass over a host that is not an IPv6 reference: digits and dots only (an IPv4
 /// address to check), a valid `hostname` (`*( domainlabel "." ) toplabel [ "." ]`, with `_`
-/// tolerated since real deployments use it), or neither.
+/// tolerated since real deployments use it), or neither. Table-driven and branch-free per
+/// byte: the verdict is read at the end.
 fn classify(s: &str) -> HostKind {
     let b = s.strip_suffix('.').unwrap_or(s).as_bytes();
     if b.is_empty() || b.len() > 255 {
         return HostKind::Invalid;
     }
-    let mut prev = b'.';
-    let mut numeric = true;
+    let mut prev = DOT;
+    let mut bad = false;
+    let mut name = false;
     for &c in b {
-        match c {
-            b'.' if prev == b'.' || prev == b'-' => return HostKind::Invalid,
-            b'-' if prev == b'.' => return HostKind::Invalid,
-            b'.' => {}
-            b'0'..=b'9' => {}
-            b'-' | b'_' => numeric = false,
-            c if c.is_ascii_alphabetic() => numeric = false,
-            _ => return HostKind::Invalid,
-        }
-        prev = c;
+        let class = HOST_CLASS[usize::from(c)];
+        bad |= BAD_PAIR[usize::from(prev) * 5 + usize::from(class)];
+        name |= class == LETTER || class == HYPHEN;
+        prev = class;
     }
-    if prev == b'-' {
+    if bad || prev == HYPHEN {
         HostKind::Invalid
-    } else if numeric {
-        HostKind::Numeric
-    } else {
+    } else if name {
         HostKind::Name
+    } else {
+        HostKind::Numeric
     }
 }
 

@@ -42,6 +42,7 @@ impl<'a> AuthParams<'a> {
 
 /// Reads one `auth-param` at the cursor: name, raw value, and the value ready for use when it
 /// needed no unquoting work.
+#[inline]
 fn next_auth_param<'a>(c: &mut Cursor<'a>) -> SResult<(&'a str, &'a str, Option<&'a str>)> {
     let Some(name) = c.token() else {
         return bad("invalid auth parameter name");
@@ -63,6 +64,27 @@ fn next_auth_param<'a>(c: &mut Cursor<'a>) -> SResult<(&'a str, &'a str, Option<
         Some(t)
     };
     Ok((name, c.slice(start, c.pos()), ready))
+}
+
+/// Reads `auth-param *( COMMA auth-param )` to the end of the cursor, handing each
+/// parameter to `each` (see [`next_auth_param`]).
+#[inline]
+fn auth_params<'a>(
+    c: &mut Cursor<'a>,
+    mut each: impl FnMut(&'a str, &'a str, Option<&'a str>),
+) -> SResult<()> {
+    loop {
+        let (name, value, ready) = next_auth_param(c)?;
+        each(name, value, ready);
+        c.skip_ws();
+        if c.at_end() {
+            return Ok(());
+        }
+        if !c.eat(b',') {
+            return bad("expected , between auth parameters");
+        }
+        c.skip_ws();
+    }
 }
 
 static AUTH_VALUE: [bool; 256] = crate::lex::class(true, b"-.!%*_+`'~/=");
@@ -192,26 +214,20 @@ impl<'a> DigestCredentials<'a> {
         if !c.skip_ws() {
             return bad("missing white space after auth scheme");
         }
-        let digest = scheme.eq_ignore_ascii_case("Digest");
-        let mut d = DigestCredentials::default();
-        // One pass: param, then `,` or the end.
-        loop {
-            let (name, value, ready) = next_auth_param(&mut c)?;
-            if digest {
+        // One pass: each parameter, then `,` or the end. Another scheme's parameters are
+        // checked the same way, and nothing is kept.
+        let mut d = scheme
+            .eq_ignore_ascii_case("Digest")
+            .then(DigestCredentials::default);
+        auth_params(&mut c, |name, value, ready| {
+            if let Some(d) = &mut d {
                 d.set(name, value, ready);
             }
-            c.skip_ws();
-            if c.at_end() {
-                break;
-            }
-            if !c.eat(b',') {
-                return bad("expected , between auth parameters");
-            }
-            c.skip_ws();
-        }
-        Ok(digest.then_some(d))
+        })?;
+        Ok(d)
     }
 
+    #[inline]
     fn set(&mut self, name: &str, value: &'a str, ready: Option<&'a str>) {
         let n = name.as_bytes();
         let slot = match (n.len(), n.first().map_or(0, |c| c | 0x20)) {

@@ -66,6 +66,64 @@ fn escaped_run(b: &[u8], from: usize, ok: impl Fn(u8) -> bool) -> usize {
     i
 }
 
+/// User, password and what follows the `@` (or all of it when there is no userinfo).
+type UserInfo<'a> = (Option<&'a str>, Option<&'a str>, &'a str);
+
+/// Reads the userinfo of `s` (after `sip:`) in one forward pass: user characters, an
+/// optional `:` and password, then `@`. `None` when the pass cannot decide (an invalid
+/// character or escape, an empty user), for [`userinfo_checked`] to give the verdict; when it
+/// reaches the end without `@` there is no userinfo, since neither class admits `@`.
+#[inline]
+fn userinfo_scan(s: &str) -> Option<UserInfo<'_>> {
+    let b = s.as_bytes();
+    let user_end = escaped_run(b, 0, is_user_char);
+    match b.get(user_end) {
+        None => Some((None, None, s)),
+        Some(b'@') if user_end > 0 => Some((s.get(..user_end), None, s.get(user_end + 1..)?)),
+        Some(b':') if user_end > 0 => {
+            let pass_end = escaped_run(b, user_end + 1, is_password_char);
+            match b.get(pass_end) {
+                None => Some((None, None, s)),
+                Some(b'@') => Some((
+                    s.get(..user_end),
+                    s.get(user_end + 1..pass_end),
+                    s.get(pass_end + 1..)?,
+                )),
+                Some(_) => None,
+            }
+        }
+        Some(_) => None,
+    }
+}
+
+/// Splits off and checks the userinfo of `s` (after `sip:`): everything before the first
+/// `@`, user and password split at the first `:`.
+fn userinfo_checked(s: &str) -> SResult<UserInfo<'_>> {
+    let (userinfo, rest) = match memchr::memchr(b'@', s.as_bytes()) {
+        Some(at) => (s.get(..at), s.get(at + 1..).unwrap_or("")),
+        None => (None, s),
+    };
+    let (user, password) = match userinfo {
+        None => (None, None),
+        Some(ui) => {
+            let (u, p) = match memchr::memchr(b':', ui.as_bytes()) {
+                Some(i) => (ui.get(..i).unwrap_or(""), ui.get(i + 1..)),
+                None => (ui, None),
+            };
+            if u.is_empty() || !check_escaped(u, is_user_char) {
+                return bad("invalid user part in SIP URI");
+            }
+            if let Some(p) = p {
+                if !check_escaped(p, is_password_char) {
+                    return bad("invalid password in SIP URI");
+                }
+            }
+            (Some(u), p)
+        }
+    };
+    Ok((user, password, rest))
+}
+
 /// `hnv-unreserved / unreserved / escaped`
 fn is_header_char(b: u8) -> bool {
     HEADER[b as usize]
@@ -74,27 +132,9 @@ fn is_header_char(b: u8) -> bool {
 impl<'a> SipUri<'a> {
     /// Parses what follows `sip:` / `sips:`.
     pub(crate) fn parse_parts(secure: bool, s: &'a str) -> SResult<SipUri<'a>> {
-        let (userinfo, rest) = match memchr::memchr(b'@', s.as_bytes()) {
-            Some(at) => (s.get(..at), s.get(at + 1..).unwrap_or("")),
-            None => (None, s),
-        };
-        let (user, password) = match userinfo {
-            None => (None, None),
-            Some(ui) => {
-                let (u, p) = match memchr::memchr(b':', ui.as_bytes()) {
-                    Some(i) => (ui.get(..i).unwrap_or(""), ui.get(i + 1..)),
-                    None => (ui, None),
-                };
-                if u.is_empty() || !check_escaped(u, is_user_char) {
-                    return bad("invalid user part in SIP URI");
-                }
-                if let Some(p) = p {
-                    if !check_escaped(p, is_password_char) {
-                        return bad("invalid password in SIP URI");
-                    }
-                }
-                (Some(u), p)
-            }
+        let (user, password, rest) = match userinfo_scan(s) {
+            Some(found) => found,
+            None => userinfo_checked(s)?,
         };
         // hostport: an IPv6 reference runs to its ']'.
         let host_end = if rest.starts_with('[') {
