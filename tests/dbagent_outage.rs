@@ -5,8 +5,9 @@
 //!
 //! The calls: a SIPp caller (`uac_call_auth.xml`: INVITE, 407, INVITE with credentials,
 //! 180, 200, ACK, BYE, one UDP socket per call so they spread over both UDP workers) to a
-//! SIPp callee registered with sipcraft (`uas_register.xml` + `uas_answer.xml`), both
-//! extensions in PostgreSQL. The caller runs until the test has seen the outage through,
+//! SIPp callee registered with sipcraft (`uas_register.xml` + `uas_answer_retrans.xml`, which
+//! absorbs the INVITE and ACK retransmissions a stalled machine causes), both extensions in
+//! PostgreSQL. The caller runs until the test has seen the outage through,
 //! then stops placing calls (SIGUSR1) and finishes those in flight.
 
 mod common;
@@ -44,7 +45,7 @@ impl CallLoad {
             Transport::Udp,
             callee,
             &format!("pw{callee}"),
-            "uas_answer.xml",
+            "uas_answer_retrans.xml",
         );
         sipp::wait_bindings(server, bindings as u64 + 1);
         let caller_sipp = SippCmd::new("caller", "uac_call_auth.xml", server.udp_addr())
@@ -173,8 +174,16 @@ fn assert_call_records_once(
                 .collect::<Vec<_>>()
                 .join("\n")
         });
+        let incomplete = pg
+            .try_psql(
+                "SELECT id, call_id, started_at, answered_at, ended_at, final_status, reason, \
+                 worker, seq FROM call_records \
+                 WHERE answered_at IS NULL OR ended_at IS NULL ORDER BY started_at LIMIT 10",
+            )
+            .unwrap_or_else(|e| e);
         format!(
-            "{} of {n} calls have no row; the first: {lacking:?}\nits log lines:\n{}\n{}",
+            "{} of {n} calls have no row; the first: {lacking:?}\nits log lines:\n{}\n\
+             incomplete rows (no answer or no end):\n{incomplete}\n{}",
             answered.difference(&rows).count(),
             first.unwrap_or_default(),
             log_tail(server, 40)
