@@ -59,10 +59,26 @@ pub fn peek_len(buf: &[u8], max: usize) -> Result<Option<usize>, CodecError> {
     Ok(Some(len))
 }
 
+/// True when `bytes` is a sequence of whole frames, each within `max`.
+pub fn whole_frames(mut bytes: &[u8], max: usize) -> bool {
+    while !bytes.is_empty() {
+        match peek_len(bytes, max) {
+            Ok(Some(len)) if bytes.len() >= HEADER_LEN + len => bytes = &bytes[HEADER_LEN + len..],
+            _ => return false,
+        }
+    }
+    true
+}
+
 /// Incremental decoder for a byte stream: push bytes in, take whole messages out.
+///
+/// Frames are taken from a read position that moves forward; the bytes before it are dropped
+/// only when new bytes are pushed, so taking every frame of one large read costs no copying.
 #[derive(Debug)]
 pub struct Decoder {
     buf: Vec<u8>,
+    /// Start of the first frame not yet taken.
+    start: usize,
     max: usize,
 }
 
@@ -70,6 +86,7 @@ impl Decoder {
     pub fn new(max: usize) -> Self {
         Decoder {
             buf: Vec::new(),
+            start: 0,
             max,
         }
     }
@@ -77,27 +94,36 @@ impl Decoder {
     /// Appends received bytes. Fails if the pending frame announces a body over the limit;
     /// the connection must then be closed (the stream cannot be resynchronised).
     pub fn push(&mut self, bytes: &[u8]) -> Result<(), CodecError> {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
         self.buf.extend_from_slice(bytes);
         peek_len(&self.buf, self.max).map(|_| ())
     }
 
     /// Takes the next whole message, if one has arrived.
     pub fn take<T: DeserializeOwned>(&mut self) -> Result<Option<T>, CodecError> {
-        let Some(len) = peek_len(&self.buf, self.max)? else {
+        let pending = &self.buf[self.start..];
+        let Some(len) = peek_len(pending, self.max)? else {
             return Ok(None);
         };
         let end = HEADER_LEN + len;
-        if self.buf.len() < end {
+        if pending.len() < end {
             return Ok(None);
         }
-        let msg = postcard::from_bytes(&self.buf[HEADER_LEN..end]).map_err(CodecError::Decode);
-        self.buf.drain(..end);
+        let msg = postcard::from_bytes(&pending[HEADER_LEN..end]).map_err(CodecError::Decode);
+        self.start += end;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
         msg.map(Some)
     }
 
     /// Bytes received but not yet taken as a message.
     pub fn pending(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.start
     }
 }
 
@@ -139,6 +165,37 @@ mod tests {
                 Probe::Pair { a: 300, b: true }
             ]
         );
+        assert_eq!(dec.pending(), 0);
+    }
+
+    #[test]
+    fn every_frame_of_one_push_is_taken_before_the_next_push() {
+        let mut wire = Vec::new();
+        for i in 0..100u32 {
+            encode_into(
+                &Probe::Pair {
+                    a: i,
+                    b: i % 2 == 0,
+                },
+                &mut wire,
+                MAX_FRAME,
+            )
+            .unwrap();
+        }
+        // Two pushes that split a frame in the middle.
+        let cut = wire.len() / 2 + 1;
+        let mut dec = Decoder::new(MAX_FRAME);
+        dec.push(&wire[..cut]).unwrap();
+        let mut got = Vec::new();
+        while let Some(Probe::Pair { a, .. }) = dec.take::<Probe>().unwrap() {
+            got.push(a);
+        }
+        assert!(dec.pending() > 0, "the cut frame waits for the rest");
+        dec.push(&wire[cut..]).unwrap();
+        while let Some(Probe::Pair { a, .. }) = dec.take::<Probe>().unwrap() {
+            got.push(a);
+        }
+        assert_eq!(got, (0..100).collect::<Vec<_>>());
         assert_eq!(dec.pending(), 0);
     }
 

@@ -8,7 +8,7 @@ use interprocess::local_socket::tokio::{prelude::*, Listener, Stream};
 use interprocess::local_socket::ListenerOptions;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::codec::{self, CodecError, Decoder, MAX_FRAME};
 
@@ -63,9 +63,22 @@ fn name_of(path: &Path) -> io::Result<interprocess::local_socket::Name<'_>> {
 }
 
 /// The reading side of a local-socket connection.
-pub type Reader = FrameReader<ReadHalf<Stream>>;
+pub type Reader = FrameReader<RecvHalf>;
 /// The writing side of a local-socket connection.
-pub type Writer = FrameWriter<WriteHalf<Stream>>;
+pub type Writer = FrameWriter<SendHalf>;
+
+/// On Unix, tokio's own halves of the socket: no lock between reader and writer, and a short
+/// read marks the socket drained, so a wake-up costs one `read(2)` instead of a second one
+/// that only says `EAGAIN`. Dropping the sending half shuts the socket down for writing, so
+/// the peer sees the end of the stream.
+#[cfg(unix)]
+type RecvHalf = tokio::net::unix::OwnedReadHalf;
+#[cfg(unix)]
+type SendHalf = tokio::net::unix::OwnedWriteHalf;
+#[cfg(not(unix))]
+type RecvHalf = tokio::io::ReadHalf<Stream>;
+#[cfg(not(unix))]
+type SendHalf = tokio::io::WriteHalf<Stream>;
 
 /// Starts listening at `path`, replacing a stale socket file left by a dead process.
 pub fn listen(path: &Path) -> Result<Listener, ConnError> {
@@ -102,11 +115,18 @@ pub async fn connect(path: &Path) -> Result<(Reader, Writer), ConnError> {
 }
 
 fn split(stream: Stream) -> (Reader, Writer) {
+    #[cfg(unix)]
+    let (rx, tx) = {
+        let Stream::UdSocket(stream) = stream;
+        tokio::net::UnixStream::from(stream).into_split()
+    };
+    #[cfg(not(unix))]
     let (rx, tx) = tokio::io::split(stream);
     (FrameReader::new(rx), FrameWriter::new(tx))
 }
 
-/// Reads whole frames from a byte stream.
+/// Reads whole frames from a byte stream: one read takes up to 64 KiB, and every frame in it
+/// is handed out before the next read.
 #[derive(Debug)]
 pub struct FrameReader<R> {
     inner: R,
@@ -167,6 +187,21 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub fn queue<T: Serialize>(&mut self, msg: &T) -> Result<(), ConnError> {
         codec::encode_into(msg, &mut self.buf, MAX_FRAME)?;
         Ok(())
+    }
+
+    /// Queues frames that are already encoded (each a length prefix and a body, as
+    /// [`codec::encode`] makes them), so one encoding can be written to many peers.
+    pub fn queue_encoded(&mut self, frames: &[u8]) {
+        debug_assert!(codec::whole_frames(frames, MAX_FRAME), "not whole frames");
+        self.buf.extend_from_slice(frames);
+    }
+
+    /// Writes everything queued, then `frames` (already encoded, as for
+    /// [`FrameWriter::queue_encoded`]) without copying them: for a large run of frames.
+    pub async fn send_encoded(&mut self, frames: &[u8]) -> Result<(), ConnError> {
+        debug_assert!(codec::whole_frames(frames, MAX_FRAME), "not whole frames");
+        self.flush().await?;
+        self.inner.write_all(frames).await.map_err(ConnError::Write)
     }
 
     /// Writes everything queued.
