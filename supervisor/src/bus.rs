@@ -5,10 +5,15 @@
 //! Nothing here waits on a slow child: updates go through a bounded broadcast channel, and a
 //! child that falls behind it is resynced from a fresh snapshot; direct messages to a child
 //! whose queue is full are dropped (SIP retransmits).
+//!
+//! Each numbered update is encoded once, as the whole `ToChild::Update` frame, and those bytes
+//! go to every child unchanged. A child's writer takes everything queued for it when it wakes
+//! (updates and direct messages) and writes it with one system call.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 
+use sipcraft_ipc::codec;
 use sipcraft_ipc::conn::{Reader, Writer};
 use sipcraft_ipc::state::{Replica, Update};
 use sipcraft_ipc::wire::{check_hello, Direct, Envelope, FromChild, Health, Role, ToChild};
@@ -20,6 +25,14 @@ const UPDATE_BACKLOG: usize = 16 * 1024;
 const HELD_MAX: usize = 10_000;
 /// Direct messages queued for one child.
 const DIRECT_QUEUE: usize = 4096;
+/// Bytes a child's writer gathers before it writes them, at most (it writes sooner when
+/// nothing more is queued).
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// A numbered update as every child receives it: the encoded `ToChild::Update` frame, shared.
+/// `None` when the update cannot travel as one frame (over the frame limit): every child then
+/// resyncs from a snapshot, which carries the state in parts.
+pub type UpdateFrame = Option<Arc<[u8]>>;
 
 /// What the writer task of one child sends.
 #[derive(Debug)]
@@ -37,7 +50,7 @@ pub type Welcome = (Box<sipcraft_config::Config>, Vec<u8>);
 type Subscription = (
     u64,
     Vec<sipcraft_ipc::state::SnapshotPart>,
-    broadcast::Receiver<(u64, Arc<Update>)>,
+    broadcast::Receiver<UpdateFrame>,
 );
 
 /// Events from child connections to the supervisor's main loop.
@@ -76,7 +89,7 @@ pub struct Hub {
 #[derive(Debug)]
 struct HubState {
     replica: Replica,
-    updates: broadcast::Sender<(u64, Arc<Update>)>,
+    updates: broadcast::Sender<UpdateFrame>,
 }
 
 impl Hub {
@@ -98,7 +111,9 @@ impl Hub {
         let seq = st.replica.seq() + 1;
         st.replica.apply_local(&update);
         st.replica.set_seq(seq);
-        let _ = st.updates.send((seq, Arc::new(update)));
+        if st.updates.receiver_count() > 0 {
+            let _ = st.updates.send(encode_update(seq, update));
+        }
         seq
     }
 
@@ -202,6 +217,17 @@ impl Hub {
     }
 }
 
+/// The frame of update `seq`, encoded once for every child.
+fn encode_update(seq: u64, update: Update) -> UpdateFrame {
+    match codec::encode(&Envelope::new(ToChild::Update { seq, update })) {
+        Ok(frame) => Some(frame.into()),
+        Err(e) => {
+            tracing::warn!(seq, error = %e, "update does not fit in one frame; every child resyncs from a snapshot");
+            None
+        }
+    }
+}
+
 /// Serves one child connection from hello to close.
 pub async fn serve(
     hub: Arc<Hub>,
@@ -297,72 +323,271 @@ pub async fn serve(
     let _ = events.send(BusEvent::Left { name, link });
 }
 
+/// What woke a child's writer.
+enum Wake {
+    Direct(Outgoing),
+    Update(Result<UpdateFrame, broadcast::error::RecvError>),
+}
+
+/// Writes to one child: a snapshot first, then updates and direct messages. Each wake-up
+/// takes everything queued and writes it at once.
 async fn write_loop(
     hub: Arc<Hub>,
     mut writer: Writer,
     mut direct: mpsc::Receiver<Outgoing>,
     name: String,
 ) {
-    let mut updates = match send_snapshot(&hub, &mut writer).await {
-        Some(rx) => rx,
-        None => return,
+    let Some(mut updates) = send_snapshot(&hub, &mut writer).await else {
+        return;
     };
     loop {
-        let msg = tokio::select! {
+        let first = tokio::select! {
             biased;
             out = direct.recv() => match out {
-                Some(Outgoing::Msg(msg)) => *msg,
-                Some(Outgoing::Resync) => {
-                    match send_snapshot(&hub, &mut writer).await {
-                        Some(rx) => updates = rx,
-                        None => return,
-                    }
-                    continue;
-                }
+                Some(out) => Wake::Direct(out),
                 None => return,
             },
-            update = updates.recv() => match update {
-                Ok((seq, update)) => ToChild::Update { seq, update: (*update).clone() },
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    tracing::warn!(%name, missed, "child fell behind the update stream; resyncing it from a snapshot");
-                    match send_snapshot(&hub, &mut writer).await {
-                        Some(rx) => updates = rx,
-                        None => return,
-                    }
-                    continue;
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
-            },
+            update = updates.recv() => Wake::Update(update),
         };
-        if writer.send(&Envelope::new(msg)).await.is_err() {
+        let mut next = Some(first);
+        while let Some(wake) = next {
+            let resync = match wake {
+                Wake::Direct(Outgoing::Msg(msg)) => {
+                    if let Err(e) = writer.queue(&Envelope::new(*msg)) {
+                        tracing::error!(%name, error = %e, "dropping a message that cannot be encoded");
+                    }
+                    false
+                }
+                Wake::Direct(Outgoing::Resync) => true,
+                Wake::Update(Ok(Some(frame))) => {
+                    writer.queue_encoded(&frame);
+                    false
+                }
+                Wake::Update(Ok(None)) => true,
+                Wake::Update(Err(broadcast::error::RecvError::Lagged(missed))) => {
+                    tracing::warn!(%name, missed, "child fell behind the update stream; resyncing it from a snapshot");
+                    true
+                }
+                Wake::Update(Err(broadcast::error::RecvError::Closed)) => return,
+            };
+            if resync {
+                // What is queued goes first; the snapshot replaces the update stream.
+                match send_snapshot(&hub, &mut writer).await {
+                    Some(rx) => updates = rx,
+                    None => return,
+                }
+            }
+            next = if writer.queued() < BATCH_BYTES {
+                take_queued(&mut direct, &mut updates)
+            } else {
+                None
+            };
+        }
+        if writer.flush().await.is_err() {
             return;
         }
     }
 }
 
-async fn send_snapshot(
-    hub: &Hub,
-    writer: &mut Writer,
-) -> Option<broadcast::Receiver<(u64, Arc<Update>)>> {
-    let (seq, parts, rx) = hub.subscribe();
-    writer
-        .queue(&Envelope::new(ToChild::SnapshotBegin { seq }))
-        .ok()?;
-    for part in parts {
-        writer.queue(&Envelope::new(ToChild::Snapshot(part))).ok()?;
-        if writer.queued() > 1 << 20 {
-            writer.flush().await.ok()?;
-        }
+/// Something already queued for a child, without waiting: direct messages first.
+fn take_queued(
+    direct: &mut mpsc::Receiver<Outgoing>,
+    updates: &mut broadcast::Receiver<UpdateFrame>,
+) -> Option<Wake> {
+    use broadcast::error::{RecvError, TryRecvError};
+    if let Ok(out) = direct.try_recv() {
+        return Some(Wake::Direct(out));
     }
-    writer.queue(&Envelope::new(ToChild::SnapshotEnd)).ok()?;
-    writer.flush().await.ok()?;
+    match updates.try_recv() {
+        Ok(frame) => Some(Wake::Update(Ok(frame))),
+        Err(TryRecvError::Empty) => None,
+        Err(TryRecvError::Lagged(missed)) => Some(Wake::Update(Err(RecvError::Lagged(missed)))),
+        Err(TryRecvError::Closed) => Some(Wake::Update(Err(RecvError::Closed))),
+    }
+}
+
+/// Writes a snapshot after whatever is queued, and returns the updates that follow it. The
+/// copy and its encoding are made off the runtime's thread: with 100,000 extensions they take
+/// tens of milliseconds, which the other children's traffic must not wait for.
+async fn send_snapshot(
+    hub: &Arc<Hub>,
+    writer: &mut Writer,
+) -> Option<broadcast::Receiver<UpdateFrame>> {
+    let hub = hub.clone();
+    let encoded = tokio::task::spawn_blocking(move || {
+        let (seq, parts, rx) = hub.subscribe();
+        let mut out = Vec::new();
+        let mut put =
+            |msg: ToChild| codec::encode_into(&Envelope::new(msg), &mut out, codec::MAX_FRAME);
+        put(ToChild::SnapshotBegin { seq })?;
+        for part in parts {
+            put(ToChild::Snapshot(part))?;
+        }
+        put(ToChild::SnapshotEnd)?;
+        Ok::<_, codec::CodecError>((out, rx))
+    })
+    .await;
+    let (bytes, rx) = match encoded {
+        Ok(Ok(done)) => done,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "could not encode a snapshot");
+            return None;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "snapshot task failed");
+            return None;
+        }
+    };
+    writer.send_encoded(&bytes).await.ok()?;
     Some(rx)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sipcraft_ipc::wire::CallRecord;
+    use sipcraft_config::{Extension, Secret};
+    use sipcraft_ipc::child::{self, LinkEvent};
+    use sipcraft_ipc::conn;
+    use sipcraft_ipc::wire::{CallRecord, Hello};
+    use std::time::Duration;
+
+    fn extension(number: usize, name_len: usize) -> Extension {
+        Extension {
+            number: number.to_string(),
+            name: Some("n".repeat(name_len)),
+            secret: Secret::Password("pw".into()),
+            enabled: true,
+            auth_algorithms: None,
+        }
+    }
+
+    /// A hub on a bus socket in `dir`, whose main loop accepts every child.
+    fn start_hub(dir: &std::path::Path) -> (Arc<Hub>, std::path::PathBuf) {
+        let config = sipcraft_config::parse(
+            "[server]\ndomain = \"bus.test\"\nruntime_dir = \"rt\"\nstate_dir = \"st\"\n\
+             [[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:5060\"\n",
+            &dir.join("test.toml"),
+        )
+        .expect("test config");
+        let hub = Hub::new();
+        let path = conn::endpoint(dir, "bus");
+        let listener = conn::listen(&path).expect("listen");
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(ev) = events.recv().await {
+                if let BusEvent::Joined { reply, .. } = ev {
+                    let _ = reply.send(Ok((Box::new(config.clone()), vec![7; 32])));
+                }
+            }
+        });
+        let accepting = hub.clone();
+        tokio::spawn(async move {
+            while let Ok((reader, writer)) = conn::accept(&listener).await {
+                tokio::spawn(serve(accepting.clone(), reader, writer, events_tx.clone()));
+            }
+        });
+        (hub, path)
+    }
+
+    async fn next_event(link: &mut child::Link) -> LinkEvent {
+        tokio::time::timeout(Duration::from_secs(20), link.events.recv())
+            .await
+            .expect("an event within 20 s")
+            .expect("link open")
+    }
+
+    #[tokio::test]
+    async fn updates_arrive_in_order_and_one_too_big_for_a_frame_resyncs_every_child() {
+        let dir = tempfile::tempdir().unwrap();
+        let (hub, bus) = start_hub(dir.path());
+        hub.publish(Update::ExtensionUpserted(extension(1, 1)));
+        let mut link = child::join(&bus, Role::Worker, "udp-0", true)
+            .await
+            .unwrap();
+        assert_eq!(link.replica.read().unwrap().seq(), 1);
+        for n in 2..=300 {
+            hub.publish(Update::ExtensionUpserted(extension(n, 1)));
+        }
+        for want in 2..=300 {
+            match next_event(&mut link).await {
+                LinkEvent::Applied { seq, .. } => assert_eq!(seq, want),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        // Over the 4 MiB frame limit: it cannot go out as one update, so a snapshot carries it.
+        let all: Vec<Extension> = (0..30_000).map(|n| extension(n, 150)).collect();
+        let big = hub.publish(Update::ExtensionsReplaced(all));
+        match next_event(&mut link).await {
+            LinkEvent::Resynced { seq } => assert_eq!(seq, big),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(link.replica.read().unwrap().extension_count(), 30_000);
+        hub.publish(Update::ExtensionDeleted("5".into()));
+        match next_event(&mut link).await {
+            LinkEvent::Applied { seq, .. } => assert_eq!(seq, big + 1),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    async fn recv(reader: &mut conn::Reader) -> ToChild {
+        tokio::time::timeout(Duration::from_secs(20), reader.recv::<Envelope<ToChild>>())
+            .await
+            .expect("a frame within 20 s")
+            .unwrap()
+            .expect("open")
+            .body
+    }
+
+    #[tokio::test]
+    async fn a_child_that_stops_reading_never_slows_the_hub_and_is_resynced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (hub, bus) = start_hub(dir.path());
+        let (mut reader, mut writer) = conn::connect(&bus).await.unwrap();
+        writer
+            .send(&Envelope::new(FromChild::Hello(Hello::new(
+                Role::Worker,
+                "udp-0",
+            ))))
+            .await
+            .unwrap();
+        assert!(matches!(recv(&mut reader).await, ToChild::Welcome { .. }));
+        assert!(matches!(
+            recv(&mut reader).await,
+            ToChild::SnapshotBegin { seq: 0 }
+        ));
+        assert!(matches!(recv(&mut reader).await, ToChild::SnapshotEnd));
+        // The child reads nothing while far more updates than the backlog are published; the
+        // hub's writer fills the socket and then waits, the publisher never does.
+        let total = (UPDATE_BACKLOG * 3) as u64;
+        for n in 0..total {
+            hub.publish(Update::ExtensionUpserted(extension(n as usize % 1000, 100)));
+            if n % 256 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        // Now it reads: updates in order, a snapshot, and the stream ends at `total`.
+        let mut replica = Replica::new();
+        let mut snapshots = 0;
+        let mut in_snapshot = false;
+        while replica.seq() < total || in_snapshot {
+            match recv(&mut reader).await {
+                ToChild::SnapshotBegin { seq } => {
+                    snapshots += 1;
+                    in_snapshot = true;
+                    replica = Replica::from_snapshot(seq, []);
+                }
+                ToChild::Snapshot(part) => replica.absorb(&part),
+                ToChild::SnapshotEnd => in_snapshot = false,
+                ToChild::Update { seq, update } => replica.apply(seq, &update).unwrap(),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(
+            snapshots >= 1,
+            "the lagging child was resynced from a snapshot"
+        );
+        assert_eq!(replica.extension_count(), 1000);
+    }
 
     fn record(id: &str) -> Direct {
         Direct::CallRecord(CallRecord {
