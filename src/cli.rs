@@ -82,8 +82,11 @@ pub fn run_supervisor(config: &Path) -> ExitCode {
         }
     }
     crate::logging::init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: the supervisor's work is small and comes in bursts (a frame in, the same
+    // frame out to every child), and handing it between threads cost more context switches
+    // than the work itself. What could block (a snapshot, reading the configuration on
+    // reload) runs on tokio's blocking pool; spawning runs on its own thread.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .thread_name("supervisor")
         .enable_all()
         .build()

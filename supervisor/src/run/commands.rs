@@ -11,11 +11,11 @@ use crate::children::{Backoff, Kind};
 use crate::process;
 
 impl Supervisor {
-    pub(super) fn on_control(&mut self, request: ControlRequest) -> ControlResponse {
+    pub(super) async fn on_control(&mut self, request: ControlRequest) -> ControlResponse {
         match request {
             ControlRequest::Status => ControlResponse::Status(self.status()),
             ControlRequest::Restart { name } => self.restart(&name),
-            ControlRequest::Reload => match self.reload() {
+            ControlRequest::Reload => match self.reload().await {
                 Ok(msg) => ControlResponse::Done(msg),
                 Err(msg) => ControlResponse::Failed(msg),
             },
@@ -92,15 +92,20 @@ impl Supervisor {
 
     /// Re-reads the configuration file; applies what can change live. Keeps running on the
     /// old configuration when the new one is not valid.
-    pub(super) fn reload(&mut self) -> Result<String, String> {
+    pub(super) async fn reload(&mut self) -> Result<String, String> {
         self.notifier.reloading();
-        let result = self.reload_inner();
+        let result = self.reload_inner().await;
         self.notifier.ready();
         result
     }
 
-    pub(super) fn reload_inner(&mut self) -> Result<String, String> {
-        let new = match sipcraft_config::load(&self.config_path) {
+    pub(super) async fn reload_inner(&mut self) -> Result<String, String> {
+        // Reading and checking a file of 100,000 extensions takes a while: off the runtime's
+        // thread, which carries the bus.
+        let path = self.config_path.clone();
+        let loaded = tokio::task::spawn_blocking(move || sipcraft_config::load(&path)).await;
+        let loaded = loaded.map_err(|e| format!("could not read the configuration: {e}"))?;
+        let new = match loaded {
             Ok(c) => c,
             Err(problems) => {
                 for p in problems.iter() {

@@ -249,7 +249,7 @@ impl Supervisor {
                 Some(exit) = exits.recv() => self.on_exit(exit),
                 Some(ev) = bus_events.recv() => self.on_bus(ev),
                 Some(ev) = ctl_events.recv() => {
-                    let response = self.on_control(ev.request);
+                    let response = self.on_control(ev.request).await;
                     let _ = ev.reply.send(response);
                 }
                 sig = signals.next() => match sig {
@@ -260,7 +260,7 @@ impl Supervisor {
                     Sig::Stop => self.begin_stop("signal"),
                     #[cfg(unix)]
                     Sig::Reload => {
-                        let _ = self.reload();
+                        let _ = self.reload().await;
                     }
                 },
                 () = &mut stop, if !stop_requested => {
