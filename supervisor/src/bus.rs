@@ -12,6 +12,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use sipcraft_ipc::codec;
 use sipcraft_ipc::conn::{Reader, Writer};
@@ -28,6 +29,11 @@ const DIRECT_QUEUE: usize = 4096;
 /// Bytes a child's writer gathers before it writes them, at most (it writes sooner when
 /// nothing more is queued).
 const BATCH_BYTES: usize = 256 * 1024;
+
+/// The dbagent persists what it receives and is in no hurry: its writer lets this much
+/// traffic gather before writing, so the dbagent wakes once for many updates, not for each.
+/// (Workers get every frame at once: replication and SIP hand-offs are on the call path.)
+const DBAGENT_GATHER: Duration = Duration::from_millis(10);
 
 /// A numbered update as every child receives it: the encoded `ToChild::Update` frame, shared.
 /// `None` when the update cannot travel as one frame (over the frame limit): every child then
@@ -283,7 +289,17 @@ pub async fn serve(
         return;
     }
     hub.set_route(&name, Some(link.clone()));
-    let write_task = tokio::spawn(write_loop(hub.clone(), writer, direct, name.clone()));
+    let gather = match hello.role {
+        Role::DbAgent => DBAGENT_GATHER,
+        _ => Duration::ZERO,
+    };
+    let write_task = tokio::spawn(write_loop(
+        hub.clone(),
+        writer,
+        direct,
+        name.clone(),
+        gather,
+    ));
 
     loop {
         let msg = match reader.recv::<Envelope<FromChild>>().await {
@@ -330,12 +346,13 @@ enum Wake {
 }
 
 /// Writes to one child: a snapshot first, then updates and direct messages. Each wake-up
-/// takes everything queued and writes it at once.
+/// takes everything queued (after waiting `gather` for more) and writes it at once.
 async fn write_loop(
     hub: Arc<Hub>,
     mut writer: Writer,
     mut direct: mpsc::Receiver<Outgoing>,
     name: String,
+    gather: Duration,
 ) {
     let Some(mut updates) = send_snapshot(&hub, &mut writer).await else {
         return;
@@ -349,6 +366,9 @@ async fn write_loop(
             },
             update = updates.recv() => Wake::Update(update),
         };
+        if !gather.is_zero() {
+            tokio::time::sleep(gather).await;
+        }
         let mut next = Some(first);
         while let Some(wake) = next {
             let resync = match wake {
@@ -449,7 +469,6 @@ mod tests {
     use sipcraft_ipc::child::{self, LinkEvent};
     use sipcraft_ipc::conn;
     use sipcraft_ipc::wire::{CallRecord, Hello};
-    use std::time::Duration;
 
     fn extension(number: usize, name_len: usize) -> Extension {
         Extension {
