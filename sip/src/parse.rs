@@ -1,11 +1,14 @@
 //! Reading a buffer into a [`Message`]: start line, one pass over the header lines, and
 //! Content-Length framing of the body (RFC 3261 §7, §18.3).
 
+use std::sync::LazyLock;
+
 use memchr::memchr2;
+use memchr::memmem::Finder;
 
 use crate::error::ParseError;
 use crate::header::parse_content_length;
-use crate::lex::{is_token_str, trim_ws};
+use crate::lex::{is_token, is_token_str, trim_ws};
 use crate::limits::Limits;
 use crate::message::{Header, Message, RequestLine, StartLine, StatusLine, Version};
 use crate::method::Method;
@@ -39,14 +42,236 @@ pub(crate) fn parse_lenient<'a>(
     if buf.is_empty() {
         return Err(ParseError::Empty);
     }
-    let mut fault = (buf.len() > limits.max_message_size).then_some(ParseError::TooLarge);
+    let too_large = (buf.len() > limits.max_message_size).then_some(ParseError::TooLarge);
+    let (msg, body_fault) = match read_head_fast(buf, limits) {
+        Some(head) => {
+            #[cfg(debug_assertions)]
+            check_fast_read(buf, limits, &head);
+            head.finish(buf)
+        }
+        None => read_head_checked(buf, limits)?.finish(buf),
+    };
+    Ok((msg, too_large.or(body_fault)))
+}
 
+/// In debug builds (the tests, and fuzzing with `-a`), every head read the fast way is read
+/// again the checked way: the two must agree.
+#[cfg(debug_assertions)]
+fn check_fast_read(buf: &[u8], limits: &Limits, fast: &Head<'_>) {
+    let checked = read_head_checked(buf, limits);
+    assert!(
+        checked.as_ref().is_ok_and(|c| c.same_as(fast)),
+        "fast and checked readers disagree on {:?}: {:?}",
+        String::from_utf8_lossy(buf),
+        checked.err()
+    );
+}
+
+/// Start line and indexed header lines, before the body is cut out.
+struct Head<'a> {
+    start: StartLine<'a>,
+    start_fault: Option<&'static str>,
+    start_line_len: usize,
+    index: Index<'a>,
+    head_len: usize,
+    body_start: usize,
+}
+
+/// The header lines, the table of first occurrences and counts of known names, and the
+/// Content-Length read on the way (`Err` when unreadable or conflicting).
+struct Index<'a> {
+    headers: Vec<Header<'a>>,
+    first: [u16; KNOWN],
+    count: [u8; KNOWN],
+    content_length: Option<Result<usize, ()>>,
+}
+
+impl<'a> Index<'a> {
+    fn new() -> Self {
+        Index {
+            // Fourteen lines hold a typical request and keep the allocation within the
+            // small-size caches of common allocators (under 1 KiB).
+            headers: Vec::with_capacity(14),
+            first: [0; KNOWN],
+            count: [0; KNOWN],
+            content_length: None,
+        }
+    }
+
+    /// Notes a header line's name in the tables (it is, or will be, line `i`).
+    fn note(&mut self, i: usize, name: HeaderName<'_>, value: &str) {
+        let Some(k) = name.index() else {
+            return;
+        };
+        if let (Some(f), Some(c)) = (self.first.get_mut(k), self.count.get_mut(k)) {
+            if *f == 0 {
+                *f = u16::try_from(i + 1).unwrap_or(u16::MAX);
+            }
+            *c = c.saturating_add(1);
+        }
+        if name == HeaderName::ContentLength {
+            let v = parse_content_length(value).map_err(|_| ());
+            self.content_length = match self.content_length {
+                Some(Ok(prev)) if v != Ok(prev) => Some(Err(())),
+                Some(Err(())) => Some(Err(())),
+                _ => Some(v),
+            };
+        }
+    }
+}
+
+impl<'a> Head<'a> {
+    #[cfg(debug_assertions)]
+    fn same_as(&self, other: &Head<'_>) -> bool {
+        self.start == other.start
+            && self.start_fault == other.start_fault
+            && self.start_line_len == other.start_line_len
+            && self.index.headers == other.index.headers
+            && self.index.first == other.index.first
+            && self.index.count == other.index.count
+            && self.index.content_length == other.index.content_length
+            && self.head_len == other.head_len
+            && self.body_start == other.body_start
+    }
+
+    /// Frames the body by Content-Length and builds the message, with the framing fault.
+    fn finish(self, buf: &'a [u8]) -> (Message<'a>, Option<ParseError>) {
+        let body_start = self.body_start;
+        let available = buf.len().saturating_sub(body_start);
+        let mut fault = None;
+        let body_len = match self.index.content_length {
+            None => available,
+            Some(Err(())) => {
+                fault = Some(ParseError::ContentLength);
+                0
+            }
+            Some(Ok(n)) if n > available => {
+                fault = Some(ParseError::BodyTruncated {
+                    declared: n,
+                    available,
+                });
+                available
+            }
+            Some(Ok(n)) => n,
+        };
+        let end = body_start + body_len;
+        let msg = Message {
+            buf: buf.get(..end).unwrap_or(buf),
+            start: self.start,
+            start_fault: self.start_fault,
+            start_line_len: self.start_line_len,
+            headers: self.index.headers,
+            first: self.index.first,
+            count: self.index.count,
+            head_len: self.head_len,
+            body: buf.get(body_start..end).unwrap_or_default(),
+        };
+        (msg, fault)
+    }
+}
+
+/// Reads the head of a well-formed message in one pass: CRLF line ends, each header a token
+/// name, optional SP/HTAB and a colon, every line valid UTF-8, all within the limits.
+/// `None` at the first thing out of the ordinary, for [`read_head_checked`] to find and
+/// name; when it returns a head, it is the one [`read_head_checked`] would return.
+fn read_head_fast<'a>(buf: &'a [u8], limits: &Limits) -> Option<Head<'a>> {
+    let head = utf8_head(buf)?;
+    let sl_end = memchr2(b'\r', b'\n', buf)?;
+    if buf.get(sl_end + 1) != Some(&b'\n') || buf.get(sl_end) != Some(&b'\r') {
+        return None;
+    }
+    let (start, start_fault) = parse_start_line(head.get(..sl_end)?).ok()?;
+    let mut index = Index::new();
+    let max_headers = limits.max_headers.min(usize::from(u16::MAX) - 1);
+    let mut pos = sl_end + 2;
+    let body_start = loop {
+        if pos > limits.max_head_size {
+            return None;
+        }
+        match buf.get(pos..pos + 2) {
+            None if pos == buf.len() => break pos,
+            Some(b"\r\n") => break pos + 2,
+            _ => {}
+        }
+        let rest = buf.get(pos..)?;
+        let name_len = rest.iter().position(|&b| !is_token(b))?;
+        let mut colon = pos + name_len;
+        while matches!(buf.get(colon), Some(b' ' | b'\t')) {
+            colon += 1;
+        }
+        if name_len == 0 || buf.get(colon) != Some(&b':') {
+            return None;
+        }
+        // The name and colon hold no CR or LF: the line end is searched from the colon.
+        let mut end = colon + 1;
+        loop {
+            end += memchr2(b'\r', b'\n', buf.get(end..)?)?;
+            if buf.get(end + 1) != Some(&b'\n') || buf.get(end) != Some(&b'\r') {
+                return None;
+            }
+            if !matches!(buf.get(end + 2), Some(b' ' | b'\t')) {
+                break;
+            }
+            end += 2;
+        }
+        if end - pos > limits.max_line_len || index.headers.len() >= max_headers {
+            return None;
+        }
+        // `head` may stop short of the real head (see `utf8_head`): then this gives up.
+        let raw_name = head.get(pos..pos + name_len)?;
+        let value = trim_ws(head.get(colon + 1..end)?);
+        let name = HeaderName::parse(raw_name);
+        index.note(index.headers.len(), name, value);
+        index.headers.push(Header {
+            name,
+            raw_name,
+            value,
+            line: (offset32(pos), offset32(end)),
+            colon: offset32(colon),
+        });
+        pos = end + 2;
+    };
+    let head_len = pos;
+    if head_len > limits.max_head_size {
+        return None;
+    }
+    Some(Head {
+        start,
+        start_fault,
+        start_line_len: sl_end,
+        index,
+        head_len,
+        body_start,
+    })
+}
+
+/// The longest prefix of `buf` known to be UTF-8 that covers the head when the head is
+/// UTF-8, checked in one call. A datagram-sized buffer is checked whole (cheaper than
+/// finding the empty line first); in a bigger one the head is found first, as it ends at
+/// the first CR LF CR LF when it is well formed.
+fn utf8_head(buf: &[u8]) -> Option<&str> {
+    const WHOLE: usize = 1500;
+    static EMPTY_LINE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\r\n\r\n"));
+    let scope = if buf.len() <= WHOLE {
+        buf
+    } else {
+        buf.get(..EMPTY_LINE.find(buf).map_or(buf.len(), |i| i + 2))?
+    };
+    match std::str::from_utf8(scope) {
+        Ok(text) => Some(text),
+        // A body that is not UTF-8: the valid prefix may still hold the whole head.
+        Err(e) => std::str::from_utf8(scope.get(..e.valid_up_to())?).ok(),
+    }
+}
+
+/// Reads the head of any message, checking everything and reporting the first fault in a
+/// fixed order: line structure and limits, then UTF-8, then the start line, then header
+/// names.
+fn read_head_checked<'a>(buf: &'a [u8], limits: &Limits) -> Result<Head<'a>, ParseError> {
     // Pass 1: walk the line ends (rejecting bare CR and LF) up to the empty line, or
     // (datagram) the end of the buffer, noting each header line's span and colon.
     let (sl_end, _) = line_end(buf, 0)?;
-    // Fourteen lines hold a typical request and keep the allocation within the small-size
-    // caches of common allocators (under 1 KiB).
-    let mut headers: Vec<Header<'a>> = Vec::with_capacity(14);
+    let mut index = Index::new();
     let max_headers = limits.max_headers.min(usize::from(u16::MAX) - 1);
     let mut pos = sl_end + 2;
     let (head_len, body_start) = loop {
@@ -71,7 +296,7 @@ pub(crate) fn parse_lenient<'a>(
         if end - pos > limits.max_line_len {
             return Err(ParseError::LineTooLong);
         }
-        if headers.len() >= max_headers {
+        if index.headers.len() >= max_headers {
             return Err(ParseError::TooManyHeaders);
         }
         let line = buf.get(pos..end).unwrap_or_default();
@@ -80,7 +305,7 @@ pub(crate) fn parse_lenient<'a>(
                 .iter()
                 .position(|&b| b == b':')
                 .ok_or(ParseError::HeaderLine)?;
-        headers.push(Header {
+        index.headers.push(Header {
             name: HeaderName::Other(""),
             raw_name: "",
             value: "",
@@ -97,9 +322,7 @@ pub(crate) fn parse_lenient<'a>(
     let (start, start_fault) = parse_start_line(head.get(..sl_end).ok_or(ParseError::StartLine)?)?;
 
     // Pass 2: names and values, the table of first occurrences, Content-Length.
-    let mut first = [0u16; KNOWN];
-    let mut count = [0u8; KNOWN];
-    let mut content_length: Option<Result<usize, ()>> = None;
+    let mut headers = std::mem::take(&mut index.headers);
     for (i, h) in headers.iter_mut().enumerate() {
         let (pos, colon, end) = (h.line.0 as usize, h.colon as usize, h.line.1 as usize);
         let raw_name = trim_end_sp(head.get(pos..colon).unwrap_or(""));
@@ -109,57 +332,20 @@ pub(crate) fn parse_lenient<'a>(
             return Err(ParseError::HeaderLine);
         }
         let value = trim_ws(head.get(colon + 1..end).unwrap_or(""));
-        if let Some(k) = name.index() {
-            if let (Some(f), Some(c)) = (first.get_mut(k), count.get_mut(k)) {
-                if *f == 0 {
-                    *f = u16::try_from(i + 1).unwrap_or(u16::MAX);
-                }
-                *c = c.saturating_add(1);
-            }
-            if name == HeaderName::ContentLength {
-                let v = parse_content_length(value).map_err(|_| ());
-                content_length = match content_length {
-                    Some(Ok(prev)) if v != Ok(prev) => Some(Err(())),
-                    Some(Err(())) => Some(Err(())),
-                    _ => Some(v),
-                };
-            }
-        }
+        index.note(i, name, value);
         h.name = name;
         h.raw_name = raw_name;
         h.value = value;
     }
-
-    // Body.
-    let available = buf.len().saturating_sub(body_start);
-    let body_len = match content_length {
-        None => available,
-        Some(Err(())) => {
-            fault = fault.or(Some(ParseError::ContentLength));
-            0
-        }
-        Some(Ok(n)) if n > available => {
-            fault = fault.or(Some(ParseError::BodyTruncated {
-                declared: n,
-                available,
-            }));
-            available
-        }
-        Some(Ok(n)) => n,
-    };
-    let end = body_start + body_len;
-    let msg = Message {
-        buf: buf.get(..end).unwrap_or(buf),
+    index.headers = headers;
+    Ok(Head {
         start,
         start_fault,
         start_line_len: sl_end,
-        headers,
-        first,
-        count,
+        index,
         head_len,
-        body: buf.get(body_start..end).unwrap_or_default(),
-    };
-    Ok((msg, fault))
+        body_start,
+    })
 }
 
 /// Trims SP and HTAB from the end (between a header name and its colon).
@@ -404,6 +590,52 @@ mod tests {
             parse(s.as_bytes(), &limits).err(),
             Some(ParseError::TooLarge)
         );
+    }
+
+    /// Every torture and regression message, and each of them with one byte changed to
+    /// something a parser must handle (or truncated there), under default and tight limits:
+    /// parsing never panics, so the fast reader agrees with the checked one (see
+    /// `check_fast_read`) wherever it reads a head.
+    #[test]
+    fn fast_and_checked_readers_agree() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+        let mut inputs = Vec::new();
+        for dir in ["torture/rfc4475", "torture/rfc5118", "regressions"] {
+            for entry in std::fs::read_dir(root.join(dir))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                inputs.extend(std::fs::read(entry.path()));
+            }
+        }
+        assert!(inputs.len() > 50, "test messages found");
+        let tight = Limits {
+            max_headers: 6,
+            max_line_len: 60,
+            max_head_size: 400,
+            max_message_size: 500,
+        };
+        let fast = inputs
+            .iter()
+            .filter(|m| read_head_fast(m, &Limits::default()).is_some())
+            .count();
+        assert!(fast > 40, "most test messages take the fast path ({fast})");
+        for input in &inputs {
+            for limits in [Limits::default(), tight] {
+                let _ = parse(input, &limits);
+                for at in 0..input.len().min(400) {
+                    let _ = parse(input.get(..at).unwrap_or_default(), &limits);
+                    for b in [b'\r', b'\n', b':', b' ', 0, 0xff] {
+                        let mut changed = input.clone();
+                        if let Some(c) = changed.get_mut(at) {
+                            *c = b;
+                        }
+                        let _ = parse(&changed, &limits);
+                    }
+                }
+            }
+        }
     }
 
     #[test]
