@@ -180,17 +180,23 @@ impl<'a> Message<'a> {
         &'s self,
         name: HeaderName<'s>,
     ) -> impl Iterator<Item = &'s Header<'a>> + 's {
-        let skip = match name.index() {
-            Some(k) => usize::from(self.first.get(k).copied().unwrap_or(0)).saturating_sub(1),
-            None => 0,
+        // A known name starts at its first line and stops after its last one (the count
+        // saturates, so a name with that many lines is followed to the end).
+        let (skip, take) = match name.index() {
+            Some(k) => (
+                usize::from(self.first.get(k).copied().unwrap_or(0)).saturating_sub(1),
+                match self.count.get(k).copied().unwrap_or(0) {
+                    u8::MAX => usize::MAX,
+                    n => usize::from(n),
+                },
+            ),
+            None => (0, usize::MAX),
         };
-        let present = name
-            .index()
-            .is_none_or(|k| self.first.get(k).is_some_and(|f| *f > 0));
         self.headers
             .iter()
             .skip(skip)
-            .filter(move |h| present && same_name(h.name, name))
+            .filter(move |h| same_name(h.name, name))
+            .take(take)
     }
 
     /// How many header lines carry this name.

@@ -99,7 +99,13 @@ fn is_auth_value_char(b: u8) -> bool {
 /// makes setting bit 0x20 of each byte of `name` an exact case fold.
 #[inline]
 fn is_name(name: &[u8], lower: &[u8]) -> bool {
-    name.len() == lower.len() && name.iter().zip(lower).all(|(a, b)| a | 0x20 == *b)
+    // No early exit: with `lower` known at each call the comparison unrolls branch-free.
+    name.len() == lower.len()
+        && name
+            .iter()
+            .zip(lower)
+            .fold(0, |diff, (a, b)| diff | ((a | 0x20) ^ b))
+            == 0
 }
 
 /// `auth-param-name EQUAL ( token / quoted-string )`
