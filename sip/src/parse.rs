@@ -8,7 +8,7 @@ use memchr::memmem::Finder;
 
 use crate::error::ParseError;
 use crate::header::parse_content_length;
-use crate::lex::{is_token, is_token_str, trim_ws};
+use crate::lex::{is_token, is_token_str, is_ws, trim_ws};
 use crate::limits::Limits;
 use crate::message::{Header, Message, RequestLine, StartLine, StatusLine, Version};
 use crate::method::Method;
@@ -99,6 +99,7 @@ impl<'a> Index<'a> {
     }
 
     /// Notes a header line's name in the tables (it is, or will be, line `i`).
+    #[inline]
     fn note(&mut self, i: usize, name: HeaderName<'_>, value: &str) {
         let Some(k) = name.index() else {
             return;
@@ -217,9 +218,18 @@ fn read_head_fast<'a>(buf: &'a [u8], limits: &Limits) -> Option<Head<'a>> {
         if end - pos > limits.max_line_len || index.headers.len() >= max_headers {
             return None;
         }
+        // The value without the white space (folds included) around it.
+        let mut value_start = colon + 1;
+        while value_start < end && buf.get(value_start).copied().is_some_and(is_ws) {
+            value_start += 1;
+        }
+        let mut value_end = end;
+        while value_end > value_start && buf.get(value_end - 1).copied().is_some_and(is_ws) {
+            value_end -= 1;
+        }
         // `head` may stop short of the real head (see `utf8_head`): then this gives up.
         let raw_name = head.get(pos..pos + name_len)?;
-        let value = trim_ws(head.get(colon + 1..end)?);
+        let value = head.get(value_start..value_end)?;
         let name = HeaderName::parse(raw_name);
         index.note(index.headers.len(), name, value);
         index.headers.push(Header {
