@@ -5,16 +5,16 @@
 //! copying updates one by one means a missed stretch (the dbagent was killed, or fell behind
 //! and was resynced from a snapshot) is caught up the same way as a single change.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
-use sipcraft_ipc::state::Binding;
+use sipcraft_ipc::state::{Binding, BindingRef, BindingTable};
 
 use crate::journal::Op;
 
-/// Bindings by AOR, as persisted.
+/// Bindings by AOR, as persisted, in the same compact table as the replica's.
 #[derive(Debug, Default)]
 pub struct Store {
-    bindings: HashMap<String, Vec<Binding>>,
+    bindings: BindingTable,
 }
 
 /// (aor, key) of one binding.
@@ -32,10 +32,8 @@ impl Store {
     /// Applies a journaled operation (replaying the journal at start).
     pub fn apply(&mut self, op: &Op) {
         match op {
-            Op::BindingUpserted(b) => sipcraft_ipc::state::upsert_binding(&mut self.bindings, b),
-            Op::BindingRemoved { aor, key } => {
-                sipcraft_ipc::state::remove_binding(&mut self.bindings, aor, key)
-            }
+            Op::BindingUpserted(b) => self.bindings.upsert(b),
+            Op::BindingRemoved { aor, key } => self.bindings.remove(aor, key),
             Op::CallRecord(_) => {}
         }
     }
@@ -45,40 +43,41 @@ impl Store {
     /// back from the bus) are kept even when the replica lacks them.
     pub fn sync_aor(&mut self, aor: &str, now: Vec<Binding>, keep: &HashSet<BindingId>) -> Vec<Op> {
         let mut ops = Vec::new();
-        let old = self.bindings.remove(aor).unwrap_or_default();
-        for b in &now {
-            if !old.iter().any(|o| o == b) {
-                ops.push(Op::BindingUpserted(b.clone()));
-            }
-        }
-        let mut next = now;
-        for o in old {
-            if next.iter().any(|b| b.key == o.key) {
+        let old: Vec<BindingRef<'_>> = self.bindings.get(aor).collect();
+        for o in &old {
+            if now.iter().any(|b| b.key == o.key) {
                 continue;
             }
-            if keep.contains(&(o.aor.clone(), o.key.clone())) {
-                next.push(o);
-            } else {
+            if !keep.contains(&(o.aor.to_owned(), o.key.to_owned())) {
                 ops.push(Op::BindingRemoved {
-                    aor: o.aor,
-                    key: o.key,
+                    aor: o.aor.to_owned(),
+                    key: o.key.to_owned(),
                 });
             }
         }
-        if !next.is_empty() {
-            self.bindings.insert(aor.to_owned(), next);
+        let removed = ops.len();
+        for b in now {
+            if !old.iter().any(|o| *o == b.view()) {
+                ops.push(Op::BindingUpserted(b));
+            }
+        }
+        drop(old);
+        // Upserts first, as before: the journal order a replay (and PostgreSQL) sees.
+        ops.rotate_left(removed);
+        for op in &ops {
+            self.apply(op);
         }
         ops
     }
 
     /// Every AOR that has bindings here.
-    pub fn aors(&self) -> impl Iterator<Item = &String> {
-        self.bindings.keys()
+    pub fn aors(&self) -> impl Iterator<Item = &str> {
+        self.bindings.aors()
     }
 
     /// Every binding.
-    pub fn all(&self) -> impl Iterator<Item = &Binding> {
-        self.bindings.values().flatten()
+    pub fn all(&self) -> impl Iterator<Item = BindingRef<'_>> {
+        self.bindings.iter()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -86,16 +85,13 @@ impl Store {
     }
 
     pub fn len(&self) -> usize {
-        self.bindings.values().map(Vec::len).sum()
+        self.bindings.len()
     }
 
     /// Forgets bindings expired at `now_ms` (nothing is journaled: every replica and the
     /// database drop them by their absolute expiry).
     pub fn purge_expired(&mut self, now_ms: u64) {
-        self.bindings.retain(|_, list| {
-            list.retain(|b| b.expires_at_ms > now_ms);
-            !list.is_empty()
-        });
+        self.bindings.purge_expired(now_ms);
     }
 }
 

@@ -85,29 +85,6 @@ pub enum SnapshotPart {
 /// Items per snapshot part.
 pub const SNAPSHOT_CHUNK: usize = 512;
 
-/// Bindings by AOR: the shape every holder of bindings keeps (replicas, the dbagent's
-/// persisted copy).
-pub type BindingMap = HashMap<String, Vec<Binding>>;
-
-/// Inserts `binding`, or replaces the binding of its AOR with the same key.
-pub fn upsert_binding(map: &mut BindingMap, binding: &Binding) {
-    let list = map.entry(binding.aor.clone()).or_default();
-    match list.iter_mut().find(|b| b.key == binding.key) {
-        Some(existing) => *existing = binding.clone(),
-        None => list.push(binding.clone()),
-    }
-}
-
-/// Removes the binding `key` of `aor`, and the AOR once it has none.
-pub fn remove_binding(map: &mut BindingMap, aor: &str, key: &str) {
-    if let Some(list) = map.get_mut(aor) {
-        list.retain(|b| b.key != key);
-        if list.is_empty() {
-            map.remove(aor);
-        }
-    }
-}
-
 /// A process's copy of the replicated state.
 #[derive(Debug, Default, Clone)]
 pub struct Replica {
@@ -198,6 +175,11 @@ impl Replica {
         self.extensions.get(number)
     }
 
+    /// Every extension, in no particular order.
+    pub fn extensions(&self) -> impl Iterator<Item = &Extension> {
+        self.extensions.values()
+    }
+
     pub fn extension_count(&self) -> usize {
         self.extensions.len()
     }
@@ -217,6 +199,11 @@ impl Replica {
     /// Every binding, expired ones not yet purged included.
     pub fn all_bindings(&self) -> impl Iterator<Item = BindingRef<'_>> {
         self.bindings.iter()
+    }
+
+    /// Every AOR with bindings (expired ones not yet purged included), in no particular order.
+    pub fn binding_aors(&self) -> impl Iterator<Item = &str> {
+        self.bindings.aors()
     }
 
     /// Count of bindings, expired ones not yet purged included.

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use sipcraft_config::Extension;
-use sipcraft_ipc::state::{Binding, SnapshotPart, Update};
+use sipcraft_ipc::state::{Binding, Update};
 
 use super::{Agent, REPLACE_MAX_BYTES, RESTORE_GRACE};
 
@@ -121,12 +121,9 @@ impl Agent {
     }
 
     pub(super) fn replica_extensions(&self) -> HashMap<String, Extension> {
-        let mut out = HashMap::new();
-        for part in self.replica().snapshot() {
-            if let SnapshotPart::Extensions(list) = part {
-                out.extend(list.into_iter().map(|e| (e.number.clone(), e)));
-            }
-        }
-        out
+        self.replica()
+            .extensions()
+            .map(|e| (e.number.clone(), e.clone()))
+            .collect()
     }
 }

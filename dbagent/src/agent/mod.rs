@@ -6,12 +6,12 @@
 mod extensions;
 mod persist;
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use sipcraft_ipc::child::Link;
-use sipcraft_ipc::state::{Binding, SnapshotPart, Update};
+use sipcraft_ipc::state::{Binding, Update};
 use sipcraft_ipc::wire::{CallRecord, FromChild, Health};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -184,7 +184,7 @@ impl Agent {
             // Only the dbagent restarted: the supervisor's state is newer than ours.
             agent.sync_all();
         } else {
-            let bindings: Vec<Binding> = agent.store.all().cloned().collect();
+            let bindings: Vec<Binding> = agent.store.all().map(Binding::from).collect();
             agent.restore(bindings);
             agent.sync_all();
         }
@@ -233,26 +233,16 @@ impl Agent {
 
     /// Compares every binding with the replica and journals the differences.
     pub fn sync_all(&mut self) {
-        let mut hub: HashMap<String, Vec<Binding>> = HashMap::new();
-        for part in self.replica().snapshot() {
-            if let SnapshotPart::Bindings(list) = part {
-                for b in list {
-                    hub.entry(b.aor.clone()).or_default().push(b);
-                }
-            }
-        }
-        let aors: BTreeSet<String> = self
-            .store
-            .aors()
-            .cloned()
-            .chain(hub.keys().cloned())
-            .collect();
+        let aors: BTreeSet<String> = {
+            let replica = self.replica();
+            self.store
+                .aors()
+                .chain(replica.binding_aors())
+                .map(str::to_owned)
+                .collect()
+        };
         for aor in aors {
-            let now = hub.remove(&aor).unwrap_or_default();
-            let ops = self.store.sync_aor(&aor, now, &self.restoring);
-            for op in ops {
-                self.record(op);
-            }
+            self.sync_aor(&aor);
         }
     }
 
@@ -387,7 +377,7 @@ impl Agent {
         let Some(db) = &self.db else { return };
         let seq = self.next_seq;
         self.next_seq += 1;
-        let bindings: Vec<Binding> = self.store.all().cloned().collect();
+        let bindings: Vec<Binding> = self.store.all().map(Binding::from).collect();
         tracing::warn!(
             bindings = bindings.len(),
             "journal overflowed earlier: rewriting this node's registrations in full"

@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use sipcraft_config::Extension;
+use sipcraft_ipc::state::Binding;
 
 use super::{chain, Agent, DbState, JOURNAL_WARN_PERCENT};
 use crate::cache::{self, Cache, CacheError};
@@ -45,7 +46,7 @@ impl Agent {
             db_applied_seq: self.db_applied,
             reconcile: self.reconcile_needed || self.reconcile_sent.is_some(),
             extensions,
-            bindings: self.store.all().cloned().collect(),
+            bindings: self.store.all().map(Binding::from).collect(),
             ..Cache::new()
         }
     }
