@@ -214,6 +214,17 @@ impl<'a> Message<'a> {
 
     /// The single value of a header that must appear at most once.
     pub fn single(&self, name: HeaderName<'_>) -> Result<Option<&'a str>, HeaderError> {
+        // A known name is two table reads: how many lines, and where the first one is.
+        if let Some(k) = name.index() {
+            return match self.count.get(k).copied().unwrap_or(0) {
+                0 => Ok(None),
+                1 => Ok(usize::from(self.first.get(k).copied().unwrap_or(0))
+                    .checked_sub(1)
+                    .and_then(|i| self.headers.get(i))
+                    .map(|h| h.value)),
+                _ => Err(HeaderError::Duplicate(static_name(name))),
+            };
+        }
         match self.count(name) {
             0 => Ok(None),
             1 => Ok(self.header(name).map(|h| h.value)),
