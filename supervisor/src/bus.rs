@@ -11,6 +11,7 @@
 //! (updates and direct messages) and writes it with one system call.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -35,10 +36,23 @@ const BATCH_BYTES: usize = 256 * 1024;
 /// (Workers get every frame at once: replication and SIP hand-offs are on the call path.)
 const DBAGENT_GATHER: Duration = Duration::from_millis(10);
 
-/// A numbered update as every child receives it: the encoded `ToChild::Update` frame, shared.
-/// `None` when the update cannot travel as one frame (over the frame limit): every child then
-/// resyncs from a snapshot, which carries the state in parts.
-pub type UpdateFrame = Option<Arc<[u8]>>;
+/// How long the echo of a worker's own update may wait for other traffic to that worker. The
+/// worker applied the change when it made it; the numbered copy only moves its generation on,
+/// so it rides along with the next frame the worker needs instead of waking it by itself.
+const ECHO_WAIT: Duration = Duration::from_millis(20);
+
+/// A numbered update as every child receives it: the connection it came from (0: the
+/// supervisor) and the encoded `ToChild::Update` frame, shared. The frame is `None` when the
+/// update cannot travel as one frame (over the frame limit): every child then resyncs from a
+/// snapshot, which carries the state in parts.
+#[derive(Debug, Clone)]
+struct UpdateFrame {
+    origin: u64,
+    frame: Option<Arc<[u8]>>,
+}
+
+/// Numbers bus connections, to tell a child's own updates from the others'.
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 
 /// What the writer task of one child sends.
 #[derive(Debug)]
@@ -113,12 +127,18 @@ impl Hub {
 
     /// Numbers an update, applies it to the hub's replica and sends it to every child.
     pub fn publish(&self, update: Update) -> u64 {
+        self.publish_from(0, update)
+    }
+
+    /// [`Hub::publish`] for an update that bus connection `origin` sent.
+    fn publish_from(&self, origin: u64, update: Update) -> u64 {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let seq = st.replica.seq() + 1;
         st.replica.apply_local(&update);
         st.replica.set_seq(seq);
         if st.updates.receiver_count() > 0 {
-            let _ = st.updates.send(encode_update(seq, update));
+            let frame = encode_update(seq, update);
+            let _ = st.updates.send(UpdateFrame { origin, frame });
         }
         seq
     }
@@ -224,7 +244,7 @@ impl Hub {
 }
 
 /// The frame of update `seq`, encoded once for every child.
-fn encode_update(seq: u64, update: Update) -> UpdateFrame {
+fn encode_update(seq: u64, update: Update) -> Option<Arc<[u8]>> {
     match codec::encode(&Envelope::new(ToChild::Update { seq, update })) {
         Ok(frame) => Some(frame.into()),
         Err(e) => {
@@ -289,17 +309,21 @@ pub async fn serve(
         return;
     }
     hub.set_route(&name, Some(link.clone()));
-    let gather = match hello.role {
-        Role::DbAgent => DBAGENT_GATHER,
-        _ => Duration::ZERO,
+    let connection = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
+    let (gather, echo_wait) = match hello.role {
+        Role::DbAgent => (DBAGENT_GATHER, Duration::ZERO),
+        _ => (Duration::ZERO, ECHO_WAIT),
     };
-    let write_task = tokio::spawn(write_loop(
-        hub.clone(),
+    let child_writer = ChildWriter {
+        hub: hub.clone(),
         writer,
         direct,
-        name.clone(),
+        name: name.clone(),
+        connection,
         gather,
-    ));
+        echo_wait,
+    };
+    let write_task = tokio::spawn(child_writer.run());
 
     loop {
         let msg = match reader.recv::<Envelope<FromChild>>().await {
@@ -312,7 +336,7 @@ pub async fn serve(
         };
         match msg {
             FromChild::Publish(update) => {
-                hub.publish(update);
+                hub.publish_from(connection, update);
             }
             FromChild::Send { to, msg } => {
                 if !hub.route(&to, &name, msg) {
@@ -346,66 +370,106 @@ enum Wake {
 }
 
 /// Writes to one child: a snapshot first, then updates and direct messages. Each wake-up
-/// takes everything queued (after waiting `gather` for more) and writes it at once.
-async fn write_loop(
+/// takes everything queued and writes it with one system call.
+struct ChildWriter {
     hub: Arc<Hub>,
-    mut writer: Writer,
-    mut direct: mpsc::Receiver<Outgoing>,
+    writer: Writer,
+    direct: mpsc::Receiver<Outgoing>,
     name: String,
+    /// This child's bus connection, as in [`UpdateFrame::origin`].
+    connection: u64,
+    /// How long to let traffic gather after a wake-up before writing (the dbagent's).
     gather: Duration,
-) {
-    let Some(mut updates) = send_snapshot(&hub, &mut writer).await else {
-        return;
-    };
-    loop {
-        let first = tokio::select! {
-            biased;
-            out = direct.recv() => match out {
-                Some(out) => Wake::Direct(out),
-                None => return,
-            },
-            update = updates.recv() => Wake::Update(update),
+    /// How long the echo of the child's own update may wait for other traffic.
+    echo_wait: Duration,
+}
+
+impl ChildWriter {
+    async fn run(mut self) {
+        let Some(mut updates) = send_snapshot(&self.hub, &mut self.writer).await else {
+            return;
         };
-        if !gather.is_zero() {
-            tokio::time::sleep(gather).await;
-        }
-        let mut next = Some(first);
-        while let Some(wake) = next {
-            let resync = match wake {
-                Wake::Direct(Outgoing::Msg(msg)) => {
-                    if let Err(e) = writer.queue(&Envelope::new(*msg)) {
-                        tracing::error!(%name, error = %e, "dropping a message that cannot be encoded");
-                    }
-                    false
-                }
-                Wake::Direct(Outgoing::Resync) => true,
-                Wake::Update(Ok(Some(frame))) => {
-                    writer.queue_encoded(&frame);
-                    false
-                }
-                Wake::Update(Ok(None)) => true,
-                Wake::Update(Err(broadcast::error::RecvError::Lagged(missed))) => {
-                    tracing::warn!(%name, missed, "child fell behind the update stream; resyncing it from a snapshot");
-                    true
-                }
-                Wake::Update(Err(broadcast::error::RecvError::Closed)) => return,
+        loop {
+            let Some(first) = self.wait(&mut updates).await else {
+                return;
             };
-            if resync {
-                // What is queued goes first; the snapshot replaces the update stream.
-                match send_snapshot(&hub, &mut writer).await {
-                    Some(rx) => updates = rx,
-                    None => return,
+            let Some(mut urgent) = self.put(first, &mut updates).await else {
+                return;
+            };
+            if !self.gather.is_zero() {
+                tokio::time::sleep(self.gather).await;
+            } else if !urgent && !self.echo_wait.is_zero() {
+                // Only the child's own updates so far: they wait for something it needs.
+                let deadline = tokio::time::Instant::now() + self.echo_wait;
+                while !urgent && self.writer.queued() < BATCH_BYTES {
+                    let wake = tokio::select! {
+                        biased;
+                        wake = self.wait(&mut updates) => wake,
+                        () = tokio::time::sleep_until(deadline) => break,
+                    };
+                    let Some(wake) = wake else { return };
+                    match self.put(wake, &mut updates).await {
+                        Some(u) => urgent = u,
+                        None => return,
+                    }
                 }
             }
-            next = if writer.queued() < BATCH_BYTES {
-                take_queued(&mut direct, &mut updates)
-            } else {
-                None
-            };
+            while self.writer.queued() < BATCH_BYTES {
+                let Some(wake) = take_queued(&mut self.direct, &mut updates) else {
+                    break;
+                };
+                if self.put(wake, &mut updates).await.is_none() {
+                    return;
+                }
+            }
+            if self.writer.flush().await.is_err() {
+                return;
+            }
         }
-        if writer.flush().await.is_err() {
-            return;
+    }
+
+    /// The next thing queued for the child, waiting for it; `None` when the hub is gone.
+    async fn wait(&mut self, updates: &mut broadcast::Receiver<UpdateFrame>) -> Option<Wake> {
+        tokio::select! {
+            biased;
+            out = self.direct.recv() => out.map(Wake::Direct),
+            update = updates.recv() => Some(Wake::Update(update)),
         }
+    }
+
+    /// Queues one thing for the child (a resync writes everything queued and a snapshot).
+    /// Returns whether the child needs it soon (anything but the echo of its own update), or
+    /// `None` when the connection must end.
+    async fn put(
+        &mut self,
+        wake: Wake,
+        updates: &mut broadcast::Receiver<UpdateFrame>,
+    ) -> Option<bool> {
+        let name = &self.name;
+        match wake {
+            Wake::Direct(Outgoing::Msg(msg)) => {
+                if let Err(e) = self.writer.queue(&Envelope::new(*msg)) {
+                    tracing::error!(%name, error = %e, "dropping a message that cannot be encoded");
+                }
+                return Some(true);
+            }
+            Wake::Update(Ok(UpdateFrame {
+                origin,
+                frame: Some(frame),
+            })) => {
+                self.writer.queue_encoded(&frame);
+                return Some(origin != self.connection);
+            }
+            Wake::Update(Err(broadcast::error::RecvError::Closed)) => return None,
+            Wake::Update(Err(broadcast::error::RecvError::Lagged(missed))) => {
+                tracing::warn!(%name, missed, "child fell behind the update stream; resyncing it from a snapshot");
+            }
+            // The child saw a gap, or an update too big for one frame.
+            Wake::Direct(Outgoing::Resync) | Wake::Update(Ok(UpdateFrame { frame: None, .. })) => {}
+        }
+        // What is queued goes first; the snapshot replaces the update stream.
+        *updates = send_snapshot(&self.hub, &mut self.writer).await?;
+        Some(true)
     }
 }
 
@@ -546,6 +610,38 @@ mod tests {
             LinkEvent::Applied { seq, .. } => assert_eq!(seq, big + 1),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_workers_own_update_comes_back_in_order_with_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let (hub, bus) = start_hub(dir.path());
+        let mut a = child::join(&bus, Role::Worker, "udp-0", true)
+            .await
+            .unwrap();
+        let mut b = child::join(&bus, Role::Worker, "udp-1", true)
+            .await
+            .unwrap();
+        let applied = |ev: LinkEvent| match ev {
+            LinkEvent::Applied { seq, update } => (seq, update),
+            other => panic!("unexpected {other:?}"),
+        };
+        // Alone, the echo of a's own update still comes back (after ECHO_WAIT at most).
+        assert!(a.outbox.publish(Update::ExtensionUpserted(extension(1, 1))));
+        assert_eq!(applied(next_event(&mut a).await).0, 1);
+        assert_eq!(applied(next_event(&mut b).await).0, 1);
+        // a's echo waits for b's update and both arrive in order.
+        assert!(a.outbox.publish(Update::ExtensionUpserted(extension(2, 1))));
+        while hub.counts().0 < 2 {
+            tokio::task::yield_now().await;
+        }
+        assert!(b.outbox.publish(Update::ExtensionUpserted(extension(3, 1))));
+        for (want, number) in [(2, "2"), (3, "3")] {
+            let (seq, update) = applied(next_event(&mut a).await);
+            assert_eq!(seq, want);
+            assert!(matches!(update, Update::ExtensionUpserted(e) if e.number == number));
+        }
+        assert_eq!(a.replica.read().unwrap().seq(), 3);
     }
 
     async fn recv(reader: &mut conn::Reader) -> ToChild {
