@@ -117,6 +117,7 @@ pub(crate) struct DatabaseFile {
     pub url: Option<String>,
     pub connect_timeout_ms: Option<u64>,
     pub statement_timeout_ms: Option<u64>,
+    pub password_file: Option<String>,
 }
 
 /// `[registrar]`

@@ -101,6 +101,37 @@ pub fn parse(text: &str, origin: &Path) -> Result<Config, Problems> {
     c.finish().map(|()| config)
 }
 
+/// The longest password file read, in bytes: a password is one short line.
+pub const MAX_PASSWORD_FILE_BYTES: u64 = 4096;
+
+/// The password in `path` (`[database] password_file`): its first line, without the line
+/// end. For the validation and for the dbagent, which reads it at every connection attempt.
+/// The error says what is wrong and never contains the file's content.
+pub fn read_password_file(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| {
+            f.take(MAX_PASSWORD_FILE_BYTES + 1)
+                .read_to_string(&mut text)
+        })
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if text.len() as u64 > MAX_PASSWORD_FILE_BYTES {
+        return Err(format!(
+            "{} is longer than {MAX_PASSWORD_FILE_BYTES} bytes; it should hold one password",
+            path.display()
+        ));
+    }
+    let password = text.lines().next().unwrap_or_default();
+    if password.is_empty() {
+        return Err(format!(
+            "{} is empty; its first line is the password",
+            path.display()
+        ));
+    }
+    Ok(password.to_owned())
+}
+
 /// Every problem in the file at `path`; empty means it is valid. For `sipcraft config check`.
 pub fn check_file(path: &Path) -> Vec<Problem> {
     load(path).err().map(Problems::into_vec).unwrap_or_default()

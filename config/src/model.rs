@@ -303,6 +303,10 @@ pub struct Database {
     /// Server-side `statement_timeout`, so a hung query frees the dbagent to reconnect rather
     /// than stall the write journal.
     pub statement_timeout_ms: u64,
+    /// A file holding the password (one line), read at every connection attempt so a
+    /// rotated password applies at the next reconnect; the password then never sits in this
+    /// file or crosses the bus.
+    pub password_file: Option<PathBuf>,
 }
 
 impl Database {
@@ -333,6 +337,7 @@ impl fmt::Debug for Database {
             .field("url", &self.redacted_url())
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("statement_timeout_ms", &self.statement_timeout_ms)
+            .field("password_file", &self.password_file)
             .finish()
     }
 }
@@ -347,6 +352,7 @@ mod tests {
             url: "postgresql://sip:hunter2@db.example/sip".into(),
             connect_timeout_ms: 1,
             statement_timeout_ms: 1,
+            password_file: None,
         };
         let shown = format!("{db:?}");
         assert!(!shown.contains("hunter2"), "{shown}");

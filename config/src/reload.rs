@@ -44,6 +44,9 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
             if a.url != b.url {
                 keys.push("database.url".to_string());
             }
+            if a.password_file != b.password_file {
+                keys.push("database.password_file".to_string());
+            }
         }
         _ => keys.push("database".to_string()),
     }
@@ -68,7 +71,10 @@ pub fn apply_live(running: &Config, new: Config) -> Config {
     }
     applied.listen = listen;
     match (&running.database, &mut applied.database) {
-        (Some(old), Some(db)) => db.url = old.url.clone(),
+        (Some(old), Some(db)) => {
+            db.url = old.url.clone();
+            db.password_file = old.password_file.clone();
+        }
         (old, db) => db.clone_from(old),
     }
     applied

@@ -429,6 +429,7 @@ fn restart_needed_names_what_cannot_apply_live() {
         url: "postgresql://db/sip".into(),
         connect_timeout_ms: 1,
         statement_timeout_ms: 1,
+        password_file: None,
     });
     assert_eq!(
         restart_needed(&old, &new),
@@ -444,6 +445,13 @@ fn restart_needed_names_what_cannot_apply_live() {
     newer.database.as_mut().unwrap().url = "postgresql://db2/sip".into();
     newer.database.as_mut().unwrap().statement_timeout_ms = 9;
     assert_eq!(restart_needed(&new, &newer), ["database.url"]);
+    let mut rotated = newer.clone();
+    rotated.database.as_mut().unwrap().password_file = Some("/etc/sipcraft/db.pw".into());
+    assert_eq!(restart_needed(&newer, &rotated), ["database.password_file"]);
+    assert_eq!(
+        apply_live(&newer, rotated).database.unwrap().password_file,
+        None
+    );
 
     // A reload applies the rest and keeps what needs a restart.
     newer.server.domain = "other.example".into();
@@ -619,4 +627,47 @@ fn overlapping_listen_and_unquoted_number() {
         at(&p, "extension[0].number").message,
         "invalid type: integer `1001`, expected a string (put it in quotes)"
     );
+}
+
+#[test]
+fn database_password_file_is_resolved_read_and_exclusive_with_a_url_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = dir.path().join("sipcraft.toml");
+    let without = MINIMAL.split("[[extension]]").next().unwrap().to_string();
+    let section = |url: &str, file: &str| {
+        format!("{without}[database]\nurl = \"{url}\"\npassword_file = \"{file}\"\n")
+    };
+    let parse_here = |text: &str| parse(text, &origin);
+
+    // Relative to the config file's directory; only the path is kept.
+    std::fs::write(dir.path().join("db.password"), "s3cret\n").unwrap();
+    let config = parse_here(&section("postgresql://sip@db/sip", "db.password")).unwrap();
+    let file = config.database.unwrap().password_file.unwrap();
+    assert_eq!(file, dir.path().join("db.password"));
+    assert_eq!(read_password_file(&file).unwrap(), "s3cret");
+
+    // Missing, empty: the line of the key and what is wrong, never the content.
+    let problems = |text: &str| parse_here(text).unwrap_err().into_vec();
+    let p = problems(&section("postgresql://sip@db/sip", "nowhere.password"));
+    let missing = at(&p, "database.password_file");
+    assert!(missing.message.contains("cannot read"), "{missing}");
+    assert_eq!(
+        missing.line,
+        Some(without.lines().count() + 3),
+        "{missing:?}"
+    );
+    std::fs::write(dir.path().join("empty.password"), "\n").unwrap();
+    let p = problems(&section("postgresql://sip@db/sip", "empty.password"));
+    assert!(at(&p, "database.password_file").message.contains("empty"));
+    std::fs::write(dir.path().join("big.password"), "x".repeat(5000)).unwrap();
+    let p = problems(&section("postgresql://sip@db/sip", "big.password"));
+    let big = at(&p, "database.password_file");
+    assert!(big.message.contains("longer"), "{big}");
+    assert!(!big.message.contains("xxxx"), "{big}");
+
+    // Both a password in the URL and a password file: which one would win is a guess.
+    let p = problems(&section("postgresql://sip:inline@db/sip", "db.password"));
+    let both = at(&p, "database.password_file");
+    assert!(both.message.contains("database.url"), "{both}");
+    assert!(!both.message.contains("inline"), "{both}");
 }

@@ -30,7 +30,7 @@ pub(crate) fn validate(file: FileConfig, base_dir: &Path, c: &mut Collector<'_>)
     let listen = listen(&file.listen, base_dir, c);
     let registrar = sections::registrar(&file.registrar, c);
     let extensions = extension::extensions(&file.extension, &registrar, c);
-    let database = file.database.map(|db| database(db, c));
+    let database = file.database.map(|db| database(db, base_dir, c));
     if database.is_some() && !file.extension.is_empty() {
         c.at(
             "extension",
@@ -403,7 +403,7 @@ fn workers(c: &mut Collector<'_>, key: &str, workers: Option<Workers>) -> usize 
     }
 }
 
-fn database(file: DatabaseFile, c: &mut Collector<'_>) -> Database {
+fn database(file: DatabaseFile, base_dir: &Path, c: &mut Collector<'_>) -> Database {
     let url = required(
         c,
         "database.url",
@@ -422,8 +422,19 @@ fn database(file: DatabaseFile, c: &mut Collector<'_>) -> Database {
             "is not a PostgreSQL URL (expected postgresql://user@host/dbname)",
         );
     }
+    let password_file = file
+        .password_file
+        .as_deref()
+        .and_then(|f| password_file(c, f, base_dir));
+    if password_file.is_some() && is_postgres && url_has_password(&url) {
+        c.at(
+            "database.password_file",
+            "is set, and so is a password in database.url: keep one of them",
+        );
+    }
     Database {
         url,
+        password_file,
         connect_timeout_ms: number(
             c,
             "database.connect_timeout_ms",
@@ -439,6 +450,31 @@ fn database(file: DatabaseFile, c: &mut Collector<'_>) -> Database {
             100..=600_000,
         ),
     }
+}
+
+/// `database.password_file`, resolved against the config directory; it must be readable and
+/// hold a password now (the dbagent reads it again at every connection attempt).
+fn password_file(c: &mut Collector<'_>, value: &str, base_dir: &Path) -> Option<PathBuf> {
+    let key = "database.password_file";
+    if value.trim().is_empty() {
+        c.at(key, "must not be empty");
+        return None;
+    }
+    let path = resolve(base_dir, value);
+    match crate::read_password_file(&path) {
+        Ok(_) => {}
+        Err(e) => c.at(key, e),
+    }
+    Some(path)
+}
+
+/// Whether a PostgreSQL URL carries `user:password@`.
+fn url_has_password(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    authority
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
 }
 
 /// Remembers the first entry that used a value, to name both halves of a duplicate.

@@ -153,6 +153,7 @@ impl Agent {
         if let Some(database) = &database {
             let cfg = DbConfig {
                 url: database.url.clone(),
+                password_file: database.password_file.clone(),
                 connect_timeout: Duration::from_millis(database.connect_timeout_ms.max(1)),
                 statement_timeout: Duration::from_millis(database.statement_timeout_ms.max(1)),
                 node: agent.link.config.server.node_name.clone(),

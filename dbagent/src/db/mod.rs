@@ -12,6 +12,7 @@ pub mod schema;
 pub mod session;
 
 use std::collections::{BTreeSet, VecDeque};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use sipcraft_config::Extension;
@@ -35,6 +36,8 @@ const PURGE_EVERY: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone)]
 pub struct DbConfig {
     pub url: String,
+    /// Read at every connection attempt (`[database] password_file`).
+    pub password_file: Option<PathBuf>,
     pub connect_timeout: Duration,
     pub statement_timeout: Duration,
     pub node: String,
@@ -371,6 +374,7 @@ fn redact(url: &str) -> String {
         url: url.to_owned(),
         connect_timeout_ms: 0,
         statement_timeout_ms: 0,
+        password_file: None,
     }
     .redacted_url()
 }

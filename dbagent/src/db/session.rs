@@ -22,6 +22,8 @@ use crate::journal::{Entry, Op};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
+    #[error("the database password file: {0}")]
+    PasswordFile(String),
     #[error("the database url is not valid")]
     Url(#[source] tokio_postgres::Error),
     #[error("connecting took longer than {0:?}")]
@@ -158,6 +160,11 @@ impl Session {
 
     async fn open_inner(cfg: &DbConfig) -> Result<Session, DbError> {
         let mut pg: tokio_postgres::Config = cfg.url.parse().map_err(DbError::Url)?;
+        if let Some(file) = &cfg.password_file {
+            let password =
+                sipcraft_config::read_password_file(file).map_err(DbError::PasswordFile)?;
+            pg.password(password);
+        }
         pg.connect_timeout(cfg.connect_timeout)
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(10))
