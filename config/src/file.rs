@@ -118,6 +118,7 @@ pub(crate) struct DatabaseFile {
     pub connect_timeout_ms: Option<u64>,
     pub statement_timeout_ms: Option<u64>,
     pub password_file: Option<String>,
+    pub ca_file: Option<String>,
 }
 
 /// `[registrar]`

@@ -307,6 +307,10 @@ pub struct Database {
     /// rotated password applies at the next reconnect; the password then never sits in this
     /// file or crosses the bus.
     pub password_file: Option<PathBuf>,
+    /// PEM certificates of the authorities that sign the server's certificate. Set, the
+    /// connection is TLS and the server must prove the URL's host name (libpq's
+    /// `sslmode=verify-full`); unset, it is plain TCP.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Database {
@@ -338,6 +342,7 @@ impl fmt::Debug for Database {
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("statement_timeout_ms", &self.statement_timeout_ms)
             .field("password_file", &self.password_file)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -353,6 +358,7 @@ mod tests {
             connect_timeout_ms: 1,
             statement_timeout_ms: 1,
             password_file: None,
+            ca_file: None,
         };
         let shown = format!("{db:?}");
         assert!(!shown.contains("hunter2"), "{shown}");

@@ -47,6 +47,9 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
             if a.password_file != b.password_file {
                 keys.push("database.password_file".to_string());
             }
+            if a.ca_file != b.ca_file {
+                keys.push("database.ca_file".to_string());
+            }
         }
         _ => keys.push("database".to_string()),
     }
@@ -74,6 +77,7 @@ pub fn apply_live(running: &Config, new: Config) -> Config {
         (Some(old), Some(db)) => {
             db.url = old.url.clone();
             db.password_file = old.password_file.clone();
+            db.ca_file = old.ca_file.clone();
         }
         (old, db) => db.clone_from(old),
     }

@@ -430,6 +430,7 @@ fn restart_needed_names_what_cannot_apply_live() {
         connect_timeout_ms: 1,
         statement_timeout_ms: 1,
         password_file: None,
+        ca_file: None,
     });
     assert_eq!(
         restart_needed(&old, &new),
@@ -670,4 +671,46 @@ fn database_password_file_is_resolved_read_and_exclusive_with_a_url_password() {
     let both = at(&p, "database.password_file");
     assert!(both.message.contains("database.url"), "{both}");
     assert!(!both.message.contains("inline"), "{both}");
+}
+
+#[test]
+fn database_ca_file_must_hold_certificates_and_agree_with_sslmode() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = dir.path().join("sipcraft.toml");
+    let without = MINIMAL.split("[[extension]]").next().unwrap().to_string();
+    let section = |url: &str, ca: Option<&str>| {
+        let ca = ca
+            .map(|f| format!("ca_file = \"{f}\"\n"))
+            .unwrap_or_default();
+        format!("{without}[database]\nurl = \"{url}\"\n{ca}")
+    };
+    let problems = |text: &str| parse(text, &origin).unwrap_err().into_vec();
+    std::fs::write(
+        dir.path().join("ca.pem"),
+        "-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "no PEM in here\n").unwrap();
+
+    let config = parse(&section("postgresql://sip@db/sip", Some("ca.pem")), &origin).unwrap();
+    assert_eq!(
+        config.database.unwrap().ca_file,
+        Some(dir.path().join("ca.pem"))
+    );
+    let p = problems(&section("postgresql://sip@db/sip", Some("notes.txt")));
+    assert!(at(&p, "database.ca_file")
+        .message
+        .contains("no PEM certificate"));
+    let p = problems(&section("postgresql://sip@db/sip", Some("missing.pem")));
+    assert!(at(&p, "database.ca_file").message.contains("cannot read"));
+    // TLS asked for without an authority to verify the server with, and the reverse.
+    let p = problems(&section("postgresql://sip@db/sip?sslmode=require", None));
+    assert!(at(&p, "database.url").message.contains("database.ca_file"));
+    let p = problems(&section(
+        "postgresql://sip@db/sip?sslmode=disable",
+        Some("ca.pem"),
+    ));
+    assert!(at(&p, "database.ca_file")
+        .message
+        .contains("sslmode=disable"));
 }

@@ -432,9 +432,34 @@ fn database(file: DatabaseFile, base_dir: &Path, c: &mut Collector<'_>) -> Datab
             "is set, and so is a password in database.url: keep one of them",
         );
     }
+    let ca_file = file.ca_file.as_deref().and_then(|f| {
+        let key = "database.ca_file";
+        if f.trim().is_empty() {
+            c.at(key, "must not be empty");
+            return None;
+        }
+        let path = resolve(base_dir, f);
+        transport::check_pem(c, key, &path, transport::Expect::Certificates);
+        Some(path)
+    });
+    match (sslmode(&url), &ca_file) {
+        (Some("disable"), Some(_)) => c.at(
+            "database.ca_file",
+            "is set, so the connection is TLS, but database.url says sslmode=disable",
+        ),
+        (Some(mode @ ("require" | "verify-ca" | "verify-full")), None) => c.at(
+            "database.url",
+            format!(
+                "says sslmode={mode}: set database.ca_file to the authority that signs the \
+                 server's certificate (sipcraft always verifies it)"
+            ),
+        ),
+        _ => {}
+    }
     Database {
         url,
         password_file,
+        ca_file,
         connect_timeout_ms: number(
             c,
             "database.connect_timeout_ms",
@@ -466,6 +491,14 @@ fn password_file(c: &mut Collector<'_>, value: &str, base_dir: &Path) -> Option<
         Err(e) => c.at(key, e),
     }
     Some(path)
+}
+
+/// The `sslmode` query parameter of a PostgreSQL URL.
+fn sslmode(url: &str) -> Option<&str> {
+    let query = url.split_once('?')?.1;
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("sslmode="))
 }
 
 /// Whether a PostgreSQL URL carries `user:password@`.

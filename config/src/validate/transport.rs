@@ -148,13 +148,13 @@ fn file(c: &mut Collector<'_>, key: &str, value: Option<&str>, base_dir: &Path) 
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Expect {
+pub(crate) enum Expect {
     Certificates,
     PrivateKey,
 }
 
 /// Reads `path` and checks it holds what `expect` says, in PEM.
-fn check_pem(c: &mut Collector<'_>, key: &str, path: &Path, expect: Expect) {
+pub(crate) fn check_pem(c: &mut Collector<'_>, key: &str, path: &Path, expect: Expect) {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) => {

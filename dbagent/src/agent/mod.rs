@@ -154,6 +154,7 @@ impl Agent {
             let cfg = DbConfig {
                 url: database.url.clone(),
                 password_file: database.password_file.clone(),
+                ca_file: database.ca_file.clone(),
                 connect_timeout: Duration::from_millis(database.connect_timeout_ms.max(1)),
                 statement_timeout: Duration::from_millis(database.statement_timeout_ms.max(1)),
                 node: agent.link.config.server.node_name.clone(),

@@ -38,6 +38,9 @@ pub struct DbConfig {
     pub url: String,
     /// Read at every connection attempt (`[database] password_file`).
     pub password_file: Option<PathBuf>,
+    /// TLS, verified against these authorities (`[database] ca_file`), read at every
+    /// connection attempt; `None` is plain TCP.
+    pub ca_file: Option<PathBuf>,
     pub connect_timeout: Duration,
     pub statement_timeout: Duration,
     pub node: String,
@@ -375,6 +378,7 @@ fn redact(url: &str) -> String {
         connect_timeout_ms: 0,
         statement_timeout_ms: 0,
         password_file: None,
+        ca_file: None,
     }
     .redacted_url()
 }

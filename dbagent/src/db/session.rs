@@ -7,13 +7,18 @@
 //! `tcp_user_timeout` close a dead socket underneath as well.
 
 use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sipcraft_config::Extension;
 use sipcraft_ipc::state::Binding;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_postgres::{AsyncMessage, Client, NoTls, Statement};
+use tokio_postgres::config::SslMode;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{AsyncMessage, Client, NoTls, Socket, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::rows::{self, BINDING_COLUMNS, EXTENSION_COLUMNS};
 use super::schema::{self, SchemaError, CHANNEL};
@@ -24,6 +29,8 @@ use crate::journal::{Entry, Op};
 pub enum DbError {
     #[error("the database password file: {0}")]
     PasswordFile(String),
+    #[error("the database CA file: {0}")]
+    CaFile(String),
     #[error("the database url is not valid")]
     Url(#[source] tokio_postgres::Error),
     #[error("connecting took longer than {0:?}")]
@@ -171,40 +178,13 @@ impl Session {
             .keepalives_interval(Duration::from_secs(5))
             .keepalives_retries(3)
             .tcp_user_timeout(cfg.call_deadline() * 2);
-        pg.application_name("sipcraft-dbagent");
-        let (client, conn) = pg.connect(NoTls).await.map_err(DbError::Connect)?;
-        let mut tasks = vec![tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "database connection ended");
+        let (client, listen, notes, tasks) = match &cfg.ca_file {
+            Some(ca_file) => {
+                pg.ssl_mode(SslMode::Require);
+                connect_pair(&mut pg, tls_connector(ca_file)?).await?
             }
-        })];
-        pg.application_name("sipcraft-dbagent-listen");
-        let connected = pg.connect(NoTls).await;
-        let (listen, mut lconn) = match connected {
-            Ok(pair) => pair,
-            Err(e) => {
-                tasks[0].abort();
-                return Err(DbError::Connect(e));
-            }
+            None => connect_pair(&mut pg, NoTls).await?,
         };
-        let (tx, notes) = mpsc::unbounded_channel();
-        tasks.push(tokio::spawn(async move {
-            loop {
-                match std::future::poll_fn(|cx| lconn.poll_message(cx)).await {
-                    Some(Ok(AsyncMessage::Notification(n))) => {
-                        if tx.send(n.payload().to_owned()).is_err() {
-                            return;
-                        }
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => {
-                        tracing::debug!(error = %e, "notification connection ended");
-                        return;
-                    }
-                    None => return,
-                }
-            }
-        }));
         let session = Session {
             client,
             listen,
@@ -474,4 +454,79 @@ async fn upsert(
     )
     .await
     .map(drop)
+}
+
+/// The query connection, the LISTEN connection polled by a task of ours, the tasks driving
+/// both, and the notifications' channel.
+type Pair = (
+    Client,
+    Client,
+    mpsc::UnboundedReceiver<String>,
+    Vec<JoinHandle<()>>,
+);
+
+/// Opens both connections of a session over `tls` (`NoTls` for plain TCP).
+async fn connect_pair<T>(pg: &mut tokio_postgres::Config, tls: T) -> Result<Pair, DbError>
+where
+    T: MakeTlsConnect<Socket> + Clone,
+    T::Stream: Send + 'static,
+    T::TlsConnect: Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    pg.application_name("sipcraft-dbagent");
+    let (client, conn) = pg.connect(tls.clone()).await.map_err(DbError::Connect)?;
+    let mut tasks = vec![tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "database connection ended");
+        }
+    })];
+    pg.application_name("sipcraft-dbagent-listen");
+    let (listen, mut lconn) = match pg.connect(tls).await {
+        Ok(pair) => pair,
+        Err(e) => {
+            tasks[0].abort();
+            return Err(DbError::Connect(e));
+        }
+    };
+    let (tx, notes) = mpsc::unbounded_channel();
+    tasks.push(tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| lconn.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    if tx.send(n.payload().to_owned()).is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "notification connection ended");
+                    return;
+                }
+                None => return,
+            }
+        }
+    }));
+    Ok((client, listen, notes, tasks))
+}
+
+/// TLS that trusts only the authorities in `ca_file` and checks the URL's host name against
+/// the server's certificate. The file is read at every connection attempt, like the
+/// password file, so a renewed authority needs no restart.
+fn tls_connector(ca_file: &Path) -> Result<MakeRustlsConnect, DbError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let fail = |e: &dyn std::fmt::Display| DbError::CaFile(format!("{}: {e}", ca_file.display()));
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca_file).map_err(|e| fail(&e))? {
+        roots
+            .add(cert.map_err(|e| fail(&e))?)
+            .map_err(|e| fail(&e))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| fail(&e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
 }
