@@ -53,20 +53,52 @@ impl fmt::Display for KeyError {
 
 impl std::error::Error for KeyError {}
 
-/// Lower-cases ASCII letters and shares the result.
-fn folded(value: &str) -> Arc<str> {
-    if value.bytes().any(|b| b.is_ascii_uppercase()) {
-        Arc::from(value.to_ascii_lowercase())
-    } else {
-        Arc::from(value)
+/// The parts of a key joined by single spaces in one shared allocation, each part lower-cased
+/// (ASCII) when its flag says so. Built in a stack buffer first, so a key costs one allocation.
+fn joined(parts: &[(&str, bool)]) -> Arc<str> {
+    let len = parts
+        .iter()
+        .map(|(p, _)| p.len() + 1)
+        .sum::<usize>()
+        .saturating_sub(1);
+    let mut stack = [0u8; 200];
+    let mut heap = Vec::new();
+    let buf: &mut [u8] = match stack.get_mut(..len) {
+        Some(b) => b,
+        None => {
+            heap.resize(len, 0);
+            &mut heap
+        }
+    };
+    let mut at = 0;
+    for (i, (part, fold)) in parts.iter().enumerate() {
+        if i > 0 {
+            buf[at] = b' ';
+            at += 1;
+        }
+        let dst = &mut buf[at..at + part.len()];
+        dst.copy_from_slice(part.as_bytes());
+        if *fold {
+            dst.make_ascii_lowercase();
+        }
+        at += part.len();
+    }
+    // Valid UTF-8 pieces joined by spaces, with ASCII letters lower-cased, stay valid.
+    match std::str::from_utf8(buf) {
+        Ok(s) => Arc::from(s),
+        Err(_) => Arc::from(String::from_utf8_lossy(buf).as_ref()),
     }
 }
 
 /// Key of a client transaction: top Via branch + CSeq method (§17.1.3).
+///
+/// Held as `method SP branch` (branch lower-cased) in one shared allocation: keys are cloned
+/// into the table's index and the proxy's maps, and hashed on every message.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ClientKey {
-    branch: Arc<str>,
-    method: Arc<str>,
+    text: Arc<str>,
+    /// Where the branch starts in `text`.
+    branch_at: u32,
 }
 
 impl ClientKey {
@@ -80,40 +112,45 @@ impl ClientKey {
             return Err(KeyError::EmptyMethod);
         }
         Ok(ClientKey {
-            branch: folded(branch),
-            method: Arc::from(method),
+            text: joined(&[(method, false), (branch, true)]),
+            branch_at: method.len() as u32 + 1,
         })
     }
 
     /// The branch, lower-cased.
     pub fn branch(&self) -> &str {
-        &self.branch
+        self.text.get(self.branch_at as usize..).unwrap_or_default()
     }
 
     /// The method of the request (CSeq method of the response).
     pub fn method(&self) -> &str {
-        &self.method
+        let end = (self.branch_at as usize).saturating_sub(1);
+        self.text.get(..end).unwrap_or_default()
     }
 
     /// Whether this is the key of an INVITE client transaction.
     pub fn is_invite(&self) -> bool {
-        &*self.method == "INVITE"
+        self.method() == "INVITE"
     }
 }
 
 impl fmt::Display for ClientKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.method, self.branch)
+        f.write_str(&self.text)
     }
 }
 
 /// Key of a server transaction: top Via branch + sent-by + method, ACK filed as INVITE
 /// (§17.2.3).
+///
+/// Held as `method SP sent-by SP branch` (sent-by and branch lower-cased) in one shared
+/// allocation.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServerKey {
-    branch: Arc<str>,
-    sent_by: Arc<str>,
-    method: Arc<str>,
+    text: Arc<str>,
+    /// Where sent-by and the branch start in `text`.
+    sent_by_at: u32,
+    branch_at: u32,
 }
 
 impl ServerKey {
@@ -121,6 +158,17 @@ impl ServerKey {
     /// as it appears in the Via) and its `method`. An ACK gets the key of the INVITE it
     /// acknowledges.
     pub fn new(branch: &str, sent_by: &str, method: &str) -> Result<ServerKey, KeyError> {
+        ServerKey::from_parts(branch, sent_by, None, method)
+    }
+
+    /// Like [`ServerKey::new`], with the sent-by given as host and port as they appear in the
+    /// Via (`sent_by` then holds the host alone), so no `host:port` string is made first.
+    pub fn from_parts(
+        branch: &str,
+        host: &str,
+        port: Option<u16>,
+        method: &str,
+    ) -> Result<ServerKey, KeyError> {
         if branch.is_empty() {
             return Err(KeyError::EmptyBranch);
         }
@@ -128,54 +176,101 @@ impl ServerKey {
         if !cookie.is_some_and(|c| c.eq_ignore_ascii_case(MAGIC_COOKIE)) {
             return Err(KeyError::NoMagicCookie);
         }
-        if sent_by.is_empty() {
+        if host.is_empty() {
             return Err(KeyError::EmptySentBy);
         }
         if method.is_empty() {
             return Err(KeyError::EmptyMethod);
         }
         let method = if method == "ACK" { "INVITE" } else { method };
+        let mut digits = [0u8; 6];
+        let port = port.map(|p| {
+            let mut n = p;
+            let mut i = digits.len();
+            loop {
+                i -= 1;
+                digits[i] = b'0' + (n % 10) as u8;
+                n /= 10;
+                if n == 0 {
+                    break;
+                }
+            }
+            digits[i - 1] = b':';
+            std::str::from_utf8(&digits[i - 1..]).unwrap_or_default()
+        });
+        let text = match port {
+            // `host` and `:port` are one part: joined() puts a space only between parts.
+            Some(port) => {
+                let mut sent_by = [0u8; 300];
+                match sent_by.get_mut(..host.len() + port.len()) {
+                    Some(buf) => {
+                        buf[..host.len()].copy_from_slice(host.as_bytes());
+                        buf[host.len()..].copy_from_slice(port.as_bytes());
+                        let sent_by = std::str::from_utf8(buf).unwrap_or_default();
+                        joined(&[(method, false), (sent_by, true), (branch, true)])
+                    }
+                    None => {
+                        let sent_by = format!("{host}{port}");
+                        joined(&[(method, false), (&sent_by, true), (branch, true)])
+                    }
+                }
+            }
+            None => joined(&[(method, false), (host, true), (branch, true)]),
+        };
+        let sent_by_at = method.len() + 1;
+        let branch_at = text.len() - branch.len();
         Ok(ServerKey {
-            branch: folded(branch),
-            sent_by: folded(sent_by),
-            method: Arc::from(method),
+            text,
+            sent_by_at: sent_by_at as u32,
+            branch_at: branch_at as u32,
         })
     }
 
     /// For the key of a CANCEL: the key of the INVITE server transaction it cancels (same
     /// branch and sent-by, method INVITE). For any other key, the same kind of key.
     pub fn cancelled_invite(&self) -> ServerKey {
+        let text = joined(&[
+            ("INVITE", false),
+            (self.sent_by(), false),
+            (self.branch(), false),
+        ]);
+        let sent_by_at = "INVITE".len() + 1;
+        let branch_at = text.len() - self.branch().len();
         ServerKey {
-            branch: self.branch.clone(),
-            sent_by: self.sent_by.clone(),
-            method: Arc::from("INVITE"),
+            text,
+            sent_by_at: sent_by_at as u32,
+            branch_at: branch_at as u32,
         }
     }
 
     /// The branch, lower-cased.
     pub fn branch(&self) -> &str {
-        &self.branch
+        self.text.get(self.branch_at as usize..).unwrap_or_default()
     }
 
     /// The sent-by of the top Via, lower-cased.
     pub fn sent_by(&self) -> &str {
-        &self.sent_by
+        let end = (self.branch_at as usize).saturating_sub(1);
+        self.text
+            .get(self.sent_by_at as usize..end)
+            .unwrap_or_default()
     }
 
     /// The method; `INVITE` for a key made from an ACK.
     pub fn method(&self) -> &str {
-        &self.method
+        let end = (self.sent_by_at as usize).saturating_sub(1);
+        self.text.get(..end).unwrap_or_default()
     }
 
     /// Whether this is the key of an INVITE server transaction.
     pub fn is_invite(&self) -> bool {
-        &*self.method == "INVITE"
+        self.method() == "INVITE"
     }
 }
 
 impl fmt::Display for ServerKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {} {}", self.method, self.sent_by, self.branch)
+        f.write_str(&self.text)
     }
 }
 
@@ -287,6 +382,27 @@ mod tests {
             ServerKey::new("z9hG4bé", "h", "INVITE"),
             Err(KeyError::NoMagicCookie)
         );
+    }
+
+    #[test]
+    fn parts_read_back_and_host_port_equals_sent_by() {
+        let a = ServerKey::from_parts(BRANCH, "PC33.Atlanta.com", Some(5060), "ACK").unwrap();
+        let b = ServerKey::new(BRANCH, "pc33.atlanta.com:5060", "INVITE").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(
+            (a.method(), a.sent_by(), a.branch()),
+            ("INVITE", "pc33.atlanta.com:5060", "z9hg4bk74bf9")
+        );
+        let c = ServerKey::from_parts(BRANCH, "[2001:db8::1]", Some(0), "CANCEL").unwrap();
+        assert_eq!(c.sent_by(), "[2001:db8::1]:0");
+        assert_eq!(c.cancelled_invite().method(), "INVITE");
+        assert_eq!(c.cancelled_invite().sent_by(), "[2001:db8::1]:0");
+        assert_eq!(c.cancelled_invite().branch(), "z9hg4bk74bf9");
+        let long = "x".repeat(400);
+        let d = ServerKey::from_parts(BRANCH, &long, Some(65535), "OPTIONS").unwrap();
+        assert_eq!(d.sent_by(), format!("{long}:65535"));
+        let k = ClientKey::new("z9hG4bK.Udp-0.1f", "BYE").unwrap();
+        assert_eq!((k.method(), k.branch()), ("BYE", "z9hg4bk.udp-0.1f"));
     }
 
     #[test]

@@ -92,6 +92,20 @@ impl<M: Clone> ServerNonInvite<M> {
         out
     }
 
+    /// In Completed with Timer J running: when it fires and the final response it resends
+    /// meanwhile. The table keeps only these two (and the key) for the rest of Timer J.
+    pub(crate) fn into_lingering(self) -> Option<(Instant, M)> {
+        match (self.state, self.timer_j, self.last_response) {
+            (State::Completed, Some(j), Some(response)) => Some((j.at, response)),
+            _ => None,
+        }
+    }
+
+    /// Whether the transaction is in Completed with Timer J running.
+    pub(crate) fn is_lingering(&self) -> bool {
+        self.state == State::Completed && self.timer_j.is_some() && self.last_response.is_some()
+    }
+
     /// A retransmission of the request arrived: the latest response is sent again, if any.
     pub fn on_request(&mut self) -> Vec<Action<M>> {
         match (&self.state, &self.last_response) {

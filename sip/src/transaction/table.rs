@@ -9,15 +9,26 @@
 //! after every call, and the heap is rebuilt when they outnumber the live ones, so it stays
 //! bounded by the number of transactions.
 //!
+//! A completed non-INVITE server transaction over UDP waits out Timer J (64·T1, 32 s) only to
+//! resend its final response to a retransmitted request. It leaves the slab for a compact
+//! store that keeps just its key and that response (shared with what was sent), and since
+//! Timer J is the same for all of them, their deadlines are a queue in order, not heap
+//! entries. At thousands of REGISTERs per second these are most of the live transactions.
+//!
+//! The maps use a keyed fast hash (`ahash`, seeded from the OS): keys hold attacker-chosen
+//! branches, and SipHash was a visible share of a worker's time.
+//!
 //! The table is bounded: [`TransactionTable::start_client`] and
 //! [`TransactionTable::start_server`] refuse with [`TableError::Full`] past the configured
 //! maximum, which the caller answers with a 503 (Service Unavailable).
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
+
+use ahash::RandomState;
 
 use super::key::{ClientKey, ServerKey, TransactionKey};
 use super::timers::Config;
@@ -169,6 +180,15 @@ struct Slot<M> {
     scheduled: Option<(Instant, u64)>,
 }
 
+/// A completed non-INVITE server transaction waiting out Timer J: what it still needs.
+#[derive(Debug)]
+struct Lingering<M> {
+    /// When Timer J fires.
+    until: Instant,
+    /// The final response, resent to each retransmission of the request.
+    response: M,
+}
+
 /// Every live transaction of one worker, with a bounded size and one timer queue.
 ///
 /// Each call that feeds an event returns the actions to carry out; a transaction that
@@ -179,13 +199,18 @@ struct Slot<M> {
 pub struct TransactionTable<M = Arc<[u8]>> {
     config: Config,
     max: usize,
-    clients: HashMap<ClientKey, usize>,
-    servers: HashMap<ServerKey, usize>,
+    clients: HashMap<ClientKey, usize, RandomState>,
+    servers: HashMap<ServerKey, usize, RandomState>,
     slots: Vec<Option<Slot<M>>>,
     free: Vec<usize>,
     timers: BinaryHeap<Reverse<(Instant, u64, usize)>>,
     generation: u64,
     counts: Counts,
+    /// Completed non-INVITE server transactions waiting out Timer J (counted in `counts`).
+    lingering: HashMap<ServerKey, Lingering<M>, RandomState>,
+    /// Their Timer J deadlines, earliest first. An entry whose key is no longer lingering,
+    /// or lingers with another deadline, is stale and skipped.
+    expiry: VecDeque<(Instant, ServerKey)>,
 }
 
 impl<M: Clone> TransactionTable<M> {
@@ -194,13 +219,15 @@ impl<M: Clone> TransactionTable<M> {
         TransactionTable {
             config,
             max,
-            clients: HashMap::new(),
-            servers: HashMap::new(),
+            clients: HashMap::default(),
+            servers: HashMap::default(),
             slots: Vec::new(),
             free: Vec::new(),
             timers: BinaryHeap::new(),
             generation: 0,
             counts: Counts::default(),
+            lingering: HashMap::default(),
+            expiry: VecDeque::new(),
         }
     }
 
@@ -229,7 +256,8 @@ impl<M: Clone> TransactionTable<M> {
         self.counts
     }
 
-    /// The live transaction with this key, if any.
+    /// The live transaction with this key, if any. A completed non-INVITE server transaction
+    /// waiting out Timer J is kept as its final response alone and is not returned.
     pub fn get(&self, key: &TransactionKey) -> Option<&Transaction<M>> {
         let idx = self.find(key)?;
         self.slots.get(idx)?.as_ref().map(|slot| &slot.txn)
@@ -237,7 +265,12 @@ impl<M: Clone> TransactionTable<M> {
 
     /// The earliest instant at which [`poll_timers`](Self::poll_timers) has work to do.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((at, _, _))| *at)
+        let heap = self.timers.peek().map(|Reverse((at, _, _))| *at);
+        let queue = self.expiry.front().map(|(at, _)| *at);
+        match (heap, queue) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Starts a client transaction for a request the TU sends: INVITE if the key's method is
@@ -278,7 +311,7 @@ impl<M: Clone> TransactionTable<M> {
         request: M,
         now: Instant,
     ) -> Result<Vec<Action<M>>, TableError> {
-        self.check_room(self.servers.contains_key(&key))?;
+        self.check_room(self.servers.contains_key(&key) || self.lingering.contains_key(&key))?;
         let (txn, actions) = if key.is_invite() {
             let (t, a) = ServerInvite::new(self.config, reliability, request, now);
             (Transaction::ServerInvite(t), a)
@@ -321,7 +354,14 @@ impl<M: Clone> TransactionTable<M> {
         request: M,
         now: Instant,
     ) -> Option<Vec<Action<M>>> {
-        let idx = *self.servers.get(key)?;
+        let Some(&idx) = self.servers.get(key) else {
+            // Completed: the final response again (§17.2.2).
+            let lingering = self.lingering.get(key)?;
+            return Some(vec![Action::Send {
+                message: lingering.response.clone(),
+                retransmission: true,
+            }]);
+        };
         Some(self.apply(idx, |txn| match txn {
             Transaction::ServerInvite(t) if method == "ACK" => t.on_ack(now, request),
             Transaction::ServerInvite(t) => t.on_invite(),
@@ -338,7 +378,13 @@ impl<M: Clone> TransactionTable<M> {
         response: M,
         now: Instant,
     ) -> Result<Vec<Action<M>>, TableError> {
-        let idx = *self.servers.get(key).ok_or(TableError::NotFound)?;
+        let Some(&idx) = self.servers.get(key) else {
+            // Completed: later responses from the TU are discarded (§17.2.2).
+            return match self.lingering.contains_key(key) {
+                true => Ok(Vec::new()),
+                false => Err(TableError::NotFound),
+            };
+        };
         Ok(self.apply(idx, |txn| match txn {
             Transaction::ServerInvite(t) => t.respond(now, status, response),
             Transaction::ServerNonInvite(t) => t.respond(now, status, response),
@@ -349,13 +395,22 @@ impl<M: Clone> TransactionTable<M> {
     /// The transport failed to send a message of this transaction (§17.1.4, §17.2.4). `None`
     /// when no transaction has the key (it may have ended meanwhile).
     pub fn on_transport_error(&mut self, key: &TransactionKey) -> Option<Vec<Action<M>>> {
-        let idx = self.find(key)?;
+        let Some(idx) = self.find(key) else {
+            // Completed: the transaction ends (§17.2.4).
+            self.unlinger(key)?;
+            return Some(vec![Action::TransportError, Action::Terminated]);
+        };
         Some(self.apply(idx, Transaction::on_transport_error))
     }
 
     /// Drops a transaction without any action (the TU gives up on it, or the worker drains).
+    /// A completed non-INVITE server transaction waiting out Timer J is dropped as well, but
+    /// there is no [`Transaction`] left of it to return.
     pub fn remove(&mut self, key: &TransactionKey) -> Option<Transaction<M>> {
-        let idx = self.find(key)?;
+        let Some(idx) = self.find(key) else {
+            self.unlinger(key);
+            return None;
+        };
         self.release(idx).map(|slot| slot.txn)
     }
 
@@ -363,10 +418,24 @@ impl<M: Clone> TransactionTable<M> {
     /// with its transaction's key.
     pub fn poll_timers(&mut self, now: Instant) -> Vec<(TransactionKey, Action<M>)> {
         let mut fired = Vec::new();
-        while let Some(&Reverse((at, generation, idx))) = self.timers.peek() {
-            if at > now {
-                break;
-            }
+        loop {
+            self.tidy_expiry();
+            let heap = self.timers.peek().map(|&Reverse(entry)| entry);
+            let queue = self.expiry.front().map(|(at, _)| *at);
+            let (at, generation, idx) = match (heap, queue) {
+                (Some(entry), q) if entry.0 <= now && q.is_none_or(|q| entry.0 <= q) => entry,
+                (_, Some(q)) if q <= now => {
+                    // Timer J of a completed non-INVITE server transaction.
+                    if let Some((_, key)) = self.expiry.pop_front() {
+                        if self.lingering.remove(&key).is_some() {
+                            self.counts.server_non_invite -= 1;
+                            fired.push((TransactionKey::Server(key), Action::Terminated));
+                        }
+                    }
+                    continue;
+                }
+                _ => break,
+            };
             self.timers.pop();
             let Some(slot) = self.slot_mut(idx) else {
                 continue;
@@ -451,6 +520,10 @@ impl<M: Clone> TransactionTable<M> {
             self.release(idx);
             return;
         }
+        if matches!(&slot.txn, Transaction::ServerNonInvite(t) if t.is_lingering()) {
+            self.park(idx);
+            return;
+        }
         let next = slot.txn.next_deadline();
         if next != slot.scheduled.map(|(at, _)| at) {
             slot.scheduled = next.map(|at| {
@@ -475,6 +548,58 @@ impl<M: Clone> TransactionTable<M> {
         Some(slot)
     }
 
+    /// Moves a completed non-INVITE server transaction from the slab to the lingering store:
+    /// its key and final response, and its Timer J in the queue. It stays counted.
+    fn park(&mut self, idx: usize) {
+        let Some(slot) = self.slots.get_mut(idx).and_then(Option::take) else {
+            return;
+        };
+        self.free.push(idx);
+        let Slot {
+            key: TransactionKey::Server(key),
+            txn: Transaction::ServerNonInvite(txn),
+            ..
+        } = slot
+        else {
+            return;
+        };
+        self.servers.remove(&key);
+        let Some((until, response)) = txn.into_lingering() else {
+            self.counts.server_non_invite -= 1;
+            return;
+        };
+        // Timer J is one duration and `now` only moves forward, so this is nearly always
+        // the back; a clock that stepped back still gets its place in order.
+        let at = match self.expiry.back() {
+            Some((last, _)) if *last > until => self.expiry.partition_point(|(at, _)| *at <= until),
+            _ => self.expiry.len(),
+        };
+        self.expiry.insert(at, (until, key.clone()));
+        self.lingering.insert(key, Lingering { until, response });
+        self.tidy();
+    }
+
+    /// Drops a lingering completed transaction; `None` if the key has none.
+    fn unlinger(&mut self, key: &TransactionKey) -> Option<()> {
+        let TransactionKey::Server(key) = key else {
+            return None;
+        };
+        self.lingering.remove(key)?;
+        self.counts.server_non_invite -= 1;
+        self.tidy_expiry();
+        Some(())
+    }
+
+    /// Drops stale entries from the front of the Timer J queue, so `next_deadline` is exact.
+    fn tidy_expiry(&mut self) {
+        while let Some((at, key)) = self.expiry.front() {
+            if self.lingering.get(key).is_some_and(|l| l.until == *at) {
+                break;
+            }
+            self.expiry.pop_front();
+        }
+    }
+
     /// Whether a heap entry is the current one of its slot.
     fn is_current(&self, at: Instant, generation: u64, idx: usize) -> bool {
         self.slots
@@ -491,7 +616,7 @@ impl<M: Clone> TransactionTable<M> {
             }
             self.timers.pop();
         }
-        if self.timers.len() > 2 * self.len() + 64 {
+        if self.timers.len() > 2 * (self.len() - self.lingering.len()) + 64 {
             self.timers = self
                 .slots
                 .iter()

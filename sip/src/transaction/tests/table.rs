@@ -275,3 +275,62 @@ async fn the_timer_heap_stays_bounded_by_live_transactions() {
     assert!(d.table.is_empty());
     assert_eq!(d.table.queued_timers(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn completed_non_invite_lingers_compactly_in_timer_j_order() {
+    let mut d = Driver::new(100);
+    let udp = Reliability::Unreliable;
+    // REGISTERs answered at 0, 10, 20 ms: each keeps its final response for Timer J, off
+    // the timer heap.
+    for n in 0..3 {
+        let key = server_key(n, "REGISTER");
+        d.table.start_server(key.clone(), udp, "R", now()).unwrap();
+        assert_eq!(
+            d.table.respond(&key, 401, "401", now()),
+            Ok(vec![send("401", false)])
+        );
+        d.run_until(10 * (n as u64 + 1)).await;
+    }
+    assert_eq!(d.table.queued_timers(), 0);
+    assert_eq!(d.table.counts().server_non_invite, 3);
+    assert_eq!(d.table.len(), 3);
+    // A retransmission gets the response again; a later TU response is discarded; the key
+    // cannot start a second transaction while it lingers.
+    let key = server_key(1, "REGISTER");
+    assert_eq!(
+        d.table.on_request(&key, "REGISTER", "R", now()),
+        Some(vec![send("401", true)])
+    );
+    assert_eq!(d.table.respond(&key, 200, "200", now()), Ok(vec![]));
+    assert_eq!(
+        d.table.start_server(key.clone(), udp, "R", now()),
+        Err(TableError::Duplicate)
+    );
+    // A transport error ends one at once.
+    assert_eq!(
+        d.table
+            .on_transport_error(&server_key(0, "REGISTER").into()),
+        Some(vec![Action::TransportError, Action::Terminated])
+    );
+    assert_eq!(d.table.len(), 2);
+    // An INVITE client transaction (Timer B: 32 s from 30 ms) fires in order with them.
+    let invite = client_key(1, "INVITE");
+    d.table
+        .start_client(invite.clone(), Reliability::Reliable, "I", now())
+        .unwrap();
+    let fired = d.run_until(40_000).await;
+    assert_eq!(
+        fired,
+        vec![
+            (32_010, key.clone().into(), Action::Terminated),
+            (32_020, server_key(2, "REGISTER").into(), Action::Terminated),
+            (32_030, invite.clone().into(), Action::Timeout(TimerKind::B)),
+            (32_030, invite.into(), Action::Terminated),
+        ]
+    );
+    assert!(d.table.is_empty());
+    assert_eq!(d.table.next_deadline(), None);
+    // Gone: the key starts anew.
+    assert_eq!(d.table.on_request(&key, "REGISTER", "R", now()), None);
+    assert!(d.table.remove(&key.into()).is_none());
+}
