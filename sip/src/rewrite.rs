@@ -23,6 +23,7 @@
 //! assert_eq!(fwd.vias().nth(1).unwrap().unwrap().rport(), Some(Some(40123)));
 //! ```
 
+use std::fmt::Write as _;
 use std::io::Write;
 use std::net::IpAddr;
 
@@ -143,49 +144,9 @@ impl<'m, 'a> Rewriter<'m, 'a> {
         let (i, value) = self
             .first_live(HeaderName::Via)
             .ok_or(RewriteError::NoVia)?;
-        let mut items = split_commas(&value);
-        let top = items.next().unwrap_or("");
-        let via = Via::parse(top).map_err(|_| RewriteError::Malformed("Via"))?;
-        let wants_rport = via.rport().is_some();
-        let src = Host::from(source);
-        let mut out = format!(
-            "{}/{}/{} {}",
-            via.protocol,
-            via.version,
-            via.transport.as_str(),
-            via.host
-        );
-        if let Some(p) = via.port {
-            out.push_str(&format!(":{p}"));
+        if let Some(out) = annotate_via_line(&value, source, port)? {
+            self.set(i, Some(out));
         }
-        for p in via.params.iter() {
-            if p.name.eq_ignore_ascii_case("received") {
-                continue;
-            }
-            if p.name.eq_ignore_ascii_case("rport") {
-                out.push_str(&format!(";rport={port}"));
-                continue;
-            }
-            out.push(';');
-            out.push_str(p.name);
-            if let Some(v) = p.value {
-                out.push('=');
-                out.push_str(v);
-            }
-        }
-        if wants_rport || !via.host.eq_host(&src) {
-            // `received` carries the bare address (RFC 3261 via-received).
-            match source {
-                IpAddr::V4(a) => out.push_str(&format!(";received={a}")),
-                IpAddr::V6(a) => out.push_str(&format!(";received={a}")),
-            }
-        }
-        let rest: Vec<&str> = items.collect();
-        if !rest.is_empty() {
-            out.push_str(", ");
-            out.push_str(&rest.join(", "));
-        }
-        self.set(i, Some(out));
         Ok(())
     }
 
@@ -273,6 +234,78 @@ impl<'m, 'a> Rewriter<'m, 'a> {
     }
 }
 
+/// The first Via line of a received request with `received`/`rport` recorded in its top
+/// value (RFC 3261 §18.2.1, RFC 3581), or `None` when the top Via already says where the
+/// request came from: no `rport` asked for, no `received`, and the sent-by host is `source`.
+///
+/// A server that answers or forwards a request from the message it parsed substitutes this
+/// line for the first Via line (responses copy it, forwarded requests keep it under their
+/// own Via), so the request needs neither rewriting nor parsing again.
+pub fn top_via_received(
+    msg: &Message<'_>,
+    source: IpAddr,
+    port: u16,
+) -> Result<Option<String>, RewriteError> {
+    let line = msg.header(HeaderName::Via).ok_or(RewriteError::NoVia)?;
+    annotate_via_line(line.value, source, port)
+}
+
+/// [`top_via_received`] for one Via line value.
+fn annotate_via_line(
+    value: &str,
+    source: IpAddr,
+    port: u16,
+) -> Result<Option<String>, RewriteError> {
+    let mut items = split_commas(value);
+    let top = items.next().unwrap_or("");
+    let via = Via::parse(top).map_err(|_| RewriteError::Malformed("Via"))?;
+    let wants_rport = via.rport().is_some();
+    let src = Host::from(source);
+    let needs_received = wants_rport || !via.host.eq_host(&src);
+    if !needs_received && via.received().is_none() {
+        return Ok(None);
+    }
+    let mut out = String::with_capacity(value.len() + 40);
+    let _ = write!(
+        out,
+        "{}/{}/{} {}",
+        via.protocol,
+        via.version,
+        via.transport.as_str(),
+        via.host
+    );
+    if let Some(p) = via.port {
+        let _ = write!(out, ":{p}");
+    }
+    for p in via.params.iter() {
+        if p.name.eq_ignore_ascii_case("received") {
+            continue;
+        }
+        if p.name.eq_ignore_ascii_case("rport") {
+            let _ = write!(out, ";rport={port}");
+            continue;
+        }
+        out.push(';');
+        out.push_str(p.name);
+        if let Some(v) = p.value {
+            out.push('=');
+            out.push_str(v);
+        }
+    }
+    if needs_received {
+        // `received` carries the bare address (RFC 3261 via-received).
+        let _ = match source {
+            IpAddr::V4(a) => write!(out, ";received={a}"),
+            IpAddr::V6(a) => write!(out, ";received={a}"),
+        };
+    }
+    for rest in items {
+        out.push_str(", ");
+        out.push_str(rest);
+    }
+    Ok(Some(out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,6 +379,24 @@ mod tests {
         });
         w.remove_top_via().unwrap();
         assert_eq!(w.remove_top_via(), Err(RewriteError::NoVia));
+    }
+
+    #[test]
+    fn top_via_line_is_left_alone_when_it_says_where_the_request_came_from() {
+        let raw = b"OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.7:5070;branch=z9hG4bK1, SIP/2.0/UDP b;branch=z9hG4bK2\r\nCSeq: 1 OPTIONS\r\n\r\n";
+        let m = parse(raw, &Limits::default()).unwrap();
+        let src: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(top_via_received(&m, src, 5070), Ok(None));
+        assert_eq!(
+            top_via_received(&m, "192.0.2.8".parse().unwrap(), 5070).unwrap().as_deref(),
+            Some("SIP/2.0/UDP 192.0.2.7:5070;branch=z9hG4bK1;received=192.0.2.8, SIP/2.0/UDP b;branch=z9hG4bK2")
+        );
+        let raw = b"OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.7:5070;rport;branch=z9hG4bK1;received=10.0.0.1\r\nCSeq: 1 OPTIONS\r\n\r\n";
+        let m = parse(raw, &Limits::default()).unwrap();
+        assert_eq!(
+            top_via_received(&m, src, 40000).unwrap().as_deref(),
+            Some("SIP/2.0/UDP 192.0.2.7:5070;rport=40000;branch=z9hG4bK1;received=192.0.2.7")
+        );
     }
 
     #[test]
