@@ -5,6 +5,7 @@
 //! `proxy/` (as further `impl Core` blocks).
 
 use std::collections::HashMap;
+use std::io::Write as _;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -13,7 +14,7 @@ use sipcraft_ipc::child::Outbox;
 use sipcraft_ipc::state::Replica;
 use sipcraft_ipc::wire::{Direct, FromChild, SipHandoff};
 use sipcraft_sip::build::ResponseBuilder;
-use sipcraft_sip::rewrite::Rewriter;
+use sipcraft_sip::rewrite::{top_via_received, Rewriter};
 use sipcraft_sip::transaction::{
     self, Action, ClientKey, Reliability, ServerKey, TransactionKey, TransactionTable,
 };
@@ -55,8 +56,10 @@ pub struct Core {
     /// `Server:` value: version and the worker's name, so an operator reading a trace knows
     /// which process answered.
     pub server_header: String,
+    /// The buffer responses are assembled in before they are shared (`reply_to`).
+    scratch: Vec<u8>,
     /// Open connections of this worker: id → writer.
-    pub conns: HashMap<u64, tokio::sync::mpsc::Sender<Arc<[u8]>>>,
+    pub conns: HashMap<u64, tokio::sync::mpsc::Sender<Arc<[u8]>>, ahash::RandomState>,
 }
 
 impl Core {
@@ -89,7 +92,8 @@ impl Core {
             txns,
             counters: Counters::default(),
             draining: false,
-            conns: HashMap::new(),
+            conns: HashMap::default(),
+            scratch: Vec::new(),
         }
     }
 
@@ -191,13 +195,8 @@ impl Core {
         from: &Target,
         build: impl FnOnce(&Message<'_>) -> Vec<u8>,
     ) -> Vec<Out> {
-        match with_received(req, from) {
-            Some(annotated) => match parse(&annotated, &self.limits) {
-                Ok(req) => vec![self.reply_to(&req, from, build(&req))],
-                Err(_) => Vec::new(),
-            },
-            None => vec![self.reply_to(req, from, build(req))],
-        }
+        let response = build(req);
+        vec![self.reply_to(req, from, response)]
     }
 
     fn on_request(&mut self, msg: &Message<'_>, from: Target, now: Instant) -> Vec<Out> {
@@ -256,18 +255,8 @@ impl Core {
         from: &Target,
         now: Instant,
     ) -> Vec<Out> {
-        let annotated = with_received(msg, from);
-        let reparsed;
-        let msg = match &annotated {
-            Some(bytes) => match parse(bytes, &self.limits) {
-                Ok(m) => {
-                    reparsed = m;
-                    &reparsed
-                }
-                Err(_) => return Vec::new(),
-            },
-            None => msg,
-        };
+        // `msg` is the request as received: `received`/`rport` (RFC 3581) go into what is
+        // built from it (`reply_to`, the proxy's `rewrite` and stored request).
         let method = msg.method().map(|m| m.as_str()).unwrap_or_default();
         let to_server = msg
             .request_uri()
@@ -327,10 +316,7 @@ impl Core {
         if let Some(mut rec) = record {
             rec.final_status = status_of(&response);
             rec.ended_ms = Some(crate::now_ms());
-            rec.reason = parse(&response, &self.limits)
-                .ok()
-                .and_then(|m| m.status_line().map(|l| l.reason.to_owned()))
-                .unwrap_or_default();
+            rec.reason = reason_of(&response);
             self.send_record(rec);
         }
         self.answer(msg, key, from, response, now)
@@ -373,7 +359,7 @@ impl Core {
             bytes: Arc::from(msg.as_bytes()),
         };
         match self.txns.on_response(&key, status, response, now) {
-            Some(actions) => self.run(Some(&key), actions, now),
+            Some(actions) => self.run_with(Some(&key), actions, Some(msg), now),
             None => {
                 // A stray response: dropped (RFC 6026 §8.4: the transaction keeps 2xx
                 // retransmissions while it is in the Accepted state).
@@ -383,15 +369,22 @@ impl Core {
         }
     }
 
-    /// Where a response to `req` goes (RFC 3261 §18.2.2, RFC 3581): back over the same
-    /// connection; for UDP to the source port when `rport` was asked for, else the Via port
-    /// at the source address.
-    pub(crate) fn reply_to(&self, req: &Message<'_>, from: &Target, bytes: Vec<u8>) -> Out {
-        let bytes = with_to_tag(&with_server_header(&bytes, &self.server_header), req);
-        Out {
+    /// The response `bytes` (built from `req` as received from `from`) as it is sent, and
+    /// where (RFC 3261 §18.2.2, RFC 3581): back over the same connection; for UDP to the
+    /// source port when `rport` was asked for, else the Via port at the source address.
+    pub(crate) fn reply_to(&mut self, req: &Message<'_>, from: &Target, bytes: Vec<u8>) -> Out {
+        let via = top_via_received(req, from.peer.ip(), from.peer.port())
+            .ok()
+            .flatten();
+        let mut out = std::mem::take(&mut self.scratch);
+        out.clear();
+        finish_response(&mut out, &bytes, &self.server_header, via.as_deref(), req);
+        let sent = Out {
             target: reply_target(req, from),
-            bytes: Arc::from(bytes),
-        }
+            bytes: Arc::from(out.as_slice()),
+        };
+        self.scratch = out;
+        sent
     }
 
     /// Carries out transaction actions; `client` names the client transaction they came from.
@@ -399,6 +392,18 @@ impl Core {
         &mut self,
         client: Option<&ClientKey>,
         actions: Vec<Action<Out>>,
+        now: Instant,
+    ) -> Vec<Out> {
+        self.run_with(client, actions, None, now)
+    }
+
+    /// [`Core::run`], with the response just fed to the client transaction already parsed:
+    /// passed up, it is not parsed again.
+    fn run_with(
+        &mut self,
+        client: Option<&ClientKey>,
+        actions: Vec<Action<Out>>,
+        parsed: Option<&Message<'_>>,
         now: Instant,
     ) -> Vec<Out> {
         let mut out = Vec::new();
@@ -433,7 +438,8 @@ impl Core {
                 }
                 Action::PassToTu(msg) => {
                     if let Some(ck) = client {
-                        out.extend(self.proxy_response(ck, &msg, now));
+                        let parsed = parsed.filter(|p| p.as_bytes() == &*msg.bytes);
+                        out.extend(self.proxy_response(ck, &msg, parsed, now));
                     }
                 }
                 Action::Timeout(_) => {
@@ -470,19 +476,63 @@ impl Core {
 fn server_key(msg: &Message<'_>, method: &str) -> Option<ServerKey> {
     let via = msg.top_via().ok()?;
     let branch = via.branch()?;
-    let sent_by = match via.port {
-        Some(p) => format!("{}:{p}", via.host),
-        None => via.host.to_string(),
-    };
-    ServerKey::new(branch, &sent_by, method).ok()
+    match via.host {
+        sipcraft_sip::Host::Domain(host) => ServerKey::from_parts(branch, host, via.port, method),
+        ip => {
+            // An address is printed the way it always was, on the stack (`[v6]` is at most 47).
+            let mut text = StackText::default();
+            std::fmt::Write::write_fmt(&mut text, format_args!("{ip}")).ok()?;
+            ServerKey::from_parts(branch, text.as_str(), via.port, method)
+        }
+    }
+    .ok()
 }
 
-/// The request with `received`/`rport` recorded in its top Via, when that changes it.
-fn with_received(msg: &Message<'_>, from: &Target) -> Option<Vec<u8>> {
-    let mut rw = Rewriter::new(msg);
-    rw.set_top_via_received(from.peer.ip(), from.peer.port())
-        .ok()?;
-    Some(rw.finish())
+/// A short string written on the stack (no allocation); writing past 64 bytes fails.
+struct StackText {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl Default for StackText {
+    fn default() -> Self {
+        StackText {
+            buf: [0; 64],
+            len: 0,
+        }
+    }
+}
+
+impl StackText {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Write for StackText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        self.buf
+            .get_mut(self.len..end)
+            .ok_or(std::fmt::Error)?
+            .copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// The request as received with `received`/`rport` recorded in its top Via (RFC 3581), for
+/// a copy that outlives it (the proxy's stored request).
+pub(crate) fn with_received(msg: &Message<'_>, from: &Target) -> Vec<u8> {
+    let (ip, port) = (from.peer.ip(), from.peer.port());
+    match top_via_received(msg, ip, port) {
+        Ok(Some(_)) => {
+            let mut rw = Rewriter::new(msg);
+            let _ = rw.set_top_via_received(ip, port);
+            rw.finish()
+        }
+        _ => msg.as_bytes().to_vec(),
+    }
 }
 
 /// Where a response to `req`, received from `from`, goes (RFC 3261 §18.2.2, RFC 3581).
@@ -523,27 +573,68 @@ pub(crate) fn with_server_header(bytes: &[u8], server: &str) -> Vec<u8> {
     out
 }
 
-/// A final response must carry a To tag (RFC 3261 §8.2.6.2); `ResponseBuilder` copies the
-/// request's To. The tag is derived from the request, so a retransmitted request gets the
-/// same one.
-fn with_to_tag(bytes: &[u8], req: &Message<'_>) -> Vec<u8> {
-    use std::hash::{Hash, Hasher};
-    if status_of(bytes) < 200 || req.to().is_ok_and(|t| t.tag().is_some()) {
-        return bytes.to_vec();
+/// The response as sent, written into `out` in one pass over `bytes` (built from `req` as
+/// received, one header per line): a Server header after the status line, the first Via line
+/// replaced by `via` (the request's with `received`/`rport`, RFC 3581) when given, and a To
+/// tag on a final response whose request had none (RFC 3261 §8.2.6.2; `ResponseBuilder`
+/// copies the request's To). The tag is derived from the request, so a retransmitted
+/// request gets the same one.
+fn finish_response(
+    out: &mut Vec<u8>,
+    bytes: &[u8],
+    server: &str,
+    mut via: Option<&str>,
+    req: &Message<'_>,
+) {
+    out.reserve(bytes.len() + server.len() + via.map_or(0, str::len) + 40);
+    let mut needs_tag = status_of(bytes) >= 200 && !req.to().is_ok_and(|t| t.tag().is_some());
+    let mut at = line_end(bytes, 0);
+    out.extend_from_slice(&bytes[..at]);
+    out.extend_from_slice(b"\r\nServer: ");
+    out.extend_from_slice(server.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    at = (at + 2).min(bytes.len());
+    while at < bytes.len() && !bytes[at..].starts_with(b"\r\n") {
+        let end = line_end(bytes, at);
+        let line = &bytes[at..end];
+        let name = line
+            .iter()
+            .position(|&b| b == b':')
+            .map_or(&line[..0], |c| line[..c].trim_ascii());
+        let is = |names: &[&[u8]]| names.iter().any(|n| name.eq_ignore_ascii_case(n));
+        match via {
+            Some(v) if is(&[b"via", b"v"]) => {
+                out.extend_from_slice(b"Via: ");
+                out.extend_from_slice(v.as_bytes());
+                via = None;
+            }
+            _ if needs_tag && is(&[b"to", b"t"]) => {
+                out.extend_from_slice(line);
+                if !line.windows(5).any(|w| w.eq_ignore_ascii_case(b";tag=")) {
+                    let _ = write!(out, ";tag=sc{:x}", to_tag_hash(req));
+                }
+                needs_tag = false;
+            }
+            _ => out.extend_from_slice(line),
+        }
+        out.extend_from_slice(b"\r\n");
+        at = (end + 2).min(bytes.len());
     }
-    let Some(start) = find_header_line(bytes, &["to", "t"]) else {
-        return bytes.to_vec();
-    };
-    let end = bytes[start..]
+    out.extend_from_slice(&bytes[at..]);
+}
+
+/// Where the line starting at `from` ends (its CRLF, or the end of `bytes`).
+fn line_end(bytes: &[u8], from: usize) -> usize {
+    bytes[from..]
         .windows(2)
         .position(|w| w == b"\r\n")
-        .map_or(bytes.len(), |i| start + i);
-    if bytes[start..end]
-        .windows(5)
-        .any(|w| w.eq_ignore_ascii_case(b";tag="))
-    {
-        return bytes.to_vec();
-    }
+        .map_or(bytes.len(), |i| from + i)
+}
+
+/// The To tag sipcraft gives a final response of its own: a hash of Call-ID, From tag and
+/// CSeq number, the same in every worker and for every retransmission.
+fn to_tag_hash(req: &Message<'_>) -> u64 {
+    use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     req.call_id().unwrap_or_default().hash(&mut h);
     req.from()
@@ -552,36 +643,13 @@ fn with_to_tag(bytes: &[u8], req: &Message<'_>) -> Vec<u8> {
         .unwrap_or_default()
         .hash(&mut h);
     req.cseq().map(|c| c.seq).unwrap_or_default().hash(&mut h);
-    let tag = format!(";tag=sc{:x}", h.finish());
-    let mut out = Vec::with_capacity(bytes.len() + tag.len());
-    out.extend_from_slice(&bytes[..end]);
-    out.extend_from_slice(tag.as_bytes());
-    out.extend_from_slice(&bytes[end..]);
-    out
+    h.finish()
 }
 
-/// Offset of the first header line with one of these names (lowercase).
-/// No allocation: this runs for every final response the worker makes.
-fn find_header_line(bytes: &[u8], names: &[&str]) -> Option<usize> {
-    let mut at = bytes.windows(2).position(|w| w == b"\r\n")? + 2;
-    while at < bytes.len() && !bytes[at..].starts_with(b"\r\n") {
-        let line_end = bytes[at..]
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .map_or(bytes.len(), |i| at + i);
-        let line = &bytes[at..line_end];
-        if let Some(colon) = line.iter().position(|&b| b == b':') {
-            let name = line[..colon].trim_ascii();
-            if names
-                .iter()
-                .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
-            {
-                return Some(at);
-            }
-        }
-        at = line_end + 2;
-    }
-    None
+/// The reason phrase of a response (for call records).
+pub(crate) fn reason_of(response: &[u8]) -> String {
+    let end = line_end(response, 0);
+    String::from_utf8_lossy(response.get(12..end).unwrap_or_default()).into_owned()
 }
 
 fn status_of(response: &[u8]) -> u16 {
@@ -607,4 +675,51 @@ fn options(msg: &Message<'_>) -> Vec<u8> {
         .header("Accept-Language", "en")
         .header("Supported", &SUPPORTED.join(", "))
         .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REGISTER: &[u8] = b"REGISTER sip:pbx.test SIP/2.0\r\n\
+        Via: SIP/2.0/UDP 10.0.0.9:5062;branch=z9hG4bKr1;rport, SIP/2.0/UDP b;branch=z9hG4bK2\r\n\
+        From: <sip:1001@pbx.test>;tag=f1\r\nTo: <sip:1001@pbx.test>\r\n\
+        Call-ID: c1\r\nCSeq: 3 REGISTER\r\nContent-Length: 0\r\n\r\n";
+
+    #[test]
+    fn responses_carry_server_received_rport_and_a_stable_to_tag() {
+        let req = parse(REGISTER, &Limits::default()).unwrap();
+        let from: std::net::SocketAddr = "203.0.113.5:40000".parse().unwrap();
+        let via = top_via_received(&req, from.ip(), from.port()).unwrap();
+        let built = ResponseBuilder::new(&req, 401, "Unauthorized")
+            .header("WWW-Authenticate", "Digest realm=\"pbx.test\"")
+            .build();
+        let mut out = Vec::new();
+        finish_response(&mut out, &built, "sipcraft/test", via.as_deref(), &req);
+        let resp = parse(&out, &Limits::default()).unwrap();
+        assert_eq!(resp.status(), Some(401));
+        assert_eq!(resp.headers()[0].raw_name, "Server");
+        assert_eq!(resp.headers()[0].value, "sipcraft/test");
+        let vias: Vec<_> = resp.vias().map(Result::unwrap).collect();
+        assert_eq!(vias.len(), 2);
+        assert_eq!(vias[0].rport(), Some(Some(40000)));
+        assert_eq!(
+            vias[0].received().map(|h| h.to_string()).as_deref(),
+            Some("203.0.113.5")
+        );
+        assert_eq!(vias[1].branch(), Some("z9hG4bK2"));
+        let tag = resp.to().unwrap().tag().map(str::to_owned);
+        assert!(tag.as_deref().is_some_and(|t| t.starts_with("sc")));
+        assert_eq!(reason_of(&out), "Unauthorized");
+        // The same request gets the same tag; a 100 gets none; an unchanged Via stays.
+        let mut again = Vec::new();
+        finish_response(&mut again, &built, "sipcraft/test", via.as_deref(), &req);
+        assert_eq!(out, again);
+        let trying = ResponseBuilder::new(&req, 100, "Trying").build();
+        let mut t = Vec::new();
+        finish_response(&mut t, &trying, "s", None, &req);
+        let t = parse(&t, &Limits::default()).unwrap();
+        assert_eq!(t.to().unwrap().tag(), None);
+        assert_eq!(t.top_via().unwrap().rport(), Some(None));
+    }
 }

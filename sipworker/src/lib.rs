@@ -107,10 +107,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let mut health_tick = tokio::time::interval(Duration::from_secs(1));
     let mut buf = vec![0u8; 65_536];
     loop {
-        let deadline = core
-            .txns
-            .next_deadline()
-            .map(tokio::time::Instant::from_std);
+        let deadline = core.next_deadline().map(tokio::time::Instant::from_std);
         let out = tokio::select! {
             r = recv(udp.as_ref().filter(|_| receives_udp), &mut buf) => match r {
                 Ok((n, peer)) => core.on_message(&buf[..n], Target::udp(peer), Instant::now()),

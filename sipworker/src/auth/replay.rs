@@ -23,7 +23,7 @@ pub const DEFAULT_REPLAY_CAPACITY: usize = 65_536;
 /// Highest nonce count seen per nonce, bounded, oldest first out.
 #[derive(Debug)]
 pub(crate) struct NonceCounts {
-    seen: HashMap<[u8; TAG_BYTES], u32>,
+    seen: HashMap<[u8; TAG_BYTES], u32, ahash::RandomState>,
     /// Nonces in order of first use, with their issue time (Unix seconds).
     order: VecDeque<([u8; TAG_BYTES], u64)>,
     capacity: usize,
@@ -32,7 +32,7 @@ pub(crate) struct NonceCounts {
 impl NonceCounts {
     pub(crate) fn new(capacity: usize) -> Self {
         NonceCounts {
-            seen: HashMap::new(),
+            seen: HashMap::default(),
             order: VecDeque::new(),
             capacity: capacity.max(1),
         }

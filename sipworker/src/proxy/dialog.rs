@@ -28,7 +28,8 @@ impl Core {
             return self.answer(msg, key, from, r, now);
         };
         let caller = crate::core::reply_target(msg, from);
-        let fork = Fork::new(key.clone(), method, msg.as_bytes().to_vec(), caller);
+        let request = crate::core::with_received(msg, from);
+        let fork = Fork::new(key.clone(), method, request, caller);
         self.proxy.forks.insert(key.clone(), fork);
         if method == "BYE" {
             self.record_bye(msg);
@@ -38,7 +39,7 @@ impl Core {
             uri: None,
             caller_flow: None,
         };
-        self.forward_branch(msg, key, hop, now)
+        self.forward_branch(msg, Some(from), key, hop, now)
     }
 
     /// An ACK for a 2xx: end to end, forwarded without a transaction.
@@ -49,6 +50,7 @@ impl Core {
         let branch = self.proxy.new_branch(&self.name);
         match self.rewrite(
             msg,
+            Some(from),
             &Hop {
                 target: target.clone(),
                 uri: None,

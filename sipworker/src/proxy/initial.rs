@@ -17,7 +17,8 @@ use crate::transport::{Out, Target};
 
 impl Core {
     /// A new request that is not for the server itself: route it, or answer why not.
-    /// `msg` is the request with received/rport already recorded in its top Via.
+    /// `msg` is the request as received from `from`: its top Via gets received/rport in what
+    /// is built from it.
     pub(crate) fn proxy_request(
         &mut self,
         msg: &Message<'_>,
@@ -162,12 +163,17 @@ impl Core {
             }
         }
         let caller = crate::core::reply_target(msg, from);
-        let mut fork = Fork::new(key.clone(), &method, msg.as_bytes().to_vec(), caller);
+        let request = crate::core::with_received(msg, from);
+        let mut fork = Fork::new(key.clone(), &method, request, caller);
         fork.later = groups.into_iter().rev().collect();
         fork.timer_c = (method == "INVITE").then(|| now + self.proxy.ring_timeout);
+        if let Some(at) = fork.timer_c {
+            self.proxy.schedule(at);
+        }
         fork.record = record;
         self.proxy.forks.insert(key.clone(), fork);
-        out.extend(self.next_group(key, now));
+        // The first group goes out from the message in hand; later ones from the stored copy.
+        out.extend(self.next_group(key, Some((msg, from)), now));
         out
     }
 
@@ -189,28 +195,43 @@ impl Core {
     }
 
     /// Starts the next serial group of a fork; answers the caller when none is left.
-    pub(super) fn next_group(&mut self, key: &ServerKey, now: Instant) -> Vec<Out> {
+    /// `received` is the request as received and its source, when in hand; otherwise the
+    /// stored copy (received/rport already recorded) is parsed.
+    pub(super) fn next_group(
+        &mut self,
+        key: &ServerKey,
+        received: Option<(&Message<'_>, &Target)>,
+        now: Instant,
+    ) -> Vec<Out> {
         let Some(fork) = self.proxy.forks.get_mut(key) else {
             return Vec::new();
         };
         let Some(group) = fork.later.pop() else {
             return self.finish_fork(key, now);
         };
+        let mut out = Vec::new();
+        if let Some((msg, from)) = received {
+            for hop in group {
+                out.extend(self.forward_branch(msg, Some(from), key, hop, now));
+            }
+            return out;
+        }
         let request = fork.request.clone();
         let Ok(msg) = sipcraft_sip::parse(&request, &self.limits) else {
             return Vec::new();
         };
-        let mut out = Vec::new();
         for hop in group {
-            out.extend(self.forward_branch(&msg, key, hop, now));
+            out.extend(self.forward_branch(&msg, None, key, hop, now));
         }
         out
     }
 
-    /// Forwards `msg` on a new branch to `hop`.
+    /// Forwards `msg` on a new branch to `hop`; `received` is where `msg` came from when its
+    /// top Via still needs received/rport.
     pub(super) fn forward_branch(
         &mut self,
         msg: &Message<'_>,
+        received: Option<&Target>,
         key: &ServerKey,
         hop: Hop,
         now: Instant,
@@ -222,7 +243,7 @@ impl Core {
             .to_owned();
         let branch = self.proxy.new_branch(&self.name);
         let target = hop.target.clone();
-        let bytes = match self.rewrite(msg, &hop, &branch) {
+        let bytes = match self.rewrite(msg, received, &hop, &branch) {
             Ok(b) => b,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot forward");
@@ -264,17 +285,23 @@ impl Core {
         self.run(Some(&client_key), actions, now)
     }
 
-    /// The request as sent on a branch: new Request-URI (initial requests), our Via,
-    /// Max-Forwards decremented, our Route entries popped, Record-Route added.
+    /// The request as sent on a branch: received/rport in the top Via when `received` gives
+    /// the source (RFC 3581), new Request-URI (initial requests), our Via, Max-Forwards
+    /// decremented, our Route entries popped, Record-Route added.
     pub(super) fn rewrite(
         &self,
         msg: &Message<'_>,
+        received: Option<&Target>,
         hop: &Hop,
         branch: &str,
     ) -> Result<Vec<u8>, RewriteError> {
         let target = &hop.target;
         let initial = hop.uri.is_some();
         let mut w = Rewriter::new(msg);
+        if let Some(from) = received {
+            // As before, a top Via that cannot be annotated is forwarded as it came.
+            let _ = w.set_top_via_received(from.peer.ip(), from.peer.port());
+        }
         w.decrement_max_forwards()?;
         let method = msg.method().map(|m| m.as_str()).unwrap_or_default();
         if let Some(uri) = &hop.uri {

@@ -30,22 +30,26 @@ pub use route::Local;
 #[derive(Debug)]
 pub struct Proxy {
     pub local: Local,
-    pub forks: HashMap<ServerKey, Fork>,
-    pub by_branch: HashMap<ClientKey, ServerKey>,
+    pub forks: HashMap<ServerKey, Fork, ahash::RandomState>,
+    pub by_branch: HashMap<ClientKey, ServerKey, ahash::RandomState>,
     next_branch: u64,
     pub ring_timeout: Duration,
     records: u64,
+    /// When the forks are next swept for Timer C and cleanup: no earlier than the earliest
+    /// deadline, at most `respond::SWEEP` after it.
+    pub(crate) next_due: Option<Instant>,
 }
 
 impl Proxy {
     pub fn new(config: &sipcraft_config::Config) -> Self {
         Proxy {
             local: Local::new(config),
-            forks: HashMap::new(),
-            by_branch: HashMap::new(),
+            forks: HashMap::default(),
+            by_branch: HashMap::default(),
             next_branch: 1,
             ring_timeout: Duration::from_secs(config.proxy.ring_timeout_s),
             records: 0,
+            next_due: None,
         }
     }
 
@@ -53,12 +57,14 @@ impl Proxy {
         self.ring_timeout = Duration::from_secs(config.proxy.ring_timeout_s);
     }
 
-    /// The earliest Timer C or fork cleanup.
+    /// When a Timer C or fork cleanup may be due (never later than the earliest).
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.forks
-            .values()
-            .filter_map(|f| f.timer_c.or(f.forget_at))
-            .min()
+        self.next_due
+    }
+
+    /// Notes a fork deadline set to `at`.
+    pub(crate) fn schedule(&mut self, at: Instant) {
+        self.next_due = Some(self.next_due.map_or(at, |due| due.min(at)));
     }
 
     fn new_branch(&mut self, worker: &str) -> String {

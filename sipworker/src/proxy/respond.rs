@@ -16,13 +16,18 @@ use crate::transport::Out;
 
 /// How long a finished fork is kept, for 2xx retransmissions (64·T1).
 const LINGER: Duration = Duration::from_secs(32);
+/// How often at most the forks are swept for Timer C and cleanup: Timer C (minutes) may
+/// fire this much late.
+const SWEEP: Duration = Duration::from_millis(200);
 
 impl Core {
     /// A response on branch `ck`, passed up by its client transaction.
+    /// `parsed` is the response already parsed, when the caller has it.
     pub(crate) fn proxy_response(
         &mut self,
         ck: &ClientKey,
         response: &Out,
+        parsed: Option<&Message<'_>>,
         now: Instant,
     ) -> Vec<Out> {
         let Some(key) = self.proxy.by_branch.get(ck).cloned() else {
@@ -31,14 +36,22 @@ impl Core {
         if ck.method() == "CANCEL" {
             return Vec::new(); // the 200 to our CANCEL ends there
         }
-        let Ok(msg) = parse(&response.bytes, &self.limits) else {
-            return Vec::new();
+        let reparsed;
+        let msg = match parsed {
+            Some(m) => m,
+            None => match parse(&response.bytes, &self.limits) {
+                Ok(m) => {
+                    reparsed = m;
+                    &reparsed
+                }
+                Err(_) => return Vec::new(),
+            },
         };
         let Some(status) = msg.status() else {
             return Vec::new();
         };
         // The response as the caller gets it: our Via removed.
-        let mut w = Rewriter::new(&msg);
+        let mut w = Rewriter::new(msg);
         if w.remove_top_via().is_err() {
             return Vec::new();
         }
@@ -109,7 +122,7 @@ impl Core {
                 }
                 fork.offer(status, relayed);
                 if fork.all_done() {
-                    out.extend(self.next_group(&key, now));
+                    out.extend(self.next_group(&key, None, now));
                 }
             }
         }
@@ -155,7 +168,7 @@ impl Core {
             }
         }
         if self.proxy.forks.get(&key).is_some_and(|f| f.all_done()) {
-            return self.next_group(&key, now);
+            return self.next_group(&key, None, now);
         }
         Vec::new()
     }
@@ -200,10 +213,7 @@ impl Core {
             rec.final_status = status;
             rec.ended_ms = Some(crate::now_ms());
             if rec.reason.is_empty() {
-                rec.reason = parse(&bytes, &self.limits)
-                    .ok()
-                    .and_then(|m| m.status_line().map(|l| l.reason.to_owned()))
-                    .unwrap_or_default();
+                rec.reason = crate::core::reason_of(&bytes);
             }
             self.send_record(rec);
         }
@@ -236,11 +246,16 @@ impl Core {
         if let Some(f) = self.proxy.forks.get_mut(key) {
             f.timer_c = None;
             f.forget_at = Some(now + LINGER);
+            self.proxy.schedule(now + LINGER);
         }
     }
 
-    /// Timer C and fork cleanup.
+    /// Timer C and fork cleanup. The forks are looked at only when the earliest of their
+    /// deadlines is due, not at every transaction timer.
     pub(crate) fn proxy_timers(&mut self, now: Instant) -> Vec<Out> {
+        if self.proxy.next_due.is_none_or(|due| due > now) {
+            return Vec::new();
+        }
         let ringing: Vec<ServerKey> = self
             .proxy
             .forks
@@ -282,6 +297,15 @@ impl Core {
                 }
             }
         }
+        // The next look no sooner than SWEEP from now: thousands of finished forks linger,
+        // each with its own deadline, and one pass handles all that fell due meanwhile.
+        self.proxy.next_due = self
+            .proxy
+            .forks
+            .values()
+            .filter_map(|f| f.timer_c.or(f.forget_at))
+            .min()
+            .map(|due| due.max(now + SWEEP));
         out
     }
 }

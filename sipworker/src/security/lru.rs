@@ -8,7 +8,7 @@ use std::hash::Hash;
 /// A map with a size bound and an age order (oldest renewal first).
 #[derive(Debug)]
 pub(crate) struct Lru<K, V> {
-    map: HashMap<K, (V, u64)>,
+    map: HashMap<K, (V, u64), ahash::RandomState>,
     order: BTreeMap<u64, K>,
     next: u64,
     capacity: usize,
@@ -17,7 +17,7 @@ pub(crate) struct Lru<K, V> {
 impl<K: Copy + Eq + Hash, V> Lru<K, V> {
     pub(crate) fn new(capacity: usize) -> Self {
         Lru {
-            map: HashMap::new(),
+            map: HashMap::default(),
             order: BTreeMap::new(),
             next: 0,
             capacity: capacity.max(1),
