@@ -227,6 +227,7 @@ fn sent_protocol_and_by<'a>(c: &mut Cursor<'a>) -> SResult<Via<'a>> {
         // What every sender writes, read without the white-space dance below.
         let at = c.pos();
         c.set_pos(at + 8);
+        c.skip_ws();
         (c.slice(at, at + 3), c.slice(at + 4, at + 7))
     } else {
         let protocol = c
@@ -324,6 +325,14 @@ mod tests {
             v.to_string(),
             "SIP/2.0/TCP spindle.example.com;branch=z9hG4bK9ikj8"
         );
+        // White space after the last `/` is allowed on the short path too.
+        let v = p("SIP/2.0/ UDP 192.0.2.2;branch=z9hG4bKx");
+        assert_eq!(
+            (v.protocol, v.version, v.transport),
+            ("SIP", "2.0", Transport::Udp)
+        );
+        let v = p("SIP/2.0/\r\n TLS h.example.com");
+        assert_eq!(v.transport, Transport::Tls);
     }
 
     #[test]
