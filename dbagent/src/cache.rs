@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sipcraft_config::Extension;
-use sipcraft_ipc::state::Binding;
+use sipcraft_ipc::state::{Binding, BindingTable};
 
 use crate::journal::{create_private, sync_dir};
 
@@ -83,6 +83,23 @@ pub struct Cache {
     pub bindings: Vec<Binding>,
 }
 
+/// What is written: the fields of [`Cache`], in its order and under its names, with the
+/// bindings serialized straight from a copy of the compact table (no owned `Binding` per
+/// entry while the file is written).
+#[derive(Debug, Serialize)]
+pub struct CacheOut {
+    pub format: &'static str,
+    pub version: u32,
+    pub written_ms: u64,
+    pub instance: String,
+    pub node: String,
+    pub state_seq: u64,
+    pub db_applied_seq: u64,
+    pub reconcile: bool,
+    pub extensions: Vec<Extension>,
+    pub bindings: BindingTable,
+}
+
 impl Cache {
     /// An empty cache of this build's format.
     pub fn new() -> Cache {
@@ -118,17 +135,26 @@ pub fn load(dir: &Path) -> Result<Option<Cache>, CacheError> {
         .map_err(|source| CacheError::Parse { path, source })
 }
 
-/// Writes the cache into `dir` atomically (blocking: run it off the async thread).
-pub fn store(dir: &Path, cache: &Cache) -> Result<(), CacheError> {
+/// Writes the cache (a [`CacheOut`], or a [`Cache`]) into `dir` atomically (blocking: run it
+/// off the async thread). Encoded straight into the file, never as one body in memory.
+pub fn store(dir: &Path, cache: &impl Serialize) -> Result<(), CacheError> {
     let path = dir.join(FILE);
     let tmp = dir.join(format!("{FILE}.tmp"));
-    let body = serde_json::to_vec(cache).map_err(CacheError::Encode)?;
     let err = |source| CacheError::Write {
         path: path.clone(),
         source,
     };
-    let mut file = create_private(&tmp).map_err(err)?;
-    file.write_all(&body).map_err(err)?;
+    let file = create_private(&tmp).map_err(err)?;
+    let mut out = std::io::BufWriter::new(file);
+    serde_json::to_writer(&mut out, cache).map_err(|e| {
+        if e.is_io() {
+            err(e.into())
+        } else {
+            CacheError::Encode(e)
+        }
+    })?;
+    out.flush().map_err(err)?;
+    let file = out.into_inner().map_err(|e| err(e.into_error()))?;
     file.sync_all().map_err(err)?;
     drop(file);
     std::fs::rename(&tmp, &path).map_err(err)?;
@@ -168,5 +194,40 @@ mod tests {
             load(dir.path()),
             Err(CacheError::Version { version: 99, .. })
         ));
+    }
+
+    #[test]
+    fn what_is_written_from_the_table_reads_back_as_a_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = crate::store::tests::binding("1001", "a", 7);
+        let mut bindings = BindingTable::new();
+        bindings.upsert(&b);
+        let out = CacheOut {
+            format: FORMAT,
+            version: VERSION,
+            written_ms: 1,
+            instance: "i".into(),
+            node: "n".into(),
+            state_seq: 2,
+            db_applied_seq: 3,
+            reconcile: true,
+            extensions: Vec::new(),
+            bindings,
+        };
+        store(dir.path(), &out).unwrap();
+        let back = load(dir.path()).unwrap().unwrap();
+        assert_eq!(
+            back,
+            Cache {
+                written_ms: 1,
+                instance: "i".into(),
+                node: "n".into(),
+                state_seq: 2,
+                db_applied_seq: 3,
+                reconcile: true,
+                bindings: vec![b],
+                ..Cache::new()
+            }
+        );
     }
 }

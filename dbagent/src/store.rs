@@ -75,6 +75,11 @@ impl Store {
         self.bindings.aors()
     }
 
+    /// The table itself (a copy of it is what the cache file is written from).
+    pub fn table(&self) -> &BindingTable {
+        &self.bindings
+    }
+
     /// Every binding.
     pub fn all(&self) -> impl Iterator<Item = BindingRef<'_>> {
         self.bindings.iter()
@@ -103,7 +108,7 @@ pub fn now_ms() -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use sipcraft_config::Transport;
 

@@ -35,7 +35,8 @@ const HEADER: usize = 8;
 const MAX_OWNERS: usize = 64;
 
 /// A borrowed view of one stored binding: the fields of [`Binding`], as slices of the table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// It serializes as a [`Binding`] does (same fields, same order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct BindingRef<'a> {
     pub aor: &'a str,
     pub key: &'a str,
@@ -221,6 +222,14 @@ impl std::fmt::Debug for BindingTable {
             .field("bindings", &self.len)
             .field("owners", &self.owners)
             .finish()
+    }
+}
+
+/// A sequence of bindings, as a `Vec<Binding>` serializes: so a copy of the table can be
+/// written out (the dbagent's cache file) without an owned `Binding` per entry.
+impl Serialize for BindingTable {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter())
     }
 }
 
@@ -481,6 +490,9 @@ mod tests {
         assert_eq!(t.iter().count(), 2);
         assert_eq!(t.aors().collect::<Vec<_>>(), vec![b.aor.as_str()]);
         assert!(t.get(&b.aor).any(|v| v == b.view()));
+        let json = serde_json::to_string(&t).unwrap();
+        let back: Vec<Binding> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, vec![b.clone(), plain.clone()]);
     }
 
     #[test]

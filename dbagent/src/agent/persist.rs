@@ -4,10 +4,9 @@
 use std::time::{Duration, Instant};
 
 use sipcraft_config::Extension;
-use sipcraft_ipc::state::Binding;
 
 use super::{chain, Agent, DbState, JOURNAL_WARN_PERCENT};
-use crate::cache::{self, Cache, CacheError};
+use crate::cache::{self, CacheError, CacheOut};
 use crate::db::DbEvent;
 
 impl Agent {
@@ -35,10 +34,12 @@ impl Agent {
         (!parts.is_empty()).then(|| parts.join("; "))
     }
 
-    pub(super) fn snapshot_cache(&self) -> Cache {
-        let mut extensions: Vec<Extension> = self.replica_extensions().into_values().collect();
+    pub(super) fn snapshot_cache(&self) -> CacheOut {
+        let mut extensions: Vec<Extension> = self.replica().extensions().cloned().collect();
         extensions.sort_by(|a, b| a.number.cmp(&b.number));
-        Cache {
+        CacheOut {
+            format: cache::FORMAT,
+            version: cache::VERSION,
             written_ms: crate::store::now_ms(),
             instance: self.instance.clone(),
             node: self.link.config.server.node_name.clone(),
@@ -46,8 +47,7 @@ impl Agent {
             db_applied_seq: self.db_applied,
             reconcile: self.reconcile_needed || self.reconcile_sent.is_some(),
             extensions,
-            bindings: self.store.all().map(Binding::from).collect(),
-            ..Cache::new()
+            bindings: self.store.table().clone(),
         }
     }
 
