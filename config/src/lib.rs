@@ -97,6 +97,9 @@ pub fn parse(text: &str, origin: &Path) -> Result<Config, Problems> {
             }
         }
     };
+    // The tree is not needed past this point (problems find their lines in `lines`): freed
+    // now, its memory serves the validated config instead of adding to the peak.
+    drop(root);
     let config = validate::validate(file, &base_dir(origin), &mut c);
     c.finish().map(|()| config)
 }

@@ -118,10 +118,12 @@ impl Supervisor {
         };
         let refused = sipcraft_config::restart_needed(&self.config, &new);
         // What needs a restart stays as it is; everything else takes effect now.
-        let new = sipcraft_config::apply_live(&self.config, new);
-        if new.database.is_none() && new.extensions != self.config.extensions {
-            self.hub
-                .publish(Update::ExtensionsReplaced(new.extensions.clone()));
+        let mut new = sipcraft_config::apply_live(&self.config, new);
+        let extensions = std::mem::take(&mut new.extensions);
+        let fingerprint = super::fingerprint(&extensions);
+        if new.database.is_none() && fingerprint != self.extensions_fingerprint {
+            self.hub.publish(Update::ExtensionsReplaced(extensions));
+            self.extensions_fingerprint = fingerprint;
         }
         self.config = new;
         let slice = self.slice();
