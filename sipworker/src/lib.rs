@@ -106,9 +106,22 @@ pub async fn run(args: Args) -> Result<(), Error> {
 
     let mut health_tick = tokio::time::interval(Duration::from_secs(1));
     let mut buf = vec![0u8; 65_536];
+    // One timer for the whole loop, re-armed only when the next deadline moves to another
+    // TIMER_TICK slot: every transaction has deadlines of its own (thousands a second under
+    // load), and a wake-up per deadline costs more than the timers' work.
+    let epoch = Instant::now();
+    let timer = tokio::time::sleep_until(tokio::time::Instant::from_std(epoch));
+    tokio::pin!(timer);
+    let mut armed: Option<Instant> = None;
     loop {
-        let deadline = core.next_deadline().map(tokio::time::Instant::from_std);
-        let out = tokio::select! {
+        let deadline = core.next_deadline().map(|d| tick_after(epoch, d));
+        if deadline != armed {
+            if let Some(d) = deadline {
+                timer.as_mut().reset(tokio::time::Instant::from_std(d));
+            }
+            armed = deadline;
+        }
+        let mut out = tokio::select! {
             r = recv(udp.as_ref().filter(|_| receives_udp), &mut buf) => match r {
                 Ok((n, peer)) => core.on_message(&buf[..n], Target::udp(peer), Instant::now()),
                 Err(e) => {
@@ -130,7 +143,10 @@ pub async fn run(args: Args) -> Result<(), Error> {
                     Vec::new()
                 }
             },
-            _ = sleep_until(deadline) => core.poll_timers(Instant::now()),
+            _ = &mut timer, if armed.is_some() => {
+                armed = None;
+                Vec::new()
+            }
             _ = health_tick.tick() => {
                 let health = Health {
                     transactions: core.txns.len() as u64,
@@ -171,6 +187,12 @@ pub async fn run(args: Args) -> Result<(), Error> {
             },
             _ = child::stop_signal() => break,
         };
+        // Timers that fell due meanwhile run on this wake-up (the timer branch above only
+        // wakes an idle loop).
+        let now = Instant::now();
+        if core.next_deadline().is_some_and(|d| d <= now) {
+            out.extend(core.poll_timers(now));
+        }
         for msg in out {
             send(&core, udp.as_ref(), msg).await;
         }
@@ -189,11 +211,17 @@ async fn recv(
     }
 }
 
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
+/// How late a transaction or proxy timer may fire so that the deadlines of many
+/// transactions share one wake-up (RFC 3261 timers are at least their value; the shortest,
+/// the 100 Trying delay, is 200 ms).
+const TIMER_TICK: Duration = Duration::from_millis(10);
+
+/// The end of the TIMER_TICK slot (counted from `epoch`) that `at` falls in.
+fn tick_after(epoch: Instant, at: Instant) -> Instant {
+    let tick = TIMER_TICK.as_nanos();
+    let since = at.saturating_duration_since(epoch).as_nanos();
+    let slots = since.div_ceil(tick);
+    epoch + Duration::from_nanos(u64::try_from(slots * tick).unwrap_or(u64::MAX))
 }
 
 async fn send(core: &Core, udp: Option<&tokio::net::UdpSocket>, msg: transport::Out) {
@@ -332,4 +360,21 @@ pub enum Socket {
     Udp(tokio::net::UdpSocket),
     /// TCP, and TLS and WebSocket over it.
     Tcp(tokio::net::TcpListener),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timers_round_up_to_the_end_of_their_tick() {
+        let epoch = Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(tick_after(epoch, epoch), epoch);
+        assert_eq!(tick_after(epoch, epoch + ms(1)), epoch + ms(10));
+        assert_eq!(tick_after(epoch, epoch + ms(10)), epoch + ms(10));
+        assert_eq!(tick_after(epoch, epoch + ms(32_001)), epoch + ms(32_010));
+        // Before the epoch (a deadline already due): at once.
+        assert_eq!(tick_after(epoch + ms(5), epoch), epoch + ms(5));
+    }
 }
