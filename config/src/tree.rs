@@ -61,10 +61,6 @@ pub(crate) struct SyntaxError {
 }
 
 /// Parses TOML text into a tree whose root is a table.
-///
-/// The `toml_edit` document is taken apart as the tree is built (each part dropped once
-/// converted), so the two never both hold the whole file: with 100,000 `[[extension]]`
-/// tables the document alone is ~130 MB, and the peak is what the process keeps as RSS.
 pub(crate) fn parse(text: &str) -> Result<Node, SyntaxError> {
     let index = LineIndex::new(text);
     let doc = ImDocument::parse(text).map_err(|e| SyntaxError {
@@ -72,101 +68,72 @@ pub(crate) fn parse(text: &str) -> Result<Node, SyntaxError> {
         message: e.message().trim().to_string(),
     })?;
     Ok(Node {
-        value: Value::Table(table(doc.into_table(), &index)),
+        value: Value::Table(table(doc.as_table(), &index)),
         line: None,
     })
 }
 
-fn table(t: toml_edit::Table, index: &LineIndex) -> Vec<Entry> {
-    // Lines of the keys first: consuming the table yields its keys as plain strings.
-    let mut key_lines = t
-        .iter()
-        .map(|(k, _)| {
-            t.get_key_value(k)
-                .and_then(|(key, _)| index.span(key.span()))
+fn table(t: &toml_edit::Table, index: &LineIndex) -> Vec<Entry> {
+    t.iter()
+        .filter_map(|(k, _)| {
+            let (key, item) = t.get_key_value(k)?;
+            Some(Entry {
+                key: k.to_string(),
+                line: index.span(key.span()),
+                node: self::item(item, index)?,
+            })
         })
-        .collect::<Vec<_>>()
-        .into_iter();
-    let mut out = Vec::new();
-    for (key, item) in t {
-        if item.is_none() {
-            // Not listed by `iter` either.
-            continue;
-        }
-        let line = key_lines.next().flatten();
-        if let Some(node) = self::item(item, index) {
-            out.push(Entry {
-                key: key.to_string(),
-                line,
-                node,
-            });
-        }
-    }
-    out
+        .collect()
 }
 
-fn item(item: Item, index: &LineIndex) -> Option<Node> {
+fn item(item: &Item, index: &LineIndex) -> Option<Node> {
     match item {
         Item::None => None,
         Item::Value(v) => Some(value(v, index)),
-        Item::Table(t) => {
-            let line = index.span(t.span());
-            Some(Node {
-                value: Value::Table(table(t, index)),
-                line,
-            })
-        }
-        Item::ArrayOfTables(a) => {
-            let line = index.span(a.span());
-            Some(Node {
-                value: Value::Array(
-                    a.into_iter()
-                        .map(|t| {
-                            let line = index.span(t.span());
-                            Node {
-                                value: Value::Table(table(t, index)),
-                                line,
-                            }
-                        })
-                        .collect(),
-                ),
-                line,
-            })
-        }
+        Item::Table(t) => Some(Node {
+            value: Value::Table(table(t, index)),
+            line: index.span(t.span()),
+        }),
+        Item::ArrayOfTables(a) => Some(Node {
+            value: Value::Array(
+                a.iter()
+                    .map(|t| Node {
+                        value: Value::Table(table(t, index)),
+                        line: index.span(t.span()),
+                    })
+                    .collect(),
+            ),
+            line: index.span(a.span()),
+        }),
     }
 }
 
-fn value(v: toml_edit::Value, index: &LineIndex) -> Node {
+fn value(v: &toml_edit::Value, index: &LineIndex) -> Node {
     use toml_edit::Value as V;
-    let line = index.span(v.span());
     let value = match v {
-        V::String(s) => Value::Str(s.into_value()),
+        V::String(s) => Value::Str(s.value().clone()),
         V::Integer(i) => Value::Int(*i.value()),
         V::Float(f) => Value::Float(*f.value()),
         V::Boolean(b) => Value::Bool(*b.value()),
         V::Datetime(d) => Value::Datetime(d.value().to_string()),
-        V::Array(a) => Value::Array(a.into_iter().map(|v| value(v, index)).collect()),
-        V::InlineTable(t) => {
-            let mut key_lines = t
-                .iter()
-                .map(|(k, _)| {
-                    t.get_key_value(k)
-                        .and_then(|(key, _)| index.span(key.span()))
-                })
-                .collect::<Vec<_>>()
-                .into_iter();
-            Value::Table(
-                t.into_iter()
-                    .map(|(key, v)| Entry {
-                        key: key.to_string(),
-                        line: key_lines.next().flatten(),
-                        node: value(v, index),
+        V::Array(a) => Value::Array(a.iter().map(|v| value(v, index)).collect()),
+        V::InlineTable(t) => Value::Table(
+            t.iter()
+                .filter_map(|(k, _)| {
+                    let (key, item) = t.get_key_value(k)?;
+                    Some(Entry {
+                        key: k.to_string(),
+                        line: index.span(key.span()),
+                        node: self::item(item, index)?,
                     })
-                    .collect(),
-            )
-        }
+                })
+                .collect(),
+        ),
     };
-    Node { value, line }
+    Node {
+        value,
+        line: index.span(v.span()),
+    }
 }
 
 /// Byte offset to 1-based line.
