@@ -77,7 +77,7 @@ impl Registrar {
             now,
         };
         match self.authenticate(msg, &user, false, ctx) {
-            Ok(ext) => self.update_bindings(msg, from, worker, &ext, replica, outbox),
+            Ok(number) => self.update_bindings(msg, from, worker, &number, replica, outbox),
             Err(response) => response,
         }
     }
@@ -85,23 +85,26 @@ impl Registrar {
     /// Digest authentication of `msg` as extension `user` (the To user of a REGISTER, the
     /// From user of a call). `proxy` selects 407/Proxy-Authenticate/Proxy-Authorization
     /// instead of 401/WWW-Authenticate/Authorization. Unknown users get exactly what a
-    /// known user with a wrong password gets. `Err` holds the response to send.
+    /// known user with a wrong password gets. `Ok` holds the extension number; `Err` the
+    /// response to send.
     pub fn authenticate(
         &mut self,
         msg: &Message<'_>,
         user: &str,
         proxy: bool,
         ctx: AuthContext<'_>,
-    ) -> Result<Extension, Vec<u8>> {
-        let extension = read(ctx.replica).extension(user).cloned();
+    ) -> Result<String, Vec<u8>> {
+        // The replica stays read-locked while the digest is checked (microseconds), so the
+        // extension is not copied. Nothing below takes the replica lock again.
+        let replica = read(ctx.replica);
+        let extension = replica.extension(user);
         let method = msg.method().map(|m| m.as_str()).unwrap_or("REGISTER");
         let digest = msg
-            .credentials(proxy)
-            .filter_map(Result::ok)
-            .filter_map(|c| c.digest())
+            .digest_credentials(proxy)
+            .filter_map(|d| d.ok().flatten())
             .find(|d| d.realm.as_deref() == Some(self.realm.as_str()));
         let Some(digest) = digest else {
-            return Err(self.challenge(msg, extension.as_ref(), false, proxy));
+            return Err(self.challenge(msg, extension, false, proxy));
         };
         let creds = Credentials {
             username: digest.username.as_deref().unwrap_or_default(),
@@ -117,7 +120,7 @@ impl Registrar {
         };
         let wall = SystemTime::now();
         // Credentials must be for the user in question: 1001 cannot register or call as 1002.
-        let verdict = match &extension {
+        let verdict = match extension {
             Some(ext) if creds.username == ext.number => {
                 self.auth.verify(&creds, method, ext, &self.realm, wall)
             }
@@ -138,14 +141,16 @@ impl Registrar {
         match verdict {
             Verdict::Ok { .. } => {}
             Verdict::Stale | Verdict::Replay => {
-                return Err(self.challenge(msg, extension.as_ref(), true, proxy))
+                return Err(self.challenge(msg, extension, true, proxy))
             }
             Verdict::Disabled => return Err(ResponseBuilder::new(msg, 403, "Forbidden").build()),
             Verdict::Unsupported(why) => return Err(bad(msg, &why.to_string())),
             Verdict::Malformed(why) => return Err(bad(msg, &why.to_string())),
-            _ => return Err(self.challenge(msg, extension.as_ref(), false, proxy)),
+            _ => return Err(self.challenge(msg, extension, false, proxy)),
         }
-        extension.ok_or_else(|| self.challenge(msg, None, false, proxy))
+        extension
+            .map(|ext| ext.number.clone())
+            .ok_or_else(|| self.challenge(msg, None, false, proxy))
     }
 
     fn challenge(
@@ -184,7 +189,7 @@ impl Registrar {
         msg: &Message<'_>,
         from: &Target,
         worker: &str,
-        ext: &Extension,
+        number: &str,
         replica: &Arc<RwLock<Replica>>,
         outbox: &Outbox,
     ) -> Vec<u8> {
@@ -203,7 +208,7 @@ impl Registrar {
             Err(_) => return bad(msg, "Bad Contact header"),
         };
         let now_ms = crate::now_ms();
-        let aor = ext.number.clone();
+        let aor = number.to_owned();
         let mut updates = Vec::new();
         match contacts {
             Contacts::Wildcard => {
