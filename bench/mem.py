@@ -60,6 +60,9 @@ def main():
     ap.add_argument("--rate", type=int, default=4000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--json", help="write the figures here too")
+    ap.add_argument("--wait", type=float, default=2,
+                    help="seconds between start and the baseline (an allocator that returns "
+                         "freed memory lazily, such as mimalloc, needs ~15)")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="sipcraft-mem-")
     users = [str(100000 + i) for i in range(args.users)]
@@ -69,7 +72,7 @@ def main():
         t = time.monotonic()
         srv.start(timeout=300)
         result["start_s"] = round(time.monotonic() - t, 1)
-        time.sleep(2)
+        time.sleep(args.wait)
         base = point(srv)
         result["baseline_kib"] = base
         print(f"started in {result['start_s']} s; baseline with {args.users} extensions:")
