@@ -182,3 +182,31 @@ fn journal_at_its_limit_raises_the_alarm_and_nothing_crashes() {
         dbagent_alarm(&server).is_none().then_some(())
     });
 }
+
+/// A registration answered 200 right before a SIGTERM is persisted before the dbagent exits
+/// (the worker hands it to the bus before it exits, the hub reads it to the end before it
+/// stops the dbagent, and the dbagent's Stop cannot overtake it): two phones register and
+/// the supervisor is stopped the moment the second 200 arrives, round after round, and
+/// after every restart each phone registered so far is back.
+#[test]
+fn registrations_answered_just_before_a_stop_survive_it_every_time() {
+    const ROUNDS: u32 = 5;
+    let setup = Setup {
+        extensions: (2001..=2000 + 2 * ROUNDS)
+            .map(|n| (n.to_string(), format!("pw{n}")))
+            .collect(),
+        ..Setup::default()
+    };
+    let mut server = Server::start(setup);
+    let mut phones: Vec<(Phone, String)> = Vec::new();
+    for round in 0..ROUNDS {
+        for n in [2001 + 2 * round, 2002 + 2 * round] {
+            let pw = format!("pw{n}");
+            phones.push((register(&server, &n.to_string(), &pw), pw));
+        }
+        restart(&mut server);
+        server.wait_all_ready();
+        let list: Vec<(&Phone, &str)> = phones.iter().map(|(p, pw)| (p, pw.as_str())).collect();
+        assert_reachable(&server, &list);
+    }
+}

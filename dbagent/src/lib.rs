@@ -69,6 +69,8 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let mut health_tick = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut sync_tick = tokio::time::interval(agent::SYNC_EVERY);
     sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stop = child::stop_signal();
+    tokio::pin!(stop);
     loop {
         tokio::select! {
             _ = health_tick.tick() => agent.on_tick(),
@@ -99,10 +101,19 @@ pub async fn run(args: Args) -> Result<(), Error> {
             Some(ev) = agent::next_db_event(&mut agent.db) => agent.on_db(ev),
             done = agent::job_done(&mut agent.cache_job) => agent.on_cache_written(done),
             done = agent::job_done(&mut agent.sync_job) => agent.on_synced(done),
-            _ = child::stop_signal() => break,
+            _ = &mut stop => break,
         }
     }
     agent.finish().await;
+    // The last acknowledgement (and health) must leave before the process does.
+    if !agent
+        .link
+        .outbox
+        .flush(std::time::Duration::from_secs(1))
+        .await
+    {
+        tracing::warn!("could not hand the last messages to the bus before exiting");
+    }
     tracing::info!("dbagent stopped");
     Ok(())
 }

@@ -3,9 +3,10 @@
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use sipcraft_config::Config;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::conn::{self, ConnError, Reader, Writer};
 use crate::state::{Replica, Update};
@@ -64,12 +65,32 @@ pub struct Link {
 
 /// Sends to the supervisor without ever waiting: a full outbox drops the message.
 #[derive(Debug, Clone)]
-pub struct Outbox(mpsc::Sender<Envelope<FromChild>>);
+pub struct Outbox(mpsc::Sender<Out>);
+
+/// What the writer task takes from the outbox. (Nearly every item is a message, so it is
+/// not boxed: a box would cost an allocation per message to save space on a rare marker.)
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+enum Out {
+    Msg(Envelope<FromChild>),
+    /// Everything queued before this is written; then the sender is told.
+    Flushed(oneshot::Sender<()>),
+}
 
 impl Outbox {
     /// Queues a message; false when it was dropped because the link is full or closed.
     pub fn send(&self, msg: FromChild) -> bool {
-        self.0.try_send(Envelope::new(msg)).is_ok()
+        self.0.try_send(Out::Msg(Envelope::new(msg))).is_ok()
+    }
+
+    /// Waits until everything queued so far is written to the bus (handed to the kernel: the
+    /// supervisor reads it even after this process exits), for `within` at most. A child
+    /// calls this before it exits, so nothing it published (a binding it answered 200 for)
+    /// dies with its writer task. False when the deadline passed or the link is closed.
+    pub async fn flush(&self, within: Duration) -> bool {
+        let (tx, rx) = oneshot::channel();
+        let done = async { self.0.send(Out::Flushed(tx)).await.is_ok() && rx.await.is_ok() };
+        tokio::time::timeout(within, done).await.unwrap_or(false)
     }
 
     /// Publishes a change to the replicated state.
@@ -134,15 +155,22 @@ async fn read_snapshot(reader: &mut Reader, seq: u64) -> Result<Replica, LinkErr
     }
 }
 
-async fn write_loop(mut writer: Writer, mut rx: mpsc::Receiver<Envelope<FromChild>>) {
+async fn write_loop(mut writer: Writer, mut rx: mpsc::Receiver<Out>) {
     while let Some(first) = rx.recv().await {
         // Batch whatever else is already queued into one write.
-        let mut msg = Some(first);
-        while let Some(m) = msg {
-            if let Err(e) = writer.queue(&m) {
-                tracing::error!(error = %e, "dropping a message that cannot be encoded");
+        let mut next = Some(first);
+        let mut waiting = Vec::new();
+        while let Some(out) = next {
+            match out {
+                Out::Msg(m) => {
+                    if let Err(e) = writer.queue(&m) {
+                        tracing::error!(error = %e, "dropping a message that cannot be encoded");
+                    }
+                }
+                // Answered once what is queued before it is written, below.
+                Out::Flushed(done) => waiting.push(done),
             }
-            msg = if writer.queued() < 256 * 1024 {
+            next = if writer.queued() < 256 * 1024 {
                 rx.try_recv().ok()
             } else {
                 None
@@ -151,6 +179,9 @@ async fn write_loop(mut writer: Writer, mut rx: mpsc::Receiver<Envelope<FromChil
         if let Err(e) = writer.flush().await {
             tracing::warn!(error = %e, "bus write failed");
             return;
+        }
+        for done in waiting {
+            let _ = done.send(());
         }
     }
 }
@@ -253,6 +284,11 @@ pub fn guard_parent(parent: u32) -> bool {
 
 /// Resolves when the process is asked to stop by a signal (SIGTERM, or the parent-death
 /// signal). SIGINT is left to the supervisor, which stops children in order.
+///
+/// Create it once, before the main loop, and poll the same future on every pass: the
+/// listener is registered on the first poll and sees only signals from then on, so a fresh
+/// future per pass costs a registration each time and misses a SIGTERM that arrives while
+/// the loop is busy between two passes.
 pub async fn stop_signal() {
     #[cfg(unix)]
     {

@@ -113,6 +113,8 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let timer = tokio::time::sleep_until(tokio::time::Instant::from_std(epoch));
     tokio::pin!(timer);
     let mut armed: Option<Instant> = None;
+    let stop = child::stop_signal();
+    tokio::pin!(stop);
     loop {
         let deadline = core.next_deadline().map(|d| tick_after(epoch, d));
         if deadline != armed {
@@ -185,7 +187,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
                 }
                 Some(_) => Vec::new(),
             },
-            _ = child::stop_signal() => break,
+            _ = &mut stop => break,
         };
         // Timers that fell due meanwhile run on this wake-up (the timer branch above only
         // wakes an idle loop).
@@ -196,6 +198,11 @@ pub async fn run(args: Args) -> Result<(), Error> {
         for msg in out {
             send(&core, udp.as_ref(), msg).await;
         }
+    }
+    // What this worker published (a binding it answered 200 for) and its call records must
+    // reach the hub before the process (and its bus writer task) is gone.
+    if !link.outbox.flush(Duration::from_secs(1)).await {
+        tracing::warn!("could not hand the last messages to the bus before exiting");
     }
     tracing::info!("worker stopped");
     Ok(())

@@ -57,6 +57,8 @@ static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 /// What the writer task of one child sends.
 #[derive(Debug)]
 pub enum Outgoing {
+    /// A message; `ToChild::Stop` and `ToChild::Drain` go out after every update published
+    /// before them.
     Msg(Box<ToChild>),
     /// Send a fresh snapshot (the child saw a gap).
     Resync,
@@ -445,27 +447,67 @@ impl ChildWriter {
         wake: Wake,
         updates: &mut broadcast::Receiver<UpdateFrame>,
     ) -> Option<bool> {
-        let name = &self.name;
         match wake {
             Wake::Direct(Outgoing::Msg(msg)) => {
+                if matches!(*msg, ToChild::Stop | ToChild::Drain) {
+                    // Direct messages usually go first; these must not overtake an update
+                    // published before them (a binding a worker answered 200 for before it
+                    // stopped must reach the dbagent before the dbagent's Stop).
+                    self.put_published(updates).await?;
+                }
                 if let Err(e) = self.writer.queue(&Envelope::new(*msg)) {
+                    let name = &self.name;
                     tracing::error!(%name, error = %e, "dropping a message that cannot be encoded");
                 }
-                return Some(true);
+                Some(true)
             }
-            Wake::Update(Ok(UpdateFrame {
+            // The child saw a gap.
+            Wake::Direct(Outgoing::Resync) => {
+                *updates = send_snapshot(&self.hub, &mut self.writer).await?;
+                Some(true)
+            }
+            Wake::Update(update) => self.put_update(update, updates).await,
+        }
+    }
+
+    /// Queues every update already published.
+    async fn put_published(
+        &mut self,
+        updates: &mut broadcast::Receiver<UpdateFrame>,
+    ) -> Option<()> {
+        use broadcast::error::{RecvError, TryRecvError};
+        loop {
+            let update = match updates.try_recv() {
+                Ok(frame) => Ok(frame),
+                Err(TryRecvError::Empty) => return Some(()),
+                Err(TryRecvError::Lagged(missed)) => Err(RecvError::Lagged(missed)),
+                Err(TryRecvError::Closed) => Err(RecvError::Closed),
+            };
+            self.put_update(update, updates).await?;
+        }
+    }
+
+    /// [`ChildWriter::put`] for an update, or a gap in the stream (which resyncs the child).
+    async fn put_update(
+        &mut self,
+        update: Result<UpdateFrame, broadcast::error::RecvError>,
+        updates: &mut broadcast::Receiver<UpdateFrame>,
+    ) -> Option<bool> {
+        match update {
+            Ok(UpdateFrame {
                 origin,
                 frame: Some(frame),
-            })) => {
+            }) => {
                 self.writer.queue_encoded(&frame);
                 return Some(origin != self.connection);
             }
-            Wake::Update(Err(broadcast::error::RecvError::Closed)) => return None,
-            Wake::Update(Err(broadcast::error::RecvError::Lagged(missed))) => {
+            Err(broadcast::error::RecvError::Closed) => return None,
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                let name = &self.name;
                 tracing::warn!(%name, missed, "child fell behind the update stream; resyncing it from a snapshot");
             }
-            // The child saw a gap, or an update too big for one frame.
-            Wake::Direct(Outgoing::Resync) | Wake::Update(Ok(UpdateFrame { frame: None, .. })) => {}
+            // An update too big for one frame.
+            Ok(UpdateFrame { frame: None, .. }) => {}
         }
         // What is queued goes first; the snapshot replaces the update stream.
         *updates = send_snapshot(&self.hub, &mut self.writer).await?;

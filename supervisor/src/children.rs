@@ -36,6 +36,10 @@ pub struct Child {
     pub restart_at: Option<Instant>,
     /// The bus connection, once the child said hello.
     pub link: Option<mpsc::Sender<Outgoing>>,
+    /// The same connection until the hub has read it to the end: it outlives `link`, which
+    /// goes when the process exits, while the hub may still be reading what the child wrote
+    /// last (an orderly stop waits for it).
+    pub bus_open: Option<mpsc::Sender<Outgoing>>,
     /// Restart at once when it exits (asked for with `ctl restart`).
     pub restart_now: bool,
     /// Has been ready at least once since the supervisor started.
@@ -57,6 +61,7 @@ impl Child {
             backoff: Backoff::new(policy),
             restart_at: None,
             link: None,
+            bus_open: None,
             restart_now: false,
             was_ready: false,
         }

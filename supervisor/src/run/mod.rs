@@ -473,7 +473,8 @@ impl Supervisor {
                     )));
                     return;
                 }
-                child.link = Some(link);
+                child.link = Some(link.clone());
+                child.bus_open = Some(link);
                 child.last_seen = Instant::now();
                 let _ = reply.send(Ok((slice, self.secret.clone())));
                 if self.draining {
@@ -520,6 +521,13 @@ impl Supervisor {
                 if let Some(child) = self.children.iter_mut().find(|c| c.name == name) {
                     if child.link.as_ref().is_some_and(|l| l.same_channel(&link)) {
                         child.link = None;
+                    }
+                    if child
+                        .bus_open
+                        .as_ref()
+                        .is_some_and(|l| l.same_channel(&link))
+                    {
+                        child.bus_open = None;
                     }
                 }
             }

@@ -72,6 +72,16 @@ impl Supervisor {
             .children
             .iter()
             .any(|c| matches!(c.kind, Kind::Worker { .. }) && c.pid.is_some());
+        // A worker has left once its process is gone and the hub has read its connection to
+        // the end: what it published last (a binding it answered 200 for) is numbered and
+        // queued for the dbagent before the dbagent's Stop. (Its exit can be reaped before
+        // the hub reads those frames.) A connection that stays open past the workers'
+        // deadline is not waited for.
+        let workers_reading = now < plan.workers_by
+            && self
+                .children
+                .iter()
+                .any(|c| matches!(c.kind, Kind::Worker { .. }) && c.bus_open.is_some());
         if workers_left && now >= plan.workers_by {
             for c in self
                 .children
@@ -84,7 +94,7 @@ impl Supervisor {
                 }
             }
         }
-        if !workers_left && !plan.dbagent_told {
+        if !workers_left && !workers_reading && !plan.dbagent_told {
             plan.dbagent_told = true;
             for c in self.children.iter().filter(|c| c.kind == Kind::DbAgent) {
                 if let Some(pid) = c.pid {
