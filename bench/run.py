@@ -166,7 +166,10 @@ class Bench:
         log(f"idle CPU (cores): {self.results['idle_cores']}")
 
     def memory(self):
-        base = {s.name: s.memory_kib() for s in self.servers}
+        # The baseline once each server's memory has stopped moving: an allocator may give
+        # back what loading the users took only after a while (sipcraft's mimalloc purges
+        # lazily), and a baseline taken too early would flatter the growth measured from it.
+        base = {s.name: self._steady_memory(s) for s in self.servers}
         log("memory baseline: " + ", ".join(f"{k} {v['total'] / 1024:.0f} MiB" for k, v in base.items()))
         for stage, target, inf in (("first", self.mem_first, "mem1"),
                                    ("all", len(self.users), "mem2")):
@@ -188,6 +191,18 @@ class Bench:
         time.sleep(SETTLE_S)
         for srv in self.servers:
             self._memory_point(srv, "settled", base[srv.name])
+
+    def _steady_memory(self, srv, within_s=30):
+        """Memory once two readings 2 s apart differ by less than 0.5 %."""
+        last = srv.memory_kib()
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline:
+            time.sleep(2)
+            now = srv.memory_kib()
+            if abs(now["total"] - last["total"]) <= 0.005 * last["total"]:
+                return now
+            last = now
+        return last
 
     def _memory_point(self, srv, stage, b):
         """Memory per registration now against the baseline `b`, stored under `stage`."""
