@@ -18,15 +18,54 @@ pub struct QopAuth<'a> {
     pub qop: &'a str,
 }
 
+/// A digest on the stack: 16 bytes for MD5, 32 for SHA-256 (no allocation per request).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Hashed {
+    bytes: [u8; 32],
+    len: usize,
+}
+
+impl Hashed {
+    /// The digest bytes.
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    /// The digest in lowercase hex, on the stack.
+    pub(crate) fn hex(&self) -> Hex {
+        let mut out = Hex {
+            bytes: [0; 64],
+            len: self.len * 2,
+        };
+        // The buffer is exactly twice the digest: encoding cannot fail.
+        let _ = hex::encode_to_slice(self.as_slice(), &mut out.bytes[..self.len * 2]);
+        out
+    }
+}
+
+/// Lowercase hex of a digest, on the stack.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Hex {
+    bytes: [u8; 64],
+    len: usize,
+}
+
+impl Hex {
+    /// The hex text.
+    pub(crate) fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
+    }
+}
+
 /// `H(part1:part2:...)`, raw bytes (16 for MD5, 32 for SHA-256).
-pub(crate) fn hash(algorithm: AuthAlgorithm, parts: &[&str]) -> Vec<u8> {
+pub(crate) fn hash(algorithm: AuthAlgorithm, parts: &[&str]) -> Hashed {
     match algorithm {
         AuthAlgorithm::Md5 => hash_with::<Md5>(parts),
         AuthAlgorithm::Sha256 => hash_with::<Sha256>(parts),
     }
 }
 
-fn hash_with<D: Digest>(parts: &[&str]) -> Vec<u8> {
+fn hash_with<D: Digest>(parts: &[&str]) -> Hashed {
     let mut hasher = D::new();
     for (i, part) in parts.iter().enumerate() {
         if i > 0 {
@@ -34,7 +73,13 @@ fn hash_with<D: Digest>(parts: &[&str]) -> Vec<u8> {
         }
         hasher.update(part.as_bytes());
     }
-    hasher.finalize().to_vec()
+    let digest = hasher.finalize();
+    let mut out = Hashed {
+        bytes: [0; 32],
+        len: digest.len().min(32),
+    };
+    out.bytes[..out.len].copy_from_slice(&digest[..out.len]);
+    out
 }
 
 /// Length in bytes of a digest of `algorithm`.
@@ -47,13 +92,25 @@ pub(crate) fn output_len(algorithm: AuthAlgorithm) -> usize {
 
 /// HA1 = `H(username:realm:password)`, lowercase hex: what `ha1_md5` / `ha1_sha256` store.
 pub fn ha1(algorithm: AuthAlgorithm, username: &str, realm: &str, password: &str) -> String {
-    hex::encode(hash(algorithm, &[username, realm, password]))
+    ha1_hex(algorithm, username, realm, password)
+        .as_str()
+        .to_owned()
+}
+
+/// [`ha1`] on the stack.
+pub(crate) fn ha1_hex(
+    algorithm: AuthAlgorithm,
+    username: &str,
+    realm: &str,
+    password: &str,
+) -> Hex {
+    hash(algorithm, &[username, realm, password]).hex()
 }
 
 /// HA2 = `H(method:uri)` for `qop=auth` or no `qop`, lowercase hex. (`auth-int` would hash
 /// the body too; it is not supported.)
 pub fn ha2(algorithm: AuthAlgorithm, method: &str, uri: &str) -> String {
-    hex::encode(hash(algorithm, &[method, uri]))
+    hash(algorithm, &[method, uri]).hex().as_str().to_owned()
 }
 
 /// The request digest, raw bytes: `H(HA1:nonce:nc:cnonce:qop:HA2)` with `qop`, or
@@ -65,11 +122,12 @@ pub(crate) fn response_bytes(
     uri: &str,
     nonce: &str,
     qop: Option<QopAuth<'_>>,
-) -> Vec<u8> {
-    let ha2 = ha2(algorithm, method, uri);
+) -> Hashed {
+    let ha2 = hash(algorithm, &[method, uri]).hex();
+    let ha2 = ha2.as_str();
     match qop {
-        Some(q) => hash(algorithm, &[ha1, nonce, q.nc, q.cnonce, q.qop, &ha2]),
-        None => hash(algorithm, &[ha1, nonce, &ha2]),
+        Some(q) => hash(algorithm, &[ha1, nonce, q.nc, q.cnonce, q.qop, ha2]),
+        None => hash(algorithm, &[ha1, nonce, ha2]),
     }
 }
 
@@ -83,7 +141,10 @@ pub fn response(
     nonce: &str,
     qop: Option<QopAuth<'_>>,
 ) -> String {
-    hex::encode(response_bytes(algorithm, ha1, method, uri, nonce, qop))
+    response_bytes(algorithm, ha1, method, uri, nonce, qop)
+        .hex()
+        .as_str()
+        .to_owned()
 }
 
 #[cfg(test)]

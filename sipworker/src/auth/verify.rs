@@ -251,34 +251,47 @@ impl DigestAuth {
         if !self.algorithms_for(extension).contains(&algorithm) {
             return Verdict::AlgorithmNotAllowed(algorithm);
         }
-        let mut given = vec![0u8; digest::output_len(algorithm)];
-        if hex::decode_to_slice(creds.response, &mut given).is_err() {
+        let mut given = [0u8; 32];
+        let given = &mut given[..digest::output_len(algorithm)];
+        if hex::decode_to_slice(creds.response, given).is_err() {
             return Verdict::Malformed(Malformed::BadResponse);
         }
         let nonce = self.key.check(creds.nonce, realm, now, self.nonce_lifetime);
 
-        let ha1 = match extension {
+        let computed;
+        let lowered;
+        let ha1: &str = match extension {
             Some(ext) => match &ext.secret {
                 // HA1 is computed with the extension's number, so credentials naming another
                 // user never match it.
-                Secret::Password(password) => digest::ha1(algorithm, &ext.number, realm, password),
+                Secret::Password(password) => {
+                    computed = digest::ha1_hex(algorithm, &ext.number, realm, password);
+                    computed.as_str()
+                }
                 Secret::Ha1 { md5, sha256 } => {
                     let stored = match algorithm {
                         AuthAlgorithm::Md5 => md5,
                         AuthAlgorithm::Sha256 => sha256,
                     };
                     // `algorithms_for` only allows algorithms the secret supports.
-                    stored.as_deref().unwrap_or_default().to_ascii_lowercase()
+                    let stored = stored.as_deref().unwrap_or_default();
+                    if stored.bytes().any(|b| b.is_ascii_uppercase()) {
+                        lowered = stored.to_ascii_lowercase();
+                        &lowered
+                    } else {
+                        stored
+                    }
                 }
             },
             None => {
                 let password = self.key.unknown_user_password(creds.username);
-                digest::ha1(algorithm, creds.username, realm, &password)
+                computed = digest::ha1_hex(algorithm, creds.username, realm, &password);
+                computed.as_str()
             }
         };
         let expected =
-            digest::response_bytes(algorithm, &ha1, method, creds.uri, creds.nonce, parsed.qop);
-        let digest_ok = bool::from(expected.ct_eq(&given));
+            digest::response_bytes(algorithm, ha1, method, creds.uri, creds.nonce, parsed.qop);
+        let digest_ok = bool::from(expected.as_slice().ct_eq(given));
         let user_ok = extension.is_none_or(|e| e.number == creds.username);
 
         match (digest_ok && user_ok, nonce) {
