@@ -87,6 +87,14 @@ pub async fn run(args: Args) -> Result<(), Error> {
                 Some(LinkEvent::Deliver { msg: Direct::CallRecord(record), .. }) => {
                     agent.on_call_record(record);
                 }
+                Some(LinkEvent::DeliverNumbered { num, msg, from }) => {
+                    match msg {
+                        Direct::CallRecord(record) => agent.on_call_record(record),
+                        Direct::Sip(_) => tracing::debug!(%from, "message for the dbagent ignored"),
+                    }
+                    // Acknowledged once it is on disk (the next journal fsync).
+                    agent.received(num);
+                }
                 Some(LinkEvent::Deliver { from, .. }) => {
                     tracing::debug!(%from, "message for the dbagent ignored");
                 }

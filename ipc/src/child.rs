@@ -45,6 +45,12 @@ pub enum LinkEvent {
         from: String,
         msg: Direct,
     },
+    /// A message the hub keeps until it is acknowledged with [`FromChild::Persisted`].
+    DeliverNumbered {
+        num: u64,
+        from: String,
+        msg: Direct,
+    },
     Reload(Box<Config>),
     Drain,
     Stop,
@@ -238,6 +244,9 @@ impl Follower {
                     }
                 },
                 ToChild::Deliver { from, msg } => LinkEvent::Deliver { from, msg },
+                ToChild::DeliverNumbered { num, from, msg } => {
+                    LinkEvent::DeliverNumbered { num, from, msg }
+                }
                 ToChild::Reload(config) => LinkEvent::Reload(config),
                 ToChild::Drain => LinkEvent::Drain,
                 ToChild::Stop => LinkEvent::Stop,

@@ -134,6 +134,14 @@ pub enum ToChild {
     Drain,
     /// Exit now.
     Stop,
+    /// A message the hub keeps until the child acknowledges `num` (or a later number) with
+    /// [`FromChild::Persisted`], and sends again to the child's successor if it dies first:
+    /// call records for the dbagent. Numbers only grow for the life of the supervisor.
+    DeliverNumbered {
+        num: u64,
+        from: String,
+        msg: Direct,
+    },
 }
 
 /// Child to supervisor, on the bus.
@@ -153,6 +161,11 @@ pub enum FromChild {
     },
     /// A gap was seen: send a fresh snapshot.
     Resync,
+    /// Every [`ToChild::DeliverNumbered`] up to `upto` is safe with this child (in its
+    /// journal, on disk): the hub may forget them.
+    Persisted {
+        upto: u64,
+    },
 }
 
 /// Figures a child reports about itself.

@@ -6,6 +6,12 @@
 //! child that falls behind it is resynced from a fresh snapshot; direct messages to a child
 //! whose queue is full are dropped (SIP retransmits).
 //!
+//! Call records are the exception: the hub numbers each one and keeps it (bounded) until the
+//! dbagent acknowledges that number once the record is in its journal on disk. A record the
+//! dbagent had not acknowledged when it died, and every record made while it was away, goes
+//! to its successor in order. The dbagent stores records idempotently (by record id), so one
+//! sent twice does no harm.
+//!
 //! Each numbered update is encoded once, as the whole `ToChild::Update` frame, and those bytes
 //! go to every child unchanged. A child's writer takes everything queued for it when it wakes
 //! (updates and direct messages) and writes it with one system call.
@@ -23,7 +29,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// Updates kept for slow children before they must resync from a snapshot.
 const UPDATE_BACKLOG: usize = 16 * 1024;
-/// Call records held for a child that is away (a restarting dbagent).
+/// Call records held for a child: not yet acknowledged, or waiting for it to come back (a
+/// restarting dbagent). Past this, new records are dropped with an alarm.
 const HELD_MAX: usize = 10_000;
 /// Direct messages queued for one child.
 const DIRECT_QUEUE: usize = 4096;
@@ -103,9 +110,83 @@ pub enum BusEvent {
 #[derive(Debug)]
 pub struct Hub {
     state: Mutex<HubState>,
-    routes: RwLock<HashMap<String, mpsc::Sender<Outgoing>>>,
-    /// Call records for a child that is away, delivered when it is back.
-    held: Mutex<HashMap<String, VecDeque<(String, Direct)>>>,
+    /// Each connected child's queue, with the bus connection it belongs to.
+    routes: RwLock<HashMap<String, Route>>,
+    /// Call records by the child they are for, kept until it acknowledges them.
+    held: Mutex<HashMap<String, Mailbox>>,
+}
+
+#[derive(Debug)]
+struct Route {
+    connection: u64,
+    tx: mpsc::Sender<Outgoing>,
+}
+
+/// Call records for one child, oldest first: the first `sent` went to its current
+/// connection and await its acknowledgement; the rest wait for it (or for room in its queue).
+#[derive(Debug, Default)]
+struct Mailbox {
+    /// The connection the first `sent` went to.
+    connection: Option<u64>,
+    queue: VecDeque<Held>,
+    sent: usize,
+    /// Records dropped because the mailbox was full, since it last had room.
+    dropped: u64,
+}
+
+#[derive(Debug)]
+struct Held {
+    num: u64,
+    from: String,
+    msg: Direct,
+}
+
+/// Numbers call records for the life of the supervisor.
+static NEXT_RECORD: AtomicU64 = AtomicU64::new(1);
+
+impl Mailbox {
+    /// Sends what the connection has not had yet, in order, while its queue takes it.
+    fn pump(&mut self, route: Option<&Route>) {
+        let Some(route) = route.filter(|r| Some(r.connection) == self.connection) else {
+            return;
+        };
+        while let Some(held) = self.queue.get(self.sent) {
+            let deliver = ToChild::DeliverNumbered {
+                num: held.num,
+                from: held.from.clone(),
+                msg: held.msg.clone(),
+            };
+            if route.tx.try_send(Outgoing::Msg(Box::new(deliver))).is_err() {
+                // Full (sent on the next acknowledgement or record) or closed (sent to the
+                // next connection).
+                break;
+            }
+            self.sent += 1;
+        }
+    }
+
+    /// Forgets what `connection` has acknowledged.
+    fn acknowledge(&mut self, connection: u64, upto: u64) {
+        if self.connection != Some(connection) {
+            return;
+        }
+        while self.sent > 0 && self.queue.front().is_some_and(|h| h.num <= upto) {
+            self.queue.pop_front();
+            self.sent -= 1;
+        }
+    }
+
+    /// A new connection (or none): whatever the old one did not acknowledge goes again.
+    fn reconnect(&mut self, connection: Option<u64>) {
+        if self.sent > 0 {
+            tracing::info!(
+                records = self.sent,
+                "call records not acknowledged by the child that left; sending them again"
+            );
+        }
+        self.connection = connection;
+        self.sent = 0;
+    }
 }
 
 #[derive(Debug)]
@@ -188,60 +269,101 @@ impl Hub {
     }
 
     fn route(&self, to: &str, from: &str, msg: Direct) -> bool {
+        if matches!(msg, Direct::CallRecord(_)) {
+            return self.keep(to, from, msg);
+        }
         let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
-        let Some(tx) = routes.get(to) else {
-            drop(routes);
-            return self.hold(to, from, msg);
+        let Some(route) = routes.get(to) else {
+            // SIP hand-offs to a child that is away are not kept (retransmissions cover them).
+            return false;
         };
         let deliver = ToChild::Deliver {
             from: from.to_owned(),
             msg,
         };
-        tx.try_send(Outgoing::Msg(Box::new(deliver))).is_ok()
+        route.tx.try_send(Outgoing::Msg(Box::new(deliver))).is_ok()
     }
 
-    /// Keeps a call record for a dbagent that is restarting (a few hundred ms), so a record
-    /// made meanwhile is not lost; SIP hand-offs are not kept (retransmissions cover them).
-    fn hold(&self, to: &str, from: &str, msg: Direct) -> bool {
-        if !matches!(msg, Direct::CallRecord(_)) {
-            return false;
-        }
+    /// Numbers a call record and keeps it until the child acknowledges it; sends it now when
+    /// the child is connected, else when it is back.
+    fn keep(&self, to: &str, from: &str, msg: Direct) -> bool {
+        let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        let queue = held.entry(to.to_owned()).or_default();
-        if queue.len() >= HELD_MAX {
-            tracing::warn!(%to, "call record dropped: {HELD_MAX} already held for a child that is away");
+        let mailbox = held.entry(to.to_owned()).or_default();
+        if mailbox.queue.len() >= HELD_MAX {
+            if mailbox.dropped == 0 {
+                tracing::error!(
+                    %to,
+                    held = mailbox.queue.len(),
+                    "CALL RECORDS DROPPED: {HELD_MAX} already held for a child that does not \
+                     acknowledge them (away, or not keeping up); dropping new ones"
+                );
+            }
+            mailbox.dropped += 1;
             return false;
         }
-        queue.push_back((from.to_owned(), msg));
+        if mailbox.dropped > 0 {
+            tracing::error!(%to, dropped = mailbox.dropped, "call records held again; this many were dropped");
+            mailbox.dropped = 0;
+        }
+        mailbox.queue.push_back(Held {
+            num: NEXT_RECORD.fetch_add(1, Ordering::Relaxed),
+            from: from.to_owned(),
+            msg,
+        });
+        mailbox.pump(routes.get(to));
         true
     }
 
-    fn set_route(&self, name: &str, link: Option<mpsc::Sender<Outgoing>>) {
+    /// `connection` of child `name` has every call record up to `upto` on disk.
+    fn acknowledge(&self, name: &str, connection: u64, upto: u64) {
+        let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(mailbox) = held.get_mut(name) {
+            mailbox.acknowledge(connection, upto);
+            mailbox.pump(routes.get(name));
+        }
+    }
+
+    /// Call records dropped for `name` because too many were held, if any (for the alarm).
+    pub fn dropped_records(&self, name: &str) -> u64 {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.get(name).map_or(0, |m| m.dropped)
+    }
+
+    /// Routes to `name` through `connection` from now on (the records held for it go first).
+    fn connect(&self, name: &str, connection: u64, tx: mpsc::Sender<Outgoing>) {
         let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
-        match link {
-            Some(tx) => {
-                let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(queue) = held.get_mut(name) {
-                    while let Some((from, msg)) = queue.pop_front() {
-                        let deliver = ToChild::Deliver {
-                            from: from.clone(),
-                            msg,
-                        };
-                        if let Err(e) = tx.try_send(Outgoing::Msg(Box::new(deliver))) {
-                            // The new link is full already: keep the rest for later.
-                            if let mpsc::error::TrySendError::Full(Outgoing::Msg(m)) = e {
-                                if let ToChild::Deliver { from, msg } = *m {
-                                    queue.push_front((from, msg));
-                                }
-                            }
-                            break;
-                        }
-                    }
-                }
-                routes.insert(name.to_owned(), tx)
+        let route = Route { connection, tx };
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(mailbox) = held.get_mut(name) {
+            mailbox.reconnect(Some(connection));
+            mailbox.pump(Some(&route));
+        } else {
+            held.insert(
+                name.to_owned(),
+                Mailbox {
+                    connection: Some(connection),
+                    ..Mailbox::default()
+                },
+            );
+        }
+        routes.insert(name.to_owned(), route);
+    }
+
+    /// `connection` of `name` closed: unless a newer one took its place, nothing routes to
+    /// `name` until it is back, and what it did not acknowledge waits for its successor.
+    fn disconnect(&self, name: &str, connection: u64) {
+        let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
+        if routes.get(name).is_some_and(|r| r.connection == connection) {
+            routes.remove(name);
+        }
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(mailbox) = held.get_mut(name) {
+            if mailbox.connection == Some(connection) {
+                mailbox.reconnect(None);
             }
-            None => routes.remove(name),
-        };
+        }
     }
 }
 
@@ -310,8 +432,8 @@ pub async fn serve(
     {
         return;
     }
-    hub.set_route(&name, Some(link.clone()));
     let connection = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
+    hub.connect(&name, connection, link.clone());
     let (gather, echo_wait) = match hello.role {
         Role::DbAgent => (DBAGENT_GATHER, Duration::ZERO),
         _ => (Duration::ZERO, ECHO_WAIT),
@@ -357,10 +479,11 @@ pub async fn serve(
             FromChild::Resync => {
                 let _ = link.try_send(Outgoing::Resync);
             }
+            FromChild::Persisted { upto } => hub.acknowledge(&name, connection, upto),
             FromChild::Hello(_) => tracing::warn!(%name, "second hello ignored"),
         }
     }
-    hub.set_route(&name, None);
+    hub.disconnect(&name, connection);
     write_task.abort();
     let _ = events.send(BusEvent::Left { name, link });
 }
@@ -761,9 +884,51 @@ mod tests {
         })
     }
 
+    #[tokio::test]
+    async fn a_stop_never_overtakes_an_update_published_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (hub, bus) = start_hub(dir.path());
+        let mut link = child::join(&bus, Role::DbAgent, "dbagent", true)
+            .await
+            .unwrap();
+        let tx = hub.routes.read().unwrap()["dbagent"].tx.clone();
+        for round in 0..20 {
+            // Published, then Stop queued at once: the child's writer finds both waiting.
+            let seq = hub.publish(Update::ExtensionUpserted(extension(round, 1)));
+            tx.try_send(Outgoing::Msg(Box::new(ToChild::Stop))).unwrap();
+            match next_event(&mut link).await {
+                LinkEvent::Applied { seq: got, .. } => assert_eq!(got, seq),
+                other => panic!("round {round}: {other:?} before update {seq}"),
+            }
+            assert!(matches!(next_event(&mut link).await, LinkEvent::Stop));
+        }
+    }
+
+    /// The (number, id) of every call record queued on a child's link.
+    fn delivered(rx: &mut mpsc::Receiver<Outgoing>) -> Vec<(u64, String)> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|o| match o {
+                Outgoing::Msg(m) => match *m {
+                    ToChild::DeliverNumbered {
+                        num,
+                        msg: Direct::CallRecord(r),
+                        ..
+                    } => (num, r.id),
+                    other => panic!("unexpected {other:?}"),
+                },
+                Outgoing::Resync => panic!("unexpected resync"),
+            })
+            .collect()
+    }
+
+    fn ids(got: &[(u64, String)]) -> Vec<&str> {
+        got.iter().map(|(_, id)| id.as_str()).collect()
+    }
+
     #[test]
-    fn call_records_for_an_absent_dbagent_are_held_and_delivered_in_order() {
+    fn call_records_are_kept_until_acknowledged_and_sent_again_to_the_next_dbagent() {
         let hub = Hub::new();
+        // Away: held.
         assert!(hub.route("dbagent", "udp-0", record("a")));
         assert!(hub.route("dbagent", "udp-1", record("b")));
         let handoff = Direct::Sip(sipcraft_ipc::wire::SipHandoff {
@@ -777,20 +942,49 @@ mod tests {
             !hub.route("dbagent", "udp-0", handoff),
             "SIP hand-offs are not held"
         );
+        // Back: delivered in order, numbered.
         let (tx, mut rx) = mpsc::channel(16);
-        hub.set_route("dbagent", Some(tx));
-        let ids: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok())
-            .map(|o| match o {
-                Outgoing::Msg(m) => match *m {
-                    ToChild::Deliver {
-                        msg: Direct::CallRecord(r),
-                        ..
-                    } => r.id,
-                    other => panic!("unexpected {other:?}"),
-                },
-                Outgoing::Resync => panic!("unexpected resync"),
-            })
-            .collect();
-        assert_eq!(ids, ["a", "b"]);
+        hub.connect("dbagent", 10, tx);
+        let first = delivered(&mut rx);
+        assert_eq!(ids(&first), ["a", "b"]);
+        assert!(hub.route("dbagent", "udp-0", record("c")));
+        let c = delivered(&mut rx);
+        assert_eq!(ids(&c), ["c"]);
+        // a is acknowledged (an acknowledgement from another connection counts for nothing);
+        // then the dbagent dies.
+        hub.acknowledge("dbagent", 9, c[0].0);
+        hub.acknowledge("dbagent", 10, first[0].0);
+        hub.disconnect("dbagent", 10);
+        assert!(hub.route("dbagent", "udp-1", record("d")));
+        // Its successor gets what was not acknowledged, then what came meanwhile, in order.
+        let (tx, mut rx) = mpsc::channel(16);
+        hub.connect("dbagent", 11, tx);
+        let again = delivered(&mut rx);
+        assert_eq!(ids(&again), ["b", "c", "d"]);
+        assert!(again.windows(2).all(|w| w[0].0 < w[1].0));
+        // The old connection closing late changes nothing for the new one.
+        hub.disconnect("dbagent", 10);
+        hub.acknowledge("dbagent", 11, again[2].0);
+        assert!(hub.held.lock().unwrap()["dbagent"].queue.is_empty());
+    }
+
+    #[test]
+    fn call_records_past_the_bound_are_dropped_with_an_alarm_and_a_full_link_waits() {
+        let hub = Hub::new();
+        let (tx, mut rx) = mpsc::channel(4);
+        hub.connect("dbagent", 1, tx);
+        for n in 0..HELD_MAX {
+            assert!(hub.route("dbagent", "udp-0", record(&n.to_string())));
+        }
+        assert!(!hub.route("dbagent", "udp-0", record("over")));
+        assert_eq!(hub.dropped_records("dbagent"), 1);
+        // Only what fits the link went; the rest follows each acknowledgement.
+        let got = delivered(&mut rx);
+        assert_eq!(got.len(), 4);
+        hub.acknowledge("dbagent", 1, got[3].0);
+        let next = delivered(&mut rx);
+        assert_eq!(ids(&next), ["4", "5", "6", "7"]);
+        assert!(hub.route("dbagent", "udp-0", record("fits")));
+        assert_eq!(hub.dropped_records("dbagent"), 0, "room again");
     }
 }

@@ -80,6 +80,13 @@ pub struct Agent {
     refused_bindings: u64,
     dropped_records: u64,
     ticks: u64,
+    /// Call records the hub numbered: the highest handled (journaled, or disposed of by the
+    /// policy), the highest the running fsync covers, the highest on disk, the highest
+    /// acknowledged to the hub (which keeps the rest and sends them to our successor).
+    bus_received: u64,
+    bus_syncing: Option<u64>,
+    bus_durable: u64,
+    bus_acked: u64,
 }
 
 impl Agent {
@@ -147,6 +154,10 @@ impl Agent {
             refused_bindings: 0,
             dropped_records: 0,
             ticks: 0,
+            bus_received: 0,
+            bus_syncing: None,
+            bus_durable: 0,
+            bus_acked: 0,
         };
         let database = agent.link.config.database.clone();
         // The database task first: what the comparisons below journal goes to it too.

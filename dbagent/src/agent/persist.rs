@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 
 use sipcraft_config::Extension;
 
+use sipcraft_ipc::wire::FromChild;
+
 use super::{chain, Agent, DbState, JOURNAL_WARN_PERCENT};
 use crate::cache::{self, CacheError, CacheOut};
 use crate::db::DbEvent;
@@ -121,17 +123,48 @@ impl Agent {
 
     /// Starts an fsync of recent appends unless one is running.
     pub fn sync_journal(&mut self) {
-        if self.sync_job.is_some() {
-            return;
+        if self.sync_job.is_none() {
+            match self.journal.take_sync() {
+                Some(job) => {
+                    self.bus_syncing = Some(self.bus_received);
+                    self.sync_job = Some(tokio::task::spawn_blocking(move || job.run()));
+                }
+                // Everything appended so far is on disk.
+                None => self.bus_durable = self.bus_received,
+            }
         }
-        if let Some(job) = self.journal.take_sync() {
-            self.sync_job = Some(tokio::task::spawn_blocking(move || job.run()));
+        self.acknowledge();
+    }
+
+    /// Call record `num` from the hub was handled: journaled (acknowledged after the fsync
+    /// that follows) or disposed of by the documented policy (no database: logged; journal
+    /// full: dropped).
+    pub fn received(&mut self, num: u64) {
+        self.bus_received = self.bus_received.max(num);
+    }
+
+    /// Tells the hub which call records are on disk, when that moved on.
+    fn acknowledge(&mut self) {
+        if self.bus_durable > self.bus_acked
+            && self.link.outbox.send(FromChild::Persisted {
+                upto: self.bus_durable,
+            })
+        {
+            self.bus_acked = self.bus_durable;
         }
     }
 
     pub fn on_synced(&mut self, done: Result<std::io::Result<()>, tokio::task::JoinError>) {
+        let covered = self.bus_syncing.take();
         match done {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => {
+                if let Some(upto) = covered {
+                    self.bus_durable = self.bus_durable.max(upto);
+                    self.acknowledge();
+                }
+            }
+            // Not acknowledged: the hub keeps those records (until a later fsync covers them,
+            // or for the next dbagent).
             Ok(Err(e)) => tracing::error!(error = %e, "journal fsync failed"),
             Err(e) => tracing::error!(error = %e, "journal fsync task failed"),
         }
@@ -145,8 +178,12 @@ impl Agent {
             self.on_synced(done);
         }
         if let Some(job) = self.journal.take_sync() {
+            self.bus_syncing = Some(self.bus_received);
             let done = tokio::task::spawn_blocking(move || job.run()).await;
             self.on_synced(done);
+        } else {
+            self.bus_durable = self.bus_received;
+            self.acknowledge();
         }
         let last = self.next_seq - 1;
         if self.db_state == DbState::Up && self.db_applied < last {

@@ -54,7 +54,25 @@ impl Supervisor {
             generation,
             extensions,
             bindings,
-            children: self.children.iter().map(|c| c.status(now)).collect(),
+            children: self
+                .children
+                .iter()
+                .map(|c| {
+                    let mut status = c.status(now);
+                    let dropped = self.hub.dropped_records(&c.name);
+                    if dropped > 0 {
+                        let alarm = format!(
+                            "{dropped} call records for it dropped by the bus: too many held \
+                             unacknowledged"
+                        );
+                        status.health.alarm = Some(match status.health.alarm {
+                            Some(a) => format!("{a}; {alarm}"),
+                            None => alarm,
+                        });
+                    }
+                    status
+                })
+                .collect(),
             bans: self.hub.bans(),
         }
     }
