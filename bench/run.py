@@ -40,6 +40,10 @@ CALLEE = "999999"
 # Timer J for UDP (`[limits] udp_linger_ms`, 5 s by default) and Kamailio's wt_timer (5 s),
 # plus a margin.
 SETTLE_S = 10
+# Users registered before the memory baseline (see Bench.memory), not counted in the growth,
+# and how long the warm-up registers them over and over.
+WARMUP = 1000
+WARMUP_S = 5
 T0 = time.monotonic()
 
 
@@ -67,7 +71,8 @@ class Bench:
         shutil.copy2(args.bin, binary)  # a rebuild during the run does not change it
         pool = self.users[:20000]
         self.inf = {
-            "mem1": self._inf("mem1", self.users[:self.mem_first]),
+            "warm": self._inf("warm", self.users[:WARMUP]),
+            "mem1": self._inf("mem1", self.users[WARMUP:self.mem_first]),
             "mem2": self._inf("mem2", self.users[self.mem_first:]),
             "reg": self._inf("reg", pool),
             "calls": sipp.write_inf(os.path.join(self.work, "calls.inf"),
@@ -166,24 +171,38 @@ class Bench:
         log(f"idle CPU (cores): {self.results['idle_cores']}")
 
     def memory(self):
-        # The baseline once each server's memory has stopped moving: an allocator may give
-        # back what loading the users took only after a while (sipcraft's mimalloc purges
-        # lazily), and a baseline taken too early would flatter the growth measured from it.
-        base = {s.name: self._steady_memory(s) for s in self.servers}
+        # "Loaded": every user in place, nothing registered, once memory has stopped moving.
+        loaded = {s.name: self._steady_memory(s) for s in self.servers}
+        log("memory with the users loaded: "
+            + ", ".join(f"{k} {v['total'] / 1024:.0f} MiB" for k, v in loaded.items()))
+        # The baseline the growth is measured from comes after a warm-up: WARMUP_S seconds of
+        # registrations at the fill rate that cycle over the first WARMUP users only, so the
+        # server is as busy as during the fill but its bindings stop growing at WARMUP. An
+        # allocator may hand back what loading the users took only once the process is busy
+        # again (sipcraft's mimalloc purges lazily: its supervisor dropped another 30 MiB
+        # during the first registrations), and a baseline that still holds it would flatter
+        # the growth. The warm-up's registrations are not counted in the growth.
+        for srv in self.order(0):
+            self.run(srv, "register", self.load_rate, WARMUP_S, inf=self.inf["warm"],
+                     tag="-warmup")
+        time.sleep(SETTLE_S)  # the warm-up's transactions expire
+        base = {}
+        for srv in self.servers:
+            self._wait_registered(srv, WARMUP)
+            base[srv.name] = dict(self._steady_memory(srv), registered=srv.registered())
+            base[srv.name]["loaded"] = loaded[srv.name]
         log("memory baseline: " + ", ".join(f"{k} {v['total'] / 1024:.0f} MiB" for k, v in base.items()))
         for stage, target, inf in (("first", self.mem_first, "mem1"),
                                    ("all", len(self.users), "mem2")):
             for srv in self.order(0 if stage == "first" else 1):
-                n = target - (0 if stage == "first" else self.mem_first)
+                n = target - (WARMUP if stage == "first" else self.mem_first)
                 self.run(srv, "register", self.load_rate, n / self.load_rate, inf=self.inf[inf],
                          tag="-fill")
             # Taken as soon as every binding is in place, so each server's figure still holds
             # the fill's transient state: sipcraft keeps every UDP request's server
             # transaction for Timer J (5 s), Kamailio answers REGISTER statelessly.
             for srv in self.servers:
-                deadline = time.monotonic() + 10
-                while srv.registered() < target and time.monotonic() < deadline:
-                    time.sleep(0.2)
+                self._wait_registered(srv, target)
                 self._memory_point(srv, stage, base[srv.name])
         # Steady state at 100k: what a registration costs once the fill's transactions are
         # gone (both keep completed transactions 5 s). One wait covers both servers.
@@ -192,12 +211,22 @@ class Bench:
         for srv in self.servers:
             self._memory_point(srv, "settled", base[srv.name])
 
-    def _steady_memory(self, srv, within_s=30):
-        """Memory once two readings 2 s apart differ by less than 0.5 %."""
+    def _wait_registered(self, srv, target, within_s=10):
+        deadline = time.monotonic() + within_s
+        while srv.registered() < target and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+    def _steady_memory(self, srv, window_s=3, within_s=40):
+        """Memory once two readings window_s apart differ by less than 0.5 %, and at least
+        15 s after the server started (sipcraft's allocator hands back the first big chunks
+        about 10 s after they were freed, even while idle)."""
+        wait = srv.started_at + 15 - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
         last = srv.memory_kib()
         deadline = time.monotonic() + within_s
         while time.monotonic() < deadline:
-            time.sleep(2)
+            time.sleep(window_s)
             now = srv.memory_kib()
             if abs(now["total"] - last["total"]) <= 0.005 * last["total"]:
                 return now
@@ -206,10 +235,11 @@ class Bench:
 
     def _memory_point(self, srv, stage, b):
         """Memory per registration now against the baseline `b`, stored under `stage`."""
-        regs = srv.registered()
+        total = srv.registered()
+        regs = total - b["registered"]
         m = srv.memory_kib()
         per = lambda key: round((m[key] - b[key]) * 1024 / max(regs, 1))
-        point = {"registered": regs, "memory": m,
+        point = {"registered": total, "counted": regs, "memory": m,
                  "bytes_per_registration": per("total"),
                  "pss_bytes_per_registration": per("pss")}
         if "by_process" in m and "by_process" in b:
@@ -217,7 +247,7 @@ class Bench:
                 k: round((m["by_process"][k] - b["by_process"].get(k, 0)) * 1024 / max(regs, 1))
                 for k in m["by_process"]}
         self.results["memory"].setdefault(srv.name, {"baseline": b})[stage] = point
-        log(f"{srv.name} ({stage}): {regs} registered, {m['total'] / 1024:.0f} MiB, "
+        log(f"{srv.name} ({stage}): {total} registered, {m['total'] / 1024:.0f} MiB, "
             f"{point['bytes_per_registration']} B/registration")
 
     def moderate(self, kind, rate):

@@ -98,6 +98,7 @@ class Sipcraft(Server):
         # RUST_LOG as well as log_level: builds before 5f05c01 ignored server.log_level
         # (RUST_LOG or "info"), and at info every call writes three "call record" log lines.
         env = {**os.environ, "RUST_LOG": "warn"}
+        self.started_at = time.monotonic()
         self.proc = subprocess.Popen(
             [self.binary, "run", "-c", self.config], env=env,
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
@@ -184,6 +185,7 @@ class Kamailio(Server):
         if os.path.exists(self.ctl):
             os.unlink(self.ctl)
         log = open(os.path.join(self.dir, "kamailio.log"), "ab")
+        self.started_at = time.monotonic()
         self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log,
                                      stderr=log, start_new_session=True)
         deadline = time.monotonic() + timeout

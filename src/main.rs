@@ -8,6 +8,9 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 mod logging;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[cfg(windows)]
 mod winservice;
 
