@@ -213,6 +213,12 @@ pub struct BindingTable {
     owners: Vec<Box<str>>,
     /// Number of bindings, expired ones not yet purged included.
     len: usize,
+    /// No binding expires before this (a lower bound: exact after a purge, lowered by every
+    /// upsert), so [`BindingTable::purge_expired`] walks the table only when something may
+    /// have expired. Phones refresh before their bindings expire: in a steady state the walk
+    /// runs about once per half registration lifetime, not every second. (It stalled the
+    /// worker's loop for ~2 ms a second with 100k bindings, visible in the p99 latency.)
+    purge_from_ms: u64,
 }
 
 impl std::fmt::Debug for BindingTable {
@@ -295,6 +301,7 @@ impl BindingTable {
     pub fn upsert(&mut self, binding: &Binding) {
         let owner = self.intern(&binding.owner);
         let new = Packed::new(binding, owner);
+        self.purge_from_ms = self.purge_from_ms.min(binding.expires_at_ms);
         let hash = self.hash(&binding.aor);
         let hasher = &self.hasher;
         match self
@@ -403,12 +410,18 @@ impl BindingTable {
 
     /// Drops bindings that expired at or before `now_ms`; returns how many.
     pub fn purge_expired(&mut self, now_ms: u64) -> usize {
+        if now_ms < self.purge_from_ms {
+            return 0;
+        }
         let mut purged = 0;
+        let mut next = u64::MAX;
         self.table.retain(|blob| {
-            if blob_earliest(blob) > now_ms {
+            let earliest = blob_earliest(blob);
+            if earliest > now_ms {
+                next = next.min(earliest);
                 return true;
             }
-            let (next, gone) = {
+            let (kept, gone) = {
                 let (aor, entries) = unpack(blob);
                 let mut gone = 0;
                 let live: Vec<Packed<'_>> = entries
@@ -421,15 +434,17 @@ impl BindingTable {
                 ((!live.is_empty()).then(|| pack(aor, &live)), gone)
             };
             purged += gone;
-            match next {
-                Some(next) => {
-                    *blob = next;
+            match kept {
+                Some(kept) => {
+                    next = next.min(blob_earliest(&kept));
+                    *blob = kept;
                     true
                 }
                 None => false,
             }
         });
         self.len -= purged;
+        self.purge_from_ms = next;
         purged
     }
 
@@ -536,6 +551,27 @@ mod tests {
         assert_eq!(t.purge_expired(2_000), 150);
         assert!(t.is_empty());
         assert_eq!(t.aor_count(), 0);
+    }
+
+    #[test]
+    fn purge_skips_the_walk_until_something_may_have_expired_and_misses_nothing() {
+        let mut t = BindingTable::new();
+        t.upsert(&sipp(1, Some("a"), 5_000));
+        assert_eq!(t.purge_expired(1_000), 0);
+        assert_eq!(t.purge_from_ms, 5_000, "a walk leaves the exact earliest expiry");
+        // An upsert that expires earlier than everything seen lowers the bound at once.
+        t.upsert(&sipp(2, Some("a"), 2_000));
+        assert_eq!(t.purge_from_ms, 2_000);
+        assert_eq!(t.purge_expired(1_999), 0);
+        assert_eq!(t.purge_expired(2_500), 1);
+        assert_eq!(t.get("100002").count(), 0);
+        // A refresh moves the expiry later: the next walk finds nothing and moves on.
+        t.upsert(&sipp(1, Some("a"), 9_000));
+        assert_eq!(t.purge_expired(5_000), 0);
+        assert_eq!(t.purge_from_ms, 9_000);
+        assert_eq!(t.purge_expired(9_000), 1);
+        assert!(t.is_empty());
+        assert_eq!(t.purge_from_ms, u64::MAX);
     }
 
     #[test]
