@@ -558,7 +558,10 @@ mod tests {
         let mut t = BindingTable::new();
         t.upsert(&sipp(1, Some("a"), 5_000));
         assert_eq!(t.purge_expired(1_000), 0);
-        assert_eq!(t.purge_from_ms, 5_000, "a walk leaves the exact earliest expiry");
+        assert_eq!(
+            t.purge_from_ms, 5_000,
+            "a walk leaves the exact earliest expiry"
+        );
         // An upsert that expires earlier than everything seen lowers the bound at once.
         t.upsert(&sipp(2, Some("a"), 2_000));
         assert_eq!(t.purge_from_ms, 2_000);
