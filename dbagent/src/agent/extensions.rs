@@ -37,6 +37,23 @@ impl Agent {
 
     /// Queues an update for the bus, in order, and sends what the link takes now.
     pub(super) fn publish(&mut self, update: Update) {
+        // The dbagent is the only source of extension changes, and decides the next change by
+        // comparing the database with its replica: a change of its own is applied there at
+        // once, not when the hub's numbered copy comes back (up to 10 ms later, see the hub's
+        // gathering, or later still behind `outgoing`). Otherwise a row inserted and deleted
+        // within that window looked never inserted, and the delete was lost.
+        if matches!(
+            update,
+            Update::ExtensionsReplaced(_)
+                | Update::ExtensionUpserted(_)
+                | Update::ExtensionDeleted(_)
+        ) {
+            self.link
+                .replica
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .apply_local(&update);
+        }
         self.outgoing.push_back(update);
         self.pump();
     }
