@@ -3,7 +3,8 @@
 //! TCP<->TCP with 2 UDP workers; and kill -9 of one UDP worker under a steady call load.
 //!
 //! Each call: INVITE, 407, ACK, INVITE with Proxy-Authorization, 100, 180, 200, ACK and BYE
-//! along the Record-Route, 200 (tests/sipp/uac_call_auth.xml, uas_answer.xml). The UDP caller
+//! along the Record-Route, 200 (tests/sipp/uac_call_auth.xml, uas_answer_retrans.xml: the
+//! callee absorbs the INVITE retransmissions a stalled machine causes). The UDP caller
 //! uses one socket per call (SIPp `-t un`), so with SO_REUSEPORT its calls spread over both
 //! UDP workers and about half of them have their responses handed over between workers.
 //! The tests here run one at a time (they load the machine); loopback only.
@@ -50,7 +51,7 @@ fn thousand_calls(caller_tp: Transport, callee_tp: Transport) {
         callee_tp,
         "1002",
         "pw1002",
-        "uas_answer.xml",
+        "uas_answer_retrans.xml",
     );
     sipp::wait_bindings(&server, 1);
     let started = Instant::now();
@@ -131,7 +132,7 @@ fn kill_udp_worker_during_call_load() {
         Transport::Udp,
         "1002",
         "pw1002",
-        "uas_answer.xml",
+        "uas_answer_retrans.xml",
     );
     sipp::wait_bindings(&server, 1);
     let mut caller = SippCmd::new("caller", "uac_call_auth.xml", server.udp_addr())
