@@ -60,9 +60,12 @@ struct Header {
     version: u32,
 }
 
-/// What the cache file holds.
+/// What the cache file holds. Read back with `Vec<Binding>` (the default); written with the
+/// bindings serialized straight from a copy of the compact table (`Cache<BindingTable>`,
+/// which serializes as the same sequence), so no owned `Binding` per entry is made while
+/// the file is written.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Cache {
+pub struct Cache<B = Vec<Binding>> {
     pub format: String,
     pub version: u32,
     /// Milliseconds since the Unix epoch when written.
@@ -80,25 +83,11 @@ pub struct Cache {
     /// be rewritten from the bindings in full when the database is next reached.
     pub reconcile: bool,
     pub extensions: Vec<Extension>,
-    pub bindings: Vec<Binding>,
+    pub bindings: B,
 }
 
-/// What is written: the fields of [`Cache`], in its order and under its names, with the
-/// bindings serialized straight from a copy of the compact table (no owned `Binding` per
-/// entry while the file is written).
-#[derive(Debug, Serialize)]
-pub struct CacheOut {
-    pub format: &'static str,
-    pub version: u32,
-    pub written_ms: u64,
-    pub instance: String,
-    pub node: String,
-    pub state_seq: u64,
-    pub db_applied_seq: u64,
-    pub reconcile: bool,
-    pub extensions: Vec<Extension>,
-    pub bindings: BindingTable,
-}
+/// The cache as written from the dbagent's compact table.
+pub type CacheOut = Cache<BindingTable>;
 
 impl Cache {
     /// An empty cache of this build's format.
@@ -203,7 +192,7 @@ mod tests {
         let mut bindings = BindingTable::new();
         bindings.upsert(&b);
         let out = CacheOut {
-            format: FORMAT,
+            format: FORMAT.into(),
             version: VERSION,
             written_ms: 1,
             instance: "i".into(),

@@ -40,7 +40,7 @@ impl Agent {
         let mut extensions: Vec<Extension> = self.replica().extensions().cloned().collect();
         extensions.sort_by(|a, b| a.number.cmp(&b.number));
         CacheOut {
-            format: cache::FORMAT,
+            format: cache::FORMAT.into(),
             version: cache::VERSION,
             written_ms: crate::store::now_ms(),
             instance: self.instance.clone(),
