@@ -321,18 +321,46 @@ impl Database {
 
     /// The URL with any password replaced by `***`, for logs and status output.
     pub fn redacted_url(&self) -> String {
-        let Some((scheme, rest)) = self.url.split_once("://") else {
-            return self.url.clone();
-        };
-        let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        match authority.rsplit_once('@') {
-            Some((userinfo, host)) if userinfo.contains(':') => {
-                let user = userinfo.split(':').next().unwrap_or_default();
-                format!("{scheme}://{user}:***@{host}{tail}")
-            }
+        match url_parts(&self.url) {
+            Some(UrlParts {
+                scheme,
+                userinfo: Some((user, Some(_))),
+                host,
+                tail,
+            }) => format!("{scheme}://{user}:***@{host}{tail}"),
             _ => self.url.clone(),
         }
     }
+}
+
+/// A PostgreSQL URL taken apart: `scheme://[user[:password]@]host/tail`.
+pub(crate) struct UrlParts<'a> {
+    pub scheme: &'a str,
+    /// The user, and the password when one is given.
+    pub userinfo: Option<(&'a str, Option<&'a str>)>,
+    pub host: &'a str,
+    pub tail: &'a str,
+}
+
+pub(crate) fn url_parts(url: &str) -> Option<UrlParts<'_>> {
+    let (scheme, rest) = url.split_once("://")?;
+    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let (userinfo, host) = match authority.rsplit_once('@') {
+        Some((info, host)) => (
+            Some(
+                info.split_once(':')
+                    .map_or((info, None), |(u, p)| (u, Some(p))),
+            ),
+            host,
+        ),
+        None => (None, authority),
+    };
+    Some(UrlParts {
+        scheme,
+        userinfo,
+        host,
+        tail,
+    })
 }
 
 impl fmt::Debug for Database {

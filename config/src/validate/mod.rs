@@ -503,11 +503,7 @@ fn sslmode(url: &str) -> Option<&str> {
 
 /// Whether a PostgreSQL URL carries `user:password@`.
 fn url_has_password(url: &str) -> bool {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
-    authority
-        .rsplit_once('@')
-        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+    crate::model::url_parts(url).is_some_and(|u| matches!(u.userinfo, Some((_, Some(_)))))
 }
 
 /// Remembers the first entry that used a value, to name both halves of a duplicate.
