@@ -155,6 +155,45 @@ fn binding_made_on_one_worker_is_seen_by_the_other() {
     assert!(seen.worker().starts_with("udp-"));
 }
 
+/// A refresh that only moves an expiry travels lazily (issue 7), but it must arrive: the
+/// other worker answers a fetch with the refreshed expiry.
+#[test]
+fn refresh_made_on_one_worker_reaches_the_other() {
+    let server = Server::start(Setup::default());
+    let mut phone = Phone::udp(server.udp_addr(), "1001", "pw1001");
+    let contact = phone.contact();
+    let first = phone.register(&format!("{contact}Expires: 60\r\n"), Some("MD5"));
+    assert_eq!(first.status, 200);
+    let home = first.worker();
+    let mine = phone.local.to_string();
+    // The other worker's view of this phone's binding: its expires= in a fetch.
+    let expires_elsewhere = |at_least: u64| {
+        let mut probe = Phone::udp(server.udp_addr(), "1001", "pw1001");
+        let r = probe.register("", Some("MD5"));
+        assert_eq!(r.status, 200, "{}", r.text);
+        let left = r
+            .headers("Contact")
+            .into_iter()
+            .find(|c| c.contains(&mine))
+            .and_then(|c| c.rsplit_once("expires=").map(|(_, n)| n.trim().to_owned()))
+            .and_then(|n| n.parse::<u64>().ok());
+        (r.worker() != home && left.is_some_and(|l| l >= at_least)).then_some(())
+    };
+    wait_for(
+        "the other worker has the binding",
+        Duration::from_secs(5),
+        || expires_elsewhere(1),
+    );
+    let refreshed = phone.register(&format!("{contact}Expires: 3600\r\n"), Some("MD5"));
+    assert_eq!(refreshed.status, 200);
+    assert_eq!(refreshed.worker(), home, "{}", refreshed.text);
+    wait_for(
+        "the other worker has the refreshed expiry",
+        Duration::from_secs(5),
+        || expires_elsewhere(3000),
+    );
+}
+
 #[test]
 fn killed_worker_loses_no_binding() {
     let server = Server::start(Setup::default());

@@ -15,6 +15,13 @@ use crate::wire::{Direct, Envelope, FromChild, Hello, Role, ToChild};
 /// Messages a child can queue for the supervisor before the link counts as stuck.
 pub const OUTBOX: usize = 8192;
 
+/// How long a change sent with [`Outbox::publish_lazy`] may wait for company. A refresh of a
+/// binding that is good for a while yet is not needed elsewhere at once; sent one by one,
+/// refreshes cost the supervisor and every other worker a wake-up each, on the CPUs the
+/// phones' requests wait for (issue 7). Short enough that a worker killed with -9 loses at
+/// most this much of them: the old binding then stays in force until it expires.
+pub const LAZY: Duration = Duration::from_millis(50);
+
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
     #[error("could not reach the supervisor's bus")]
@@ -79,6 +86,8 @@ pub struct Outbox(mpsc::Sender<Out>);
 #[allow(clippy::large_enum_variant)]
 enum Out {
     Msg(Envelope<FromChild>),
+    /// Written with the next `Msg`, or [`LAZY`] after it was queued at the latest.
+    Lazy(Envelope<FromChild>),
     /// Everything queued before this is written; then the sender is told.
     Flushed(oneshot::Sender<()>),
 }
@@ -102,6 +111,14 @@ impl Outbox {
     /// Publishes a change to the replicated state.
     pub fn publish(&self, update: Update) -> bool {
         self.send(FromChild::Publish(update))
+    }
+
+    /// Publishes a change that no other process needs at once: it is written with the next
+    /// message, or within [`LAZY`]. Order with every other message is kept, and
+    /// [`Outbox::flush`] writes it too.
+    pub fn publish_lazy(&self, update: Update) -> bool {
+        let msg = Envelope::new(FromChild::Publish(update));
+        self.0.try_send(Out::Lazy(msg)).is_ok()
     }
 }
 
@@ -162,34 +179,80 @@ async fn read_snapshot(reader: &mut Reader, seq: u64) -> Result<Replica, LinkErr
 }
 
 async fn write_loop(mut writer: Writer, mut rx: mpsc::Receiver<Out>) {
-    while let Some(first) = rx.recv().await {
+    // Set while only lazy messages are queued: when they must be written at the latest.
+    let mut due: Option<tokio::time::Instant> = None;
+    loop {
+        let first = match due {
+            Some(at) => tokio::select! {
+                out = rx.recv() => out,
+                _ = tokio::time::sleep_until(at) => {
+                    due = None;
+                    if flush(&mut writer, Vec::new()).await {
+                        continue;
+                    }
+                    return;
+                }
+            },
+            None => rx.recv().await,
+        };
+        let Some(first) = first else {
+            // Every sender is gone: what is left still goes out.
+            flush(&mut writer, Vec::new()).await;
+            return;
+        };
         // Batch whatever else is already queued into one write.
         let mut next = Some(first);
         let mut waiting = Vec::new();
+        let mut urgent = false;
         while let Some(out) = next {
-            match out {
+            let msg = match out {
                 Out::Msg(m) => {
-                    if let Err(e) = writer.queue(&m) {
-                        tracing::error!(error = %e, "dropping a message that cannot be encoded");
-                    }
+                    urgent = true;
+                    m
+                }
+                Out::Lazy(m) => {
+                    due.get_or_insert_with(|| tokio::time::Instant::now() + LAZY);
+                    m
                 }
                 // Answered once what is queued before it is written, below.
-                Out::Flushed(done) => waiting.push(done),
+                Out::Flushed(done) => {
+                    urgent = true;
+                    waiting.push(done);
+                    next = rx.try_recv().ok();
+                    continue;
+                }
+            };
+            if let Err(e) = writer.queue(&msg) {
+                tracing::error!(error = %e, "dropping a message that cannot be encoded");
             }
             next = if writer.queued() < 256 * 1024 {
                 rx.try_recv().ok()
             } else {
+                urgent = true;
                 None
             };
         }
-        if let Err(e) = writer.flush().await {
-            tracing::warn!(error = %e, "bus write failed");
-            return;
-        }
-        for done in waiting {
-            let _ = done.send(());
+        if urgent {
+            due = None;
+            if !flush(&mut writer, waiting).await {
+                return;
+            }
         }
     }
+}
+
+/// Writes what is queued, then tells whoever waits for it. False when the bus is broken.
+async fn flush(writer: &mut Writer, waiting: Vec<oneshot::Sender<()>>) -> bool {
+    if writer.queued() > 0 {
+        if let Err(e) = writer.flush().await {
+            tracing::warn!(error = %e, "bus write failed");
+            return false;
+        }
+    }
+    for done in waiting {
+        let _ = done.send(());
+    }
+    true
 }
 
 struct Follower {

@@ -210,6 +210,9 @@ impl Registrar {
         let now_ms = crate::now_ms();
         let aor = number.to_owned();
         let mut updates = Vec::new();
+        // Changes to bindings that stay good for a while: published lazily (see
+        // `Outbox::publish_lazy`).
+        let mut renewals = Vec::new();
         match contacts {
             Contacts::Wildcard => {
                 if header_expires != Some(0) {
@@ -260,7 +263,7 @@ impl Registrar {
                     if old.is_none() {
                         live += 1;
                     }
-                    updates.push(Update::BindingUpserted(Binding {
+                    let binding = Binding {
                         aor: aor.clone(),
                         key,
                         contact: uri_text(contact),
@@ -275,7 +278,14 @@ impl Registrar {
                         cseq: cseq.seq,
                         q: contact.q(),
                         expires_at_ms: now_ms + u64::from(expires) * 1000,
-                    }));
+                    };
+                    // A change to a binding that stays good for a while yet may travel
+                    // lazily: until it arrives, other workers route by the old one.
+                    if old.is_some_and(|o| o.expires_at_ms > now_ms + RENEW_MARGIN_MS) {
+                        renewals.push(Update::BindingUpserted(binding));
+                    } else {
+                        updates.push(Update::BindingUpserted(binding));
+                    }
                 }
                 // Too many contacts: the ones closest to expiry make room.
                 let max = self.registrar.max_contacts_per_aor as usize;
@@ -285,6 +295,7 @@ impl Registrar {
                     for b in oldest.into_iter().take(live - max) {
                         if !updates
                             .iter()
+                            .chain(&renewals)
                             .any(|u| matches!(u, Update::BindingUpserted(n) if n.key == b.key))
                         {
                             updates.push(Update::BindingRemoved {
@@ -298,14 +309,16 @@ impl Registrar {
         }
         {
             let mut r = replica.write().unwrap_or_else(|p| p.into_inner());
-            for u in &updates {
+            for u in renewals.iter().chain(&updates) {
                 r.apply_local(u);
             }
         }
-        for u in updates {
-            if !outbox.publish(u) {
-                tracing::warn!("bus outbox full: a binding change was not published");
-            }
+        // Renewals first: the outbox keeps order, so the urgent changes after them take
+        // them along.
+        let published = renewals.into_iter().all(|u| outbox.publish_lazy(u))
+            & updates.into_iter().all(|u| outbox.publish(u));
+        if !published {
+            tracing::warn!("bus outbox full: a binding change was not published");
         }
         let mut ok = ResponseBuilder::new(msg, 200, "OK");
         let r = read(replica);
@@ -316,6 +329,9 @@ impl Registrar {
         ok.build()
     }
 }
+
+/// A change to a binding travels lazily only while the old one has at least this long left.
+const RENEW_MARGIN_MS: u64 = 2_000;
 
 fn read(replica: &Arc<RwLock<Replica>>) -> std::sync::RwLockReadGuard<'_, Replica> {
     replica.read().unwrap_or_else(|p| p.into_inner())

@@ -41,15 +41,18 @@ const DIRECT_QUEUE: usize = 4096;
 /// nothing more is queued).
 const BATCH_BYTES: usize = 256 * 1024;
 
-/// The dbagent persists what it receives and is in no hurry: its writer lets this much
-/// traffic gather before writing, so the dbagent wakes once for many updates, not for each.
-/// (Workers get every frame at once: replication and SIP hand-offs are on the call path.)
-const DBAGENT_GATHER: Duration = Duration::from_millis(10);
+/// The dbagent persists what it receives and is in no hurry: its writer writes at most once
+/// per this long, so under load the dbagent wakes once for many updates, not for each. It
+/// matches the dbagent's own fsync batch (`SYNC_EVERY`). (Workers get every frame at once:
+/// replication and SIP hand-offs are on the call path.)
+const DBAGENT_GATHER: Duration = Duration::from_millis(50);
 
 /// How long the echo of a worker's own update may wait for other traffic to that worker. The
 /// worker applied the change when it made it; the numbered copy only moves its generation on,
 /// so it rides along with the next frame the worker needs instead of waking it by itself.
-const ECHO_WAIT: Duration = Duration::from_millis(20);
+/// Longer than a worker's lazy window (`child::LAZY`), so under a steady load the echo of one
+/// worker's refreshes nearly always rides with the next batch from another.
+const ECHO_WAIT: Duration = Duration::from_millis(100);
 
 /// A numbered update as every child receives it: the connection it came from (0: the
 /// supervisor) and the encoded `ToChild::Update` frame, shared. The frame is `None` when the

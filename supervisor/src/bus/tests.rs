@@ -116,6 +116,45 @@ async fn a_workers_own_update_comes_back_in_order_with_the_others() {
     assert_eq!(a.replica.read().unwrap().seq(), 3);
 }
 
+#[tokio::test]
+async fn a_lazy_update_waits_for_company_and_keeps_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_hub, bus) = start_hub(dir.path());
+    let a = child::join(&bus, Role::Worker, "udp-0", false)
+        .await
+        .unwrap();
+    let mut b = child::join(&bus, Role::Worker, "udp-1", true)
+        .await
+        .unwrap();
+    let number = |ev: LinkEvent| match ev {
+        LinkEvent::Applied {
+            update: Update::ExtensionUpserted(e),
+            ..
+        } => e.number,
+        other => panic!("unexpected {other:?}"),
+    };
+    // Alone, a lazy update goes out when its window has passed, not before.
+    let start = tokio::time::Instant::now();
+    assert!(a
+        .outbox
+        .publish_lazy(Update::ExtensionUpserted(extension(1, 1))));
+    assert_eq!(number(next_event(&mut b).await), "1");
+    assert!(start.elapsed() >= child::LAZY);
+    // Followed by an urgent one, it travels with it, first.
+    assert!(a
+        .outbox
+        .publish_lazy(Update::ExtensionUpserted(extension(2, 1))));
+    assert!(a.outbox.publish(Update::ExtensionUpserted(extension(3, 1))));
+    assert_eq!(number(next_event(&mut b).await), "2");
+    assert_eq!(number(next_event(&mut b).await), "3");
+    // A flush (what a stopping child does last) writes it too.
+    assert!(a
+        .outbox
+        .publish_lazy(Update::ExtensionUpserted(extension(4, 1))));
+    assert!(a.outbox.flush(Duration::from_secs(10)).await);
+    assert_eq!(number(next_event(&mut b).await), "4");
+}
+
 async fn recv(reader: &mut conn::Reader) -> ToChild {
     tokio::time::timeout(Duration::from_secs(20), reader.recv::<Envelope<ToChild>>())
         .await

@@ -26,7 +26,8 @@ pub(super) struct ChildWriter {
     pub(super) name: String,
     /// This child's bus connection, as in [`UpdateFrame::origin`].
     pub(super) connection: u64,
-    /// How long to let traffic gather after a wake-up before writing (the dbagent's).
+    /// The shortest time between two writes (the dbagent's): traffic that comes sooner
+    /// gathers until then. The first write after a quiet spell goes at once.
     pub(super) gather: Duration,
     /// How long the echo of the child's own update may wait for other traffic.
     pub(super) echo_wait: Duration,
@@ -37,6 +38,7 @@ impl ChildWriter {
         let Some(mut updates) = send_snapshot(&self.hub, &mut self.writer).await else {
             return;
         };
+        let mut last_write: Option<tokio::time::Instant> = None;
         loop {
             let Some(first) = self.wait(&mut updates).await else {
                 return;
@@ -44,9 +46,14 @@ impl ChildWriter {
             let Some(mut urgent) = self.put(first, &mut updates).await else {
                 return;
             };
-            if !self.gather.is_zero() {
-                tokio::time::sleep(self.gather).await;
-            } else if !urgent && !self.echo_wait.is_zero() {
+            if let Some(at) = last_write.map(|t| t + self.gather) {
+                // A timer per write would cost as many wake-ups as writing each time: only
+                // traffic that follows a write closely waits.
+                if at > tokio::time::Instant::now() {
+                    tokio::time::sleep_until(at).await;
+                }
+            }
+            if !urgent && !self.echo_wait.is_zero() {
                 // Only the child's own updates so far: they wait for something it needs.
                 let deadline = tokio::time::Instant::now() + self.echo_wait;
                 while !urgent && self.writer.queued() < BATCH_BYTES {
@@ -72,6 +79,9 @@ impl ChildWriter {
             }
             if self.writer.flush().await.is_err() {
                 return;
+            }
+            if !self.gather.is_zero() {
+                last_write = Some(tokio::time::Instant::now());
             }
         }
     }
