@@ -113,12 +113,16 @@ impl Outbox {
         self.send(FromChild::Publish(update))
     }
 
-    /// Publishes a change that no other process needs at once: it is written with the next
+    /// Queues a message that no other process needs at once: it is written with the next
     /// message, or within [`LAZY`]. Order with every other message is kept, and
     /// [`Outbox::flush`] writes it too.
+    pub fn send_lazy(&self, msg: FromChild) -> bool {
+        self.0.try_send(Out::Lazy(Envelope::new(msg))).is_ok()
+    }
+
+    /// [`Outbox::publish`], lazily (see [`Outbox::send_lazy`]).
     pub fn publish_lazy(&self, update: Update) -> bool {
-        let msg = Envelope::new(FromChild::Publish(update));
-        self.0.try_send(Out::Lazy(msg)).is_ok()
+        self.send_lazy(FromChild::Publish(update))
     }
 }
 

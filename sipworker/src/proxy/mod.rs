@@ -139,11 +139,15 @@ impl Core {
             id = %record.id, call_id = %record.call_id, caller = %record.caller, callee = %record.callee,
             status = record.final_status, reason = %record.reason, "call record"
         );
+        // The dbagent journals records in batches anyway: they ride with the worker's next
+        // bus message instead of waking the supervisor once each (issue 7).
         let msg = sipcraft_ipc::wire::FromChild::Send {
             to: "dbagent".into(),
             msg: sipcraft_ipc::wire::Direct::CallRecord(record),
         };
-        self.outbox.send(msg);
+        if !self.outbox.send_lazy(msg) {
+            tracing::warn!("bus outbox full: a call record was not sent");
+        }
     }
 }
 
