@@ -6,9 +6,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::postgres::Postgres;
+use common::postgres::{setup_with_database, Postgres};
 use common::sip::Phone;
-use common::{wait_for, Server, Setup};
+use common::{wait_for, Server};
 
 /// A login role that must give its password: scram-sha-256 for it alone, first in pg_hba
 /// (the harness's own `sipcraft` role stays trusted).
@@ -37,17 +37,8 @@ fn the_password_comes_from_its_file_at_every_connection_attempt() {
     let file = secrets.path().join("db.password");
     std::fs::write(&file, "wrong-staple\n").unwrap();
 
-    let setup = Setup {
-        extensions: Vec::new(),
-        extra: format!(
-            "[database]\nurl = \"postgresql://frontdesk@127.0.0.1:{}/sipcraft\"\n\
-             password_file = \"{}\"\nconnect_timeout_ms = 1000\nstatement_timeout_ms = 1000\n\n\
-             [security]\ntrusted_ips = [\"127.0.0.0/8\"]\n\n",
-            pg.port,
-            file.display()
-        ),
-        ..Setup::default()
-    };
+    let password_file = format!("password_file = \"{}\"\n", file.display());
+    let setup = setup_with_database(&pg.database_toml_as("frontdesk", &password_file));
     // Workers never wait for the database: ready although the login fails.
     let server = Server::start(setup);
     wait_for("the refused login logged", Duration::from_secs(10), || {

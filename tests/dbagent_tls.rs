@@ -7,7 +7,7 @@ mod common;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::Duration;
 
-use common::postgres::Postgres;
+use common::postgres::{setup_with_database, Postgres};
 use common::sip::Phone;
 use common::tls::Pki;
 use common::{wait_for, Server, Setup};
@@ -42,17 +42,8 @@ fn enable_ssl(pg: &Postgres, pki: &Pki) {
 }
 
 fn setup(pg: &Postgres, ca: &std::path::Path) -> Setup {
-    Setup {
-        extensions: Vec::new(),
-        extra: format!(
-            "[database]\nurl = \"postgresql://sipcraft@127.0.0.1:{}/sipcraft\"\n\
-             ca_file = \"{}\"\nconnect_timeout_ms = 1000\nstatement_timeout_ms = 1000\n\n\
-             [security]\ntrusted_ips = [\"127.0.0.0/8\"]\n\n",
-            pg.port,
-            ca.display()
-        ),
-        ..Setup::default()
-    }
+    let ca_file = format!("ca_file = \"{}\"\n", ca.display());
+    setup_with_database(&pg.database_toml_as("sipcraft", &ca_file))
 }
 
 /// The dbagent's connections in PostgreSQL and how many of them are TLS.

@@ -173,14 +173,24 @@ impl Postgres {
 
     /// The URL sipcraft connects with.
     pub fn url(&self) -> String {
-        format!("postgresql://sipcraft@127.0.0.1:{}/sipcraft", self.port)
+        self.url_as("sipcraft")
+    }
+
+    /// The URL of the `sipcraft` database for role `user`.
+    pub fn url_as(&self, user: &str) -> String {
+        format!("postgresql://{user}@127.0.0.1:{}/sipcraft", self.port)
     }
 
     /// A `[database]` section for this server, with short timeouts.
     pub fn database_toml(&self) -> String {
+        self.database_toml_as("sipcraft", "")
+    }
+
+    /// [`Postgres::database_toml`] logging in as `user`, with `extra` keys (whole lines).
+    pub fn database_toml_as(&self, user: &str, extra: &str) -> String {
         format!(
-            "[database]\nurl = \"{}\"\nconnect_timeout_ms = 1000\nstatement_timeout_ms = 1000\n\n",
-            self.url()
+            "[database]\nurl = \"{}\"\n{extra}connect_timeout_ms = 1000\nstatement_timeout_ms = 1000\n\n",
+            self.url_as(user)
         )
     }
 
@@ -303,12 +313,14 @@ impl Drop for Postgres {
 
 /// A sipcraft setup that takes its extensions from `pg`.
 pub fn setup_with(pg: &Postgres) -> Setup {
+    setup_with_database(&pg.database_toml())
+}
+
+/// A sipcraft setup with this `[database]` section (see [`Postgres::database_toml_as`]).
+pub fn setup_with_database(database_toml: &str) -> Setup {
     Setup {
         extensions: Vec::new(),
-        extra: format!(
-            "{}[security]\ntrusted_ips = [\"127.0.0.0/8\"]\n\n",
-            pg.database_toml()
-        ),
+        extra: format!("{database_toml}[security]\ntrusted_ips = [\"127.0.0.0/8\"]\n\n"),
         ..Setup::default()
     }
 }
