@@ -229,7 +229,7 @@ async fn write_loop(mut writer: Writer, mut rx: mpsc::Receiver<Out>) {
             if let Err(e) = writer.queue(&msg) {
                 tracing::error!(error = %e, "dropping a message that cannot be encoded");
             }
-            next = if writer.queued() < 256 * 1024 {
+            next = if writer.queued() < conn::BATCH_BYTES {
                 rx.try_recv().ok()
             } else {
                 urgent = true;

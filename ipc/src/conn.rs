@@ -12,6 +12,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::codec::{self, CodecError, Decoder, MAX_FRAME};
 
+/// Bytes a bus writer gathers before it writes them, at most (it writes sooner when nothing
+/// more is queued): the supervisor's writer to each child and each child's to the hub.
+pub const BATCH_BYTES: usize = 256 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
     #[error("could not listen on {path}")]

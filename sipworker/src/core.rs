@@ -25,8 +25,9 @@ use crate::security::{Admission, Guard};
 use crate::transport::{Out, Target};
 
 mod answer;
+pub(crate) use answer::finish_response;
 pub(crate) use answer::reason_of;
-use answer::{draining, finish_response, options, status_of};
+use answer::{draining, options, status_of};
 
 /// Methods this server handles itself or routes.
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, INFO, UPDATE, REFER, NOTIFY, PRACK, SUBSCRIBE";
@@ -559,19 +560,4 @@ pub fn share_ban(outbox: &Outbox, event: &crate::security::BanEvent) {
         reason: event.reason.as_str().to_owned(),
     };
     outbox.publish(sipcraft_ipc::state::Update::SourceBanned(ban));
-}
-
-/// `bytes` (a response) with a Server header after the status line.
-pub(crate) fn with_server_header(bytes: &[u8], server: &str) -> Vec<u8> {
-    let at = bytes
-        .windows(2)
-        .position(|w| w == b"\r\n")
-        .map_or(bytes.len(), |i| i + 2);
-    let mut out = Vec::with_capacity(bytes.len() + server.len() + 10);
-    out.extend_from_slice(&bytes[..at]);
-    out.extend_from_slice(b"Server: ");
-    out.extend_from_slice(server.as_bytes());
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&bytes[at..]);
-    out
 }

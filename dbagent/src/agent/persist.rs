@@ -173,17 +173,13 @@ impl Agent {
     /// At stop: fsync the journal, give the database a moment to take what is queued,
     /// write the cache.
     pub async fn finish(&mut self) {
-        if let Some(job) = self.sync_job.take() {
-            let done = job.await;
-            self.on_synced(done);
-        }
-        if let Some(job) = self.journal.take_sync() {
-            self.bus_syncing = Some(self.bus_received);
-            let done = tokio::task::spawn_blocking(move || job.run()).await;
-            self.on_synced(done);
-        } else {
-            self.bus_durable = self.bus_received;
-            self.acknowledge();
+        // The fsync running now, then one for what it did not cover.
+        for _ in 0..2 {
+            if let Some(job) = self.sync_job.take() {
+                let done = job.await;
+                self.on_synced(done);
+            }
+            self.sync_journal();
         }
         let last = self.next_seq - 1;
         if self.db_state == DbState::Up && self.db_applied < last {

@@ -166,7 +166,7 @@ impl Session {
     }
 
     async fn open_inner(cfg: &DbConfig) -> Result<Session, DbError> {
-        let mut pg: tokio_postgres::Config = cfg.url.parse().map_err(DbError::Url)?;
+        let mut pg = parse_url(&cfg.url)?;
         if let Some(file) = &cfg.password_file {
             let password =
                 sipcraft_config::read_password_file(file).map_err(DbError::PasswordFile)?;
@@ -529,4 +529,30 @@ fn tls_connector(ca_file: &Path) -> Result<MakeRustlsConnect, DbError> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(MakeRustlsConnect::new(config))
+}
+
+/// The connection settings in a PostgreSQL URL. libpq's `sslmode=verify-ca` and
+/// `verify-full` are what sipcraft always does with a `ca_file` (and the configuration check
+/// insists on one), but tokio-postgres knows only `disable`, `prefer` and `require`.
+fn parse_url(url: &str) -> Result<tokio_postgres::Config, DbError> {
+    url.replace("sslmode=verify-full", "sslmode=require")
+        .replace("sslmode=verify-ca", "sslmode=require")
+        .parse()
+        .map_err(DbError::Url)
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::*;
+
+    #[test]
+    fn libpq_verify_modes_are_understood() {
+        for mode in ["verify-full", "verify-ca", "require"] {
+            let url = format!("postgresql://u@db.example:5433/sip?sslmode={mode}");
+            let pg = parse_url(&url).unwrap_or_else(|e| panic!("{mode}: {e}"));
+            assert_eq!(pg.get_ssl_mode(), SslMode::Require, "{mode}");
+            assert_eq!(pg.get_ports(), [5433]);
+        }
+        assert!(parse_url("postgresql://u@db/sip?sslmode=sometimes").is_err());
+    }
 }

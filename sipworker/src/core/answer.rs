@@ -13,7 +13,7 @@ use super::{ALLOW, SUPPORTED};
 /// tag on a final response whose request had none (RFC 3261 §8.2.6.2; `ResponseBuilder`
 /// copies the request's To). The tag is derived from the request, so a retransmitted
 /// request gets the same one.
-pub(super) fn finish_response(
+pub(crate) fn finish_response(
     out: &mut Vec<u8>,
     bytes: &[u8],
     server: &str,
@@ -147,7 +147,8 @@ mod tests {
         let tag = resp.to().unwrap().tag().map(str::to_owned);
         assert!(tag.as_deref().is_some_and(|t| t.starts_with("sc")));
         assert_eq!(reason_of(&out), "Unauthorized");
-        // The same request gets the same tag; a 100 gets none; an unchanged Via stays.
+        // The same request gets the same tag; a 100 gets none; with no Via given, the
+        // request's stays as it was (`rport` without a value).
         let mut again = Vec::new();
         finish_response(&mut again, &built, "sipcraft/test", via.as_deref(), &req);
         assert_eq!(out, again);

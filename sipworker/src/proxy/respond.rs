@@ -312,7 +312,11 @@ impl Core {
 
 /// A response the proxy makes itself (not relayed), with its Server header.
 fn local_response(req: &Message<'_>, status: u16, reason: &str, server: &str) -> Vec<u8> {
-    crate::core::with_server_header(&ResponseBuilder::new(req, status, reason).build(), server)
+    // Finished as every other answer is: a Server header, and a To tag (RFC 3261 §8.2.6.2).
+    let built = ResponseBuilder::new(req, status, reason).build();
+    let mut out = Vec::with_capacity(built.len() + server.len() + 40);
+    crate::core::finish_response(&mut out, &built, server, None, req);
+    out
 }
 
 /// The CANCEL for a forwarded request (§9.1): same Request-URI, Call-ID, From, To, CSeq

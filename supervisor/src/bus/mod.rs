@@ -37,9 +37,6 @@ const UPDATE_BACKLOG: usize = 16 * 1024;
 const HELD_MAX: usize = 10_000;
 /// Direct messages queued for one child.
 const DIRECT_QUEUE: usize = 4096;
-/// Bytes a child's writer gathers before it writes them, at most (it writes sooner when
-/// nothing more is queued).
-const BATCH_BYTES: usize = 256 * 1024;
 
 /// The dbagent persists what it receives and is in no hurry: its writer writes at most once
 /// per this long, so under load the dbagent wakes once for many updates, not for each. It

@@ -44,6 +44,13 @@ fn start_hub(dir: &std::path::Path) -> (Arc<Hub>, std::path::PathBuf) {
     (hub, path)
 }
 
+/// A child joined to the hub at `bus` (see [`child::join`]).
+async fn joined(bus: &std::path::Path, role: Role, name: &str, observe: bool) -> child::Link {
+    child::join(bus, role, name, observe)
+        .await
+        .expect("the hub accepts the child")
+}
+
 async fn next_event(link: &mut child::Link) -> LinkEvent {
     tokio::time::timeout(Duration::from_secs(20), link.events.recv())
         .await
@@ -56,9 +63,7 @@ async fn updates_arrive_in_order_and_one_too_big_for_a_frame_resyncs_every_child
     let dir = tempfile::tempdir().unwrap();
     let (hub, bus) = start_hub(dir.path());
     hub.publish(Update::ExtensionUpserted(extension(1, 1)));
-    let mut link = child::join(&bus, Role::Worker, "udp-0", true)
-        .await
-        .unwrap();
+    let mut link = joined(&bus, Role::Worker, "udp-0", true).await;
     assert_eq!(link.replica.read().unwrap().seq(), 1);
     for n in 2..=300 {
         hub.publish(Update::ExtensionUpserted(extension(n, 1)));
@@ -88,12 +93,8 @@ async fn updates_arrive_in_order_and_one_too_big_for_a_frame_resyncs_every_child
 async fn a_workers_own_update_comes_back_in_order_with_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let (hub, bus) = start_hub(dir.path());
-    let mut a = child::join(&bus, Role::Worker, "udp-0", true)
-        .await
-        .unwrap();
-    let mut b = child::join(&bus, Role::Worker, "udp-1", true)
-        .await
-        .unwrap();
+    let mut a = joined(&bus, Role::Worker, "udp-0", true).await;
+    let mut b = joined(&bus, Role::Worker, "udp-1", true).await;
     let applied = |ev: LinkEvent| match ev {
         LinkEvent::Applied { seq, update } => (seq, update),
         other => panic!("unexpected {other:?}"),
@@ -120,12 +121,8 @@ async fn a_workers_own_update_comes_back_in_order_with_the_others() {
 async fn a_lazy_update_waits_for_company_and_keeps_its_place() {
     let dir = tempfile::tempdir().unwrap();
     let (_hub, bus) = start_hub(dir.path());
-    let a = child::join(&bus, Role::Worker, "udp-0", false)
-        .await
-        .unwrap();
-    let mut b = child::join(&bus, Role::Worker, "udp-1", true)
-        .await
-        .unwrap();
+    let a = joined(&bus, Role::Worker, "udp-0", false).await;
+    let mut b = joined(&bus, Role::Worker, "udp-1", true).await;
     let number = |ev: LinkEvent| match ev {
         LinkEvent::Applied {
             update: Update::ExtensionUpserted(e),
@@ -234,9 +231,7 @@ fn record(id: &str) -> Direct {
 async fn a_stop_never_overtakes_an_update_published_before_it() {
     let dir = tempfile::tempdir().unwrap();
     let (hub, bus) = start_hub(dir.path());
-    let mut link = child::join(&bus, Role::DbAgent, "dbagent", true)
-        .await
-        .unwrap();
+    let mut link = joined(&bus, Role::DbAgent, "dbagent", true).await;
     let tx = hub.routes.read().unwrap()["dbagent"].tx.clone();
     for round in 0..20 {
         // Published, then Stop queued at once: the child's writer finds both waiting.

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sipcraft_ipc::codec;
-use sipcraft_ipc::conn::Writer;
+use sipcraft_ipc::conn::{Writer, BATCH_BYTES};
 use sipcraft_ipc::wire::{Envelope, ToChild};
 use tokio::sync::{broadcast, mpsc};
 
-use super::{Hub, Outgoing, UpdateFrame, BATCH_BYTES};
+use super::{Hub, Outgoing, UpdateFrame};
 
 /// What woke a child's writer.
 enum Wake {
