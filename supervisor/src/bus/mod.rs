@@ -126,11 +126,10 @@ struct Route {
 }
 
 /// Call records for one child, oldest first: the first `sent` went to its current
-/// connection and await its acknowledgement; the rest wait for it (or for room in its queue).
+/// connection (its route's) and await its acknowledgement; the rest wait for it (or for room
+/// in its queue).
 #[derive(Debug, Default)]
 struct Mailbox {
-    /// The connection the first `sent` went to.
-    connection: Option<u64>,
     queue: VecDeque<Held>,
     sent: usize,
     /// Records dropped because the mailbox was full, since it last had room.
@@ -150,7 +149,7 @@ static NEXT_RECORD: AtomicU64 = AtomicU64::new(1);
 impl Mailbox {
     /// Sends what the connection has not had yet, in order, while its queue takes it.
     fn pump(&mut self, route: Option<&Route>) {
-        let Some(route) = route.filter(|r| Some(r.connection) == self.connection) else {
+        let Some(route) = route else {
             return;
         };
         while let Some(held) = self.queue.get(self.sent) {
@@ -168,11 +167,8 @@ impl Mailbox {
         }
     }
 
-    /// Forgets what `connection` has acknowledged.
-    fn acknowledge(&mut self, connection: u64, upto: u64) {
-        if self.connection != Some(connection) {
-            return;
-        }
+    /// Forgets what the current connection has acknowledged.
+    fn acknowledge(&mut self, upto: u64) {
         while self.sent > 0 && self.queue.front().is_some_and(|h| h.num <= upto) {
             self.queue.pop_front();
             self.sent -= 1;
@@ -180,14 +176,13 @@ impl Mailbox {
     }
 
     /// A new connection (or none): whatever the old one did not acknowledge goes again.
-    fn reconnect(&mut self, connection: Option<u64>) {
+    fn reconnect(&mut self) {
         if self.sent > 0 {
             tracing::info!(
                 records = self.sent,
                 "call records not acknowledged by the child that left; sending them again"
             );
         }
-        self.connection = connection;
         self.sent = 0;
     }
 }
@@ -322,9 +317,10 @@ impl Hub {
     fn acknowledge(&self, name: &str, connection: u64, upto: u64) {
         let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(mailbox) = held.get_mut(name) {
-            mailbox.acknowledge(connection, upto);
-            mailbox.pump(routes.get(name));
+        let route = routes.get(name).filter(|r| r.connection == connection);
+        if let (Some(mailbox), Some(route)) = (held.get_mut(name), route) {
+            mailbox.acknowledge(upto);
+            mailbox.pump(Some(route));
         }
     }
 
@@ -339,18 +335,9 @@ impl Hub {
         let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
         let route = Route { connection, tx };
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(mailbox) = held.get_mut(name) {
-            mailbox.reconnect(Some(connection));
-            mailbox.pump(Some(&route));
-        } else {
-            held.insert(
-                name.to_owned(),
-                Mailbox {
-                    connection: Some(connection),
-                    ..Mailbox::default()
-                },
-            );
-        }
+        let mailbox = held.entry(name.to_owned()).or_default();
+        mailbox.reconnect();
+        mailbox.pump(Some(&route));
         routes.insert(name.to_owned(), route);
     }
 
@@ -358,14 +345,13 @@ impl Hub {
     /// `name` until it is back, and what it did not acknowledge waits for its successor.
     fn disconnect(&self, name: &str, connection: u64) {
         let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
-        if routes.get(name).is_some_and(|r| r.connection == connection) {
-            routes.remove(name);
+        if routes.get(name).is_none_or(|r| r.connection != connection) {
+            return;
         }
+        routes.remove(name);
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(mailbox) = held.get_mut(name) {
-            if mailbox.connection == Some(connection) {
-                mailbox.reconnect(None);
-            }
+            mailbox.reconnect();
         }
     }
 }

@@ -131,16 +131,10 @@ impl ChildWriter {
         &mut self,
         updates: &mut broadcast::Receiver<UpdateFrame>,
     ) -> Option<()> {
-        use broadcast::error::{RecvError, TryRecvError};
-        loop {
-            let update = match updates.try_recv() {
-                Ok(frame) => Ok(frame),
-                Err(TryRecvError::Empty) => return Some(()),
-                Err(TryRecvError::Lagged(missed)) => Err(RecvError::Lagged(missed)),
-                Err(TryRecvError::Closed) => Err(RecvError::Closed),
-            };
+        while let Some(update) = try_update(updates) {
             self.put_update(update, updates).await?;
         }
+        Some(())
     }
 
     /// [`ChildWriter::put`] for an update, or a gap in the stream (which resyncs the child).
@@ -176,15 +170,22 @@ fn take_queued(
     direct: &mut mpsc::Receiver<Outgoing>,
     updates: &mut broadcast::Receiver<UpdateFrame>,
 ) -> Option<Wake> {
-    use broadcast::error::{RecvError, TryRecvError};
     if let Ok(out) = direct.try_recv() {
         return Some(Wake::Direct(out));
     }
+    try_update(updates).map(Wake::Update)
+}
+
+/// The next update already published, as `recv` would give it; `None` when there is none yet.
+fn try_update(
+    updates: &mut broadcast::Receiver<UpdateFrame>,
+) -> Option<Result<UpdateFrame, broadcast::error::RecvError>> {
+    use broadcast::error::{RecvError, TryRecvError};
     match updates.try_recv() {
-        Ok(frame) => Some(Wake::Update(Ok(frame))),
+        Ok(frame) => Some(Ok(frame)),
         Err(TryRecvError::Empty) => None,
-        Err(TryRecvError::Lagged(missed)) => Some(Wake::Update(Err(RecvError::Lagged(missed)))),
-        Err(TryRecvError::Closed) => Some(Wake::Update(Err(RecvError::Closed))),
+        Err(TryRecvError::Lagged(missed)) => Some(Err(RecvError::Lagged(missed))),
+        Err(TryRecvError::Closed) => Some(Err(RecvError::Closed)),
     }
 }
 
