@@ -150,6 +150,15 @@ impl<'m, 'a> Rewriter<'m, 'a> {
         Ok(())
     }
 
+    /// Replaces the first Via line with `line`: one [`top_via_received`] already made.
+    pub fn set_top_via_line(&mut self, line: String) -> Result<(), RewriteError> {
+        let (i, _) = self
+            .first_live(HeaderName::Via)
+            .ok_or(RewriteError::NoVia)?;
+        self.set(i, Some(line));
+        Ok(())
+    }
+
     /// Decrements Max-Forwards and returns the new value; adds `Max-Forwards: 70` when absent
     /// (RFC 3261 §16.6 step 3). Fails with [`RewriteError::TooManyHops`] at zero.
     pub fn decrement_max_forwards(&mut self) -> Result<u8, RewriteError> {

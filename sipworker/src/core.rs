@@ -530,9 +530,9 @@ impl std::fmt::Write for StackText {
 pub(crate) fn with_received(msg: &Message<'_>, from: &Target) -> Vec<u8> {
     let (ip, port) = (from.peer.ip(), from.peer.port());
     match top_via_received(msg, ip, port) {
-        Ok(Some(_)) => {
+        Ok(Some(line)) => {
             let mut rw = Rewriter::new(msg);
-            let _ = rw.set_top_via_received(ip, port);
+            let _ = rw.set_top_via_line(line);
             rw.finish()
         }
         _ => msg.as_bytes().to_vec(),
