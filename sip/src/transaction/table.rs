@@ -561,15 +561,19 @@ impl<M: Clone> TransactionTable<M> {
         let Some(slot) = self.slots.get_mut(idx).and_then(Option::take) else {
             return;
         };
-        self.free.push(idx);
-        let Slot {
-            key: TransactionKey::Server(key),
-            txn: Transaction::ServerNonInvite(txn),
-            ..
-        } = slot
-        else {
-            return;
+        let (key, txn) = match slot {
+            Slot {
+                key: TransactionKey::Server(key),
+                txn: Transaction::ServerNonInvite(txn),
+                ..
+            } => (key, txn),
+            // Not a server non-INVITE transaction: it stays where it was.
+            other => {
+                self.slots[idx] = Some(other);
+                return;
+            }
         };
+        self.free.push(idx);
         self.servers.remove(&key);
         let Some((until, response)) = txn.into_lingering() else {
             self.counts.server_non_invite -= 1;
