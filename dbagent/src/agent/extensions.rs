@@ -1,7 +1,7 @@
 //! Publishing: extensions from the database or the cache, and bindings restored from the
 //! local state or the database after a full restart.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::Instant;
 
 use sipcraft_config::Extension;
@@ -87,11 +87,15 @@ impl Agent {
             }
             wanted.push(e);
         }
-        let current = self.replica_extensions();
-        let same = current.len() == wanted.len()
-            && wanted.iter().all(|e| current.get(&e.number) == Some(e));
-        if same {
-            return;
+        {
+            let replica = self.replica();
+            if replica.extension_count() == wanted.len()
+                && wanted
+                    .iter()
+                    .all(|e| replica.extension(&e.number) == Some(e))
+            {
+                return;
+            }
         }
         let size = postcard::to_allocvec(&wanted).map_or(usize::MAX, |v| v.len());
         if size <= REPLACE_MAX_BYTES {
@@ -99,14 +103,26 @@ impl Agent {
             self.publish(Update::ExtensionsReplaced(wanted));
             return;
         }
-        let numbers: HashSet<&str> = wanted.iter().map(|e| e.number.as_str()).collect();
-        for number in current.keys().filter(|n| !numbers.contains(n.as_str())) {
-            self.publish(Update::ExtensionDeleted(number.clone()));
-        }
-        for e in wanted {
-            if current.get(&e.number) != Some(&e) {
-                self.publish(Update::ExtensionUpserted(e));
-            }
+        // Compared against the replica in place: a copy of 100k extensions is megabytes.
+        let changes: Vec<Update> = {
+            let replica = self.replica();
+            let numbers: HashSet<&str> = wanted.iter().map(|e| e.number.as_str()).collect();
+            let mut changes: Vec<Update> = replica
+                .extensions()
+                .filter(|e| !numbers.contains(e.number.as_str()))
+                .map(|e| Update::ExtensionDeleted(e.number.clone()))
+                .collect();
+            drop(numbers);
+            changes.extend(
+                wanted
+                    .into_iter()
+                    .filter(|e| replica.extension(&e.number) != Some(e))
+                    .map(Update::ExtensionUpserted),
+            );
+            changes
+        };
+        for update in changes {
+            self.publish(update);
         }
     }
 
@@ -135,12 +151,5 @@ impl Agent {
             }
             _ => {}
         }
-    }
-
-    pub(super) fn replica_extensions(&self) -> HashMap<String, Extension> {
-        self.replica()
-            .extensions()
-            .map(|e| (e.number.clone(), e.clone()))
-            .collect()
     }
 }
