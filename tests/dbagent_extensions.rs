@@ -50,6 +50,9 @@ fn extension_changes_in_postgres_reach_workers_within_a_second() {
     pg.psql("UPDATE extensions SET password = 'second' WHERE number = '3001'");
     let took = register_until(&server, "3001", "second", 200, Duration::from_secs(1));
     eprintln!("password change -> applied after {took:?}");
+    // The 200 came from one worker; the old password must fail on every one, so the check
+    // waits until they all hold the change (a second worker may apply it a moment later).
+    server.wait_replicated();
     assert_ne!(status_of(&server, "3001", "first"), 200);
 
     // Disabled: known but refused.
@@ -145,6 +148,7 @@ fn started_while_postgres_is_down_serves_the_cache_then_catches_up() {
     pg.start_again();
     let took = register_until(&server, "3204", "d", 200, Duration::from_secs(15));
     eprintln!("PostgreSQL back -> changes picked up after {took:?}");
+    server.wait_replicated();
     assert_ne!(status_of(&server, "3202", "b"), 200);
     assert_eq!(status_of(&server, "3203", "c2"), 200);
     wait_for("alarm cleared", Duration::from_secs(5), || {
