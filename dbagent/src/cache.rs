@@ -126,7 +126,8 @@ pub fn load(dir: &Path) -> Result<Option<Cache>, CacheError> {
 
 /// Writes the cache (a [`CacheOut`], or a [`Cache`]) into `dir` atomically (blocking: run it
 /// off the async thread). Encoded straight into the file, never as one body in memory.
-pub fn store(dir: &Path, cache: &impl Serialize) -> Result<(), CacheError> {
+/// Returns the file's size.
+pub fn store(dir: &Path, cache: &impl Serialize) -> Result<u64, CacheError> {
     let path = dir.join(FILE);
     let tmp = dir.join(format!("{FILE}.tmp"));
     let err = |source| CacheError::Write {
@@ -145,10 +146,11 @@ pub fn store(dir: &Path, cache: &impl Serialize) -> Result<(), CacheError> {
     out.flush().map_err(err)?;
     let file = out.into_inner().map_err(|e| err(e.into_error()))?;
     file.sync_all().map_err(err)?;
+    let bytes = file.metadata().map_err(err)?.len();
     drop(file);
     std::fs::rename(&tmp, &path).map_err(err)?;
     sync_dir(dir).map_err(err)?;
-    Ok(())
+    Ok(bytes)
 }
 
 #[cfg(test)]

@@ -123,6 +123,8 @@ pub struct Journal {
     segments: Vec<Segment>,
     current: Option<File>,
     total: u64,
+    /// Bytes appended since the journal was opened (trimming does not lower it).
+    appended: u64,
     /// Finished segments written since their last fsync.
     unsynced: Vec<File>,
     /// The open segment was written since its last fsync.
@@ -170,6 +172,7 @@ impl Journal {
             segments,
             current: None,
             total,
+            appended: 0,
             unsynced: Vec::new(),
             current_dirty: false,
             dir_changed: false,
@@ -208,6 +211,7 @@ impl Journal {
         seg.bytes += len;
         seg.last_seq = entry.seq;
         self.total += len;
+        self.appended += len;
         self.current_dirty = true;
         Ok(Append::Written)
     }
@@ -278,6 +282,12 @@ impl Journal {
     /// Bytes on disk.
     pub fn bytes(&self) -> u64 {
         self.total
+    }
+
+    /// Bytes appended since the journal was opened: how much it has grown, whatever was
+    /// trimmed meanwhile.
+    pub fn appended(&self) -> u64 {
+        self.appended
     }
 
     /// The size limit.
@@ -393,6 +403,8 @@ mod tests {
         }
         j.take_sync().unwrap().run().unwrap();
         let before = j.bytes();
+        // Growth counts the records, not the segment headers.
+        assert!(j.appended() < before && j.appended() > before / 2);
         drop(j);
         let (mut j, found) = Journal::open(dir.path(), 64 << 10).unwrap();
         assert_eq!(found.len(), 2000);
@@ -400,6 +412,11 @@ mod tests {
         assert_eq!(j.bytes(), before);
         assert!(j.trim(1000) >= 1);
         assert!(j.bytes() < before);
+        assert_eq!(
+            j.appended(),
+            0,
+            "what was there at open, or trimmed, is not growth"
+        );
         let (_, found) = Journal::open(dir.path(), 64 << 10).unwrap();
         assert!(found.first().unwrap().seq <= 1001);
         assert_eq!(found.last().unwrap().seq, 2000);

@@ -21,13 +21,10 @@ use crate::db::{self, DbConfig, DbEvent, Item};
 use crate::journal::{Append, Entry, Journal, Op};
 use crate::store::{BindingId, Store};
 use crate::Error;
+use persist::{CacheBook, CacheWritten};
 
 /// How often journal appends are fsynced (the batch window).
 pub const SYNC_EVERY: Duration = Duration::from_millis(50);
-/// A dirty cache is written at most this often (sooner when the journal is half full). The
-/// journal covers what happened since: it is replayed over the cache at start. Writing it
-/// every 2 s took half of sipcraft's CPU at 1,000 registrations/s (bench/PROFILE.md).
-const CACHE_EVERY: Duration = Duration::from_secs(30);
 /// Bindings published to restore them are kept this long while their echo is awaited.
 const RESTORE_GRACE: Duration = Duration::from_secs(10);
 /// Largest extension set published as one `ExtensionsReplaced` (bytes, postcard); bigger
@@ -72,9 +69,9 @@ pub struct Agent {
     /// Bindings published from the local state, not yet echoed by the bus.
     restoring: HashSet<BindingId>,
     restoring_until: Option<Instant>,
-    cache_dirty: bool,
-    last_cache_write: Instant,
-    pub cache_job: Option<JoinHandle<Result<u64, CacheError>>>,
+    /// When the cache file is next due.
+    cache_book: CacheBook,
+    pub cache_job: Option<JoinHandle<Result<CacheWritten, CacheError>>>,
     pub sync_job: Option<JoinHandle<std::io::Result<()>>>,
     journal_full: bool,
     refused_bindings: u64,
@@ -146,8 +143,7 @@ impl Agent {
             outgoing: VecDeque::new(),
             restoring: HashSet::new(),
             restoring_until: None,
-            cache_dirty: true,
-            last_cache_write: Instant::now(),
+            cache_book: CacheBook::new(Instant::now()),
             cache_job: None,
             sync_job: None,
             journal_full: false,
@@ -225,12 +221,12 @@ impl Agent {
             }
             Update::ExtensionDeleted(number) => {
                 self.sync_aor(number);
-                self.cache_dirty = true;
+                self.cache_book.cache_only = true;
             }
-            Update::ExtensionUpserted(_) => self.cache_dirty = true,
+            Update::ExtensionUpserted(_) => self.cache_book.cache_only = true,
             Update::ExtensionsReplaced(_) => {
                 self.sync_all();
-                self.cache_dirty = true;
+                self.cache_book.cache_only = true;
             }
             Update::SourceBanned(_) => {}
         }
@@ -281,9 +277,6 @@ impl Agent {
         let seq = self.next_seq;
         self.next_seq += 1;
         let is_binding = !matches!(op, Op::CallRecord(_));
-        if is_binding {
-            self.cache_dirty = true;
-        }
         let entry = Entry { seq, op };
         let appended = match self.journal.append(&entry) {
             Ok(a) => a,
@@ -298,6 +291,7 @@ impl Agent {
                     tracing::warn!("journal accepts writes again");
                 }
                 self.journal_full = false;
+                self.cache_book.journaled |= is_binding;
                 if let Some(db) = &self.db {
                     let _ = db.items.send(Item::Write(Box::new(entry)));
                 }
@@ -312,10 +306,11 @@ impl Agent {
                          when it returns"
                     );
                     // Make whatever room the cache file can make.
-                    self.cache_dirty = true;
+                    self.cache_book.journaled = true;
                 }
                 self.journal_full = true;
                 if is_binding {
+                    self.cache_book.refused = true;
                     self.refused_bindings += 1;
                     if self.db.is_some() {
                         self.reconcile_needed = true;
@@ -372,7 +367,7 @@ impl Agent {
                 if self.reconcile_sent.is_some_and(|r| r <= seq) {
                     tracing::info!("registrations rewritten in full after the journal overflowed");
                     self.reconcile_sent = None;
-                    self.cache_dirty = true;
+                    self.cache_book.cache_only = true;
                 }
                 self.trim();
             }
@@ -415,13 +410,7 @@ impl Agent {
         if self.ticks % 30 == 0 {
             self.store.purge_expired(crate::store::now_ms());
         }
-        let pressed = self.journal.bytes() * 100 >= self.journal.max_bytes() * 50;
-        if self.cache_dirty
-            && self.cache_job.is_none()
-            && (self.last_cache_write.elapsed() >= CACHE_EVERY || pressed)
-        {
-            self.start_cache_write();
-        }
+        self.write_cache_if_due();
     }
 }
 

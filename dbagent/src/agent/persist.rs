@@ -56,11 +56,29 @@ impl Agent {
     pub(super) fn start_cache_write(&mut self) {
         let snapshot = self.snapshot_cache();
         let dir = self.dir.clone();
-        self.cache_dirty = false;
-        self.last_cache_write = Instant::now();
+        self.cache_book
+            .taken(Instant::now(), self.journal.appended());
         self.cache_job = Some(tokio::task::spawn_blocking(move || {
-            cache::store(&dir, &snapshot).map(|()| snapshot.state_seq)
+            let bytes = cache::store(&dir, &snapshot)?;
+            Ok(CacheWritten {
+                seq: snapshot.state_seq,
+                bytes,
+            })
         }));
+    }
+
+    /// Starts writing the cache file if it is due (checked every second).
+    pub(super) fn write_cache_if_due(&mut self) {
+        // A new file lets the journal be trimmed further only if the file is what holds it.
+        let trims = self.db.is_none() || self.cache_seq < self.db_applied;
+        let journal = JournalSize {
+            bytes: self.journal.bytes(),
+            max: self.journal.max_bytes(),
+            appended: self.journal.appended(),
+        };
+        if self.cache_job.is_none() && self.cache_book.due(Instant::now(), journal, trims) {
+            self.start_cache_write();
+        }
     }
 
     /// Writes the cache and waits for it (at start and at stop).
@@ -78,16 +96,17 @@ impl Agent {
 
     pub fn on_cache_written(
         &mut self,
-        done: Result<Result<u64, CacheError>, tokio::task::JoinError>,
+        done: Result<Result<CacheWritten, CacheError>, tokio::task::JoinError>,
     ) {
         match done {
-            Ok(Ok(seq)) => {
-                self.cache_seq = self.cache_seq.max(seq);
+            Ok(Ok(written)) => {
+                self.cache_seq = self.cache_seq.max(written.seq);
+                self.cache_book.file_bytes = written.bytes;
                 self.trim();
             }
             Ok(Err(e)) => {
                 tracing::error!(error = %chain(&e), "cache file not written; retrying");
-                self.cache_dirty = true;
+                self.cache_book.failed();
             }
             Err(e) => tracing::error!(error = %e, "cache writer failed"),
         }
@@ -194,5 +213,167 @@ impl Agent {
             }
         }
         self.write_cache_now().await;
+    }
+}
+
+/// A cache file written: the journal sequence number it covers, and its size.
+pub struct CacheWritten {
+    seq: u64,
+    bytes: u64,
+}
+
+/// Binding changes are in the journal, which is replayed over the cache file at start; so the
+/// file needs rewriting only often enough that the replay stays short: once the journal has
+/// grown by as much as the file (at least [`MIN_GROWTH`], at most a quarter of the journal's
+/// limit), or after [`MAX_AGE`]. With 100,000 bindings the file takes about 200 ms of CPU to
+/// write; at 1,000 refreshes a second this rewrites it every few minutes, not every 30 s
+/// (issue 7). What the journal does not hold is written sooner: extensions and the
+/// reconcile flag within [`CACHE_ONLY_EVERY`], binding changes a full journal refused within
+/// [`REFUSED_EVERY`]. A journal half full is relieved at once, when the file is what holds
+/// its trimming back.
+pub(super) struct CacheBook {
+    /// Binding changes (journaled) since the last write was taken.
+    pub journaled: bool,
+    /// Changes only the cache file keeps: extensions, the reconcile flag.
+    pub cache_only: bool,
+    /// Binding changes a full journal refused.
+    pub refused: bool,
+    /// When the last write was taken.
+    written_at: Instant,
+    /// [`Journal::appended`](crate::journal::Journal::appended) when it was taken.
+    journal_mark: u64,
+    /// Size of the last file written.
+    pub file_bytes: u64,
+}
+
+/// The journal's size, as [`CacheBook::due`] needs it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct JournalSize {
+    pub bytes: u64,
+    pub max: u64,
+    pub appended: u64,
+}
+
+pub(super) const CACHE_ONLY_EVERY: Duration = Duration::from_secs(30);
+pub(super) const REFUSED_EVERY: Duration = Duration::from_secs(2);
+pub(super) const MAX_AGE: Duration = Duration::from_secs(600);
+pub(super) const MIN_GROWTH: u64 = 1 << 20;
+
+impl CacheBook {
+    /// At start: whatever was loaded is written once within [`CACHE_ONLY_EVERY`].
+    pub fn new(now: Instant) -> CacheBook {
+        CacheBook {
+            journaled: true,
+            cache_only: true,
+            refused: false,
+            written_at: now,
+            journal_mark: 0,
+            file_bytes: 0,
+        }
+    }
+
+    /// Whether a write is due now.
+    pub fn due(&self, now: Instant, journal: JournalSize, trims: bool) -> bool {
+        let age = now.saturating_duration_since(self.written_at);
+        if self.refused && age >= REFUSED_EVERY {
+            return true;
+        }
+        if self.cache_only && age >= CACHE_ONLY_EVERY {
+            return true;
+        }
+        if !self.journaled {
+            return false;
+        }
+        let grown = journal.appended.saturating_sub(self.journal_mark);
+        let enough = self.file_bytes.max(MIN_GROWTH).min(journal.max / 4);
+        let pressed = journal.bytes * 2 >= journal.max;
+        age >= MAX_AGE || grown >= enough || (pressed && trims)
+    }
+
+    /// A write was taken now, with the journal at `appended`.
+    pub fn taken(&mut self, now: Instant, appended: u64) {
+        self.journaled = false;
+        self.cache_only = false;
+        self.refused = false;
+        self.written_at = now;
+        self.journal_mark = appended;
+    }
+
+    /// The write failed: everything it held is written again at the next chance.
+    pub fn failed(&mut self) {
+        self.journaled = true;
+        self.cache_only = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn journal(bytes: u64, appended: u64) -> JournalSize {
+        JournalSize {
+            bytes,
+            max: 64 * MIB,
+            appended,
+        }
+    }
+
+    #[test]
+    fn journaled_changes_wait_for_growth_or_age() {
+        let t0 = Instant::now();
+        let mut book = CacheBook::new(t0);
+        book.taken(t0, 5 * MIB);
+        book.file_bytes = 20 * MIB;
+        assert!(
+            !book.due(t0 + MAX_AGE, journal(MIB, 5 * MIB), true),
+            "nothing changed"
+        );
+        book.journaled = true;
+        let later = t0 + Duration::from_secs(60);
+        assert!(!book.due(later, journal(10 * MIB, 15 * MIB), true));
+        // Grown by as much as the file, but at most a quarter of the journal's limit.
+        assert!(book.due(later, journal(16 * MIB, 21 * MIB), true));
+        book.file_bytes = 10 * MIB;
+        assert!(book.due(later, journal(10 * MIB, 15 * MIB), true));
+        // A small file still waits for MIN_GROWTH, or for MAX_AGE.
+        book.file_bytes = 1000;
+        assert!(!book.due(later, journal(MIB / 2, 5 * MIB + MIB / 2), true));
+        assert!(book.due(t0 + MAX_AGE, journal(MIB / 2, 5 * MIB + MIB / 2), true));
+    }
+
+    #[test]
+    fn a_half_full_journal_is_relieved_only_when_the_file_holds_it_back() {
+        let t0 = Instant::now();
+        let mut book = CacheBook::new(t0);
+        book.taken(t0, 0);
+        book.file_bytes = 40 * MIB;
+        book.journaled = true;
+        let soon = t0 + Duration::from_secs(1);
+        // Half full, but the database, not the file, keeps the segments.
+        assert!(!book.due(soon, journal(32 * MIB, 8 * MIB), false));
+        assert!(book.due(soon, journal(32 * MIB, 8 * MIB), true));
+    }
+
+    #[test]
+    fn what_the_journal_lacks_is_written_sooner() {
+        let t0 = Instant::now();
+        let mut book = CacheBook::new(t0);
+        assert!(!book.due(t0 + Duration::from_secs(29), journal(0, 0), true));
+        assert!(
+            book.due(t0 + CACHE_ONLY_EVERY, journal(0, 0), true),
+            "loaded state"
+        );
+        book.taken(t0, 0);
+        book.refused = true;
+        assert!(!book.due(t0 + Duration::from_secs(1), journal(0, 0), true));
+        assert!(book.due(t0 + REFUSED_EVERY, journal(0, 0), true));
+        book.taken(t0, 0);
+        book.failed();
+        assert!(
+            book.due(t0 + CACHE_ONLY_EVERY, journal(0, 0), true),
+            "after a failure"
+        );
     }
 }
