@@ -42,6 +42,32 @@ fn status_lists_every_child_ready() {
     );
 }
 
+/// The scheduling hints of issue 7: workers ask for a 100 µs slice, so a request preempts
+/// whatever holds the CPU; the dbagent runs at nice 10, so its bursts never hold up a request.
+#[test]
+fn workers_ask_for_a_short_slice_and_the_dbagent_runs_at_low_priority() {
+    let server = Server::start(Setup::default());
+    let nice = |pid: u32| -> i64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // After the command in parentheses: state is field 3, nice field 19.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        rest.split(' ').nth(16).unwrap().parse().unwrap()
+    };
+    assert_eq!(nice(server.pid_of("dbagent")), 10);
+    for worker in ["udp-0", "udp-1", "tcp-0"] {
+        let pid = server.pid_of(worker);
+        assert_eq!(nice(pid), 0, "{worker}");
+        let sched = std::fs::read_to_string(format!("/proc/{pid}/sched")).unwrap_or_default();
+        // Kernels before 6.12 (or without /proc/PID/sched) show no slice; there is nothing to see.
+        let Some(line) = sched.lines().find(|l| l.starts_with("se.slice")) else {
+            eprintln!("no se.slice in /proc/{pid}/sched on this kernel");
+            continue;
+        };
+        let slice: u64 = line.rsplit(':').next().unwrap().trim().parse().unwrap();
+        assert_eq!(slice, 100_000, "{worker}: {line}");
+    }
+}
+
 #[test]
 fn killed_worker_is_back_within_a_second_and_others_untouched() {
     let server = Server::start(Setup::default());
