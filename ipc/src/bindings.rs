@@ -235,7 +235,16 @@ impl std::fmt::Debug for BindingTable {
 /// written out (the dbagent's cache file) without an owned `Binding` per entry.
 impl Serialize for BindingTable {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.iter())
+        use serde::ser::SerializeSeq;
+        // The length first: postcard (the cache file) cannot write a sequence without it.
+        let mut seq = serializer.serialize_seq(Some(self.len))?;
+        let mut written = 0;
+        for binding in self.iter() {
+            seq.serialize_element(&binding)?;
+            written += 1;
+        }
+        debug_assert_eq!(written, self.len, "the count kept matches the table");
+        seq.end()
     }
 }
 
