@@ -96,6 +96,45 @@ fn full_restart_without_database_keeps_registrations() {
     assert_reachable(&server, &[(&a, "pw1001"), (&b, "pw1002"), (&c, "pw1003")]);
 }
 
+/// An upgrade from a build that kept the cache as JSON (version 1, `dbagent-cache.json`) keeps
+/// the registrations: the old file is read, and replaced by the binary one.
+#[test]
+fn an_upgrade_reads_the_json_cache_of_version_1_and_replaces_it() {
+    use sipcraft_dbagent::cache;
+    let mut server = Server::start(Setup::default());
+    let a = register(&server, "1001", "pw1001");
+    let b = register(&server, "1002", "pw1002");
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    server.wait_exit(Duration::from_secs(15));
+
+    // What version 1 left: the same state as JSON, and nothing else to restore from.
+    let state = server.dir.path().join("state");
+    let mut old = cache::load(&state)
+        .unwrap()
+        .expect("a cache file after a stop");
+    assert_eq!(old.bindings.len(), 2);
+    old.version = 1;
+    std::fs::write(
+        state.join(cache::FILE_V1),
+        serde_json::to_vec(&old).unwrap(),
+    )
+    .unwrap();
+    for entry in std::fs::read_dir(&state).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == cache::FILE || name.starts_with("journal-") {
+            std::fs::remove_file(entry.path()).unwrap();
+        }
+    }
+
+    start_again(&mut server);
+    server.wait_all_ready();
+    assert_reachable(&server, &[(&a, "pw1001"), (&b, "pw1002")]);
+    wait_for("the binary cache file", Duration::from_secs(10), || {
+        (state.join(cache::FILE).exists() && !state.join(cache::FILE_V1).exists()).then_some(())
+    });
+    assert_eq!(cache::load(&state).unwrap().unwrap().bindings.len(), 2);
+}
+
 #[test]
 fn full_restart_with_database_keeps_registrations_even_without_local_state() {
     let pg = Postgres::start();
