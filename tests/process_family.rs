@@ -44,6 +44,7 @@ fn status_lists_every_child_ready() {
 
 /// The scheduling hints of issue 7: workers ask for a 100 µs slice, so a request preempts
 /// whatever holds the CPU; the dbagent runs at nice 10, so its bursts never hold up a request.
+#[cfg(target_os = "linux")]
 #[test]
 fn workers_ask_for_a_short_slice_and_the_dbagent_runs_at_low_priority() {
     let server = Server::start(Setup::default());

@@ -243,7 +243,13 @@ impl Serialize for BindingTable {
             seq.serialize_element(&binding)?;
             written += 1;
         }
-        debug_assert_eq!(written, self.len, "the count kept matches the table");
+        if written != self.len {
+            // The length already went out: the reader would misread whatever follows.
+            return Err(serde::ser::Error::custom(format!(
+                "binding table holds {written} bindings but counted {}",
+                self.len
+            )));
+        }
         seq.end()
     }
 }

@@ -394,10 +394,15 @@ fn short_slice() {
             deadline: u64,
             period: u64,
         }
+        const _: () = assert!(
+            std::mem::size_of::<SchedAttr>() == 48,
+            "SCHED_ATTR_SIZE_VER0"
+        );
         const SLICE_NS: u64 = 100_000;
-        // SAFETY: getpriority takes no pointers.
+        // SAFETY: getpriority takes no pointers. For the calling process it cannot fail, so
+        // -1 is the nice value and not an error.
         let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
-        let attr = SchedAttr {
+        let mut attr = SchedAttr {
             size: std::mem::size_of::<SchedAttr>() as u32,
             policy: libc::SCHED_OTHER as u32,
             flags: 0,
@@ -411,7 +416,8 @@ fn short_slice() {
         };
         // SAFETY: `attr` is a valid `sched_attr` of the size it declares, alive for the call;
         // pid 0 is the calling thread.
-        let rc = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &raw const attr, 0) };
+        // The kernel may write `size` back (E2BIG), hence a mutable pointer.
+        let rc = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &raw mut attr, 0) };
         if rc != 0 {
             let e = std::io::Error::last_os_error();
             tracing::debug!(error = %e, "the worker keeps the kernel's default slice");

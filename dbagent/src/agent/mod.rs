@@ -305,9 +305,9 @@ impl Agent {
                          up; registrations are kept in the cache file and rewritten in full \
                          when it returns"
                     );
-                    // Make whatever room the cache file can make.
-                    self.cache_book.journaled = true;
                 }
+                // A full journal is past half full: the next tick writes the cache file if
+                // that lets it be trimmed (`CacheBook::due`).
                 self.journal_full = true;
                 if is_binding {
                     self.cache_book.refused = true;
