@@ -295,11 +295,16 @@ mod tests {
         let mut newer = MAGIC.to_vec();
         newer.extend_from_slice(&99u32.to_le_bytes());
         newer.extend_from_slice(b"whatever it holds");
-        std::fs::write(dir.path().join(FILE), newer).unwrap();
-        assert!(matches!(
-            load(dir.path()),
-            Err(CacheError::Version { version: 99, .. })
-        ));
+        refused_as_version(dir.path(), FILE, &newer, 99);
+    }
+
+    /// `contents` written as `file` in `dir` makes `load` refuse it as `version`.
+    fn refused_as_version(dir: &Path, file: &str, contents: &[u8], version: u32) {
+        std::fs::write(dir.join(file), contents).unwrap();
+        match load(dir) {
+            Err(CacheError::Version { version: v, .. }) => assert_eq!(v, version),
+            other => panic!("{file}: {other:?}"),
+        }
     }
 
     #[test]
@@ -368,15 +373,8 @@ mod tests {
         assert_eq!(load(dir.path()).unwrap(), Some(Cache::new()));
         // A version 1 file from something newer than version 1 is refused like any other.
         std::fs::remove_file(dir.path().join(FILE)).unwrap();
-        std::fs::write(
-            dir.path().join(FILE_V1),
-            r#"{"format":"sipcraft-dbagent-cache","version":7,"whatever":1}"#,
-        )
-        .unwrap();
-        assert!(matches!(
-            load(dir.path()),
-            Err(CacheError::Version { version: 7, .. })
-        ));
+        let v7 = br#"{"format":"sipcraft-dbagent-cache","version":7,"whatever":1}"#;
+        refused_as_version(dir.path(), FILE_V1, v7, 7);
     }
 
     #[test]
