@@ -120,6 +120,7 @@ pub fn run_worker(args: WorkerArgs) -> ExitCode {
         return code;
     }
     crate::logging::init();
+    crate::sched::worker();
     let span = tracing::info_span!("worker", name = %args.child.name);
     let worker = sipcraft_sipworker::Args {
         name: args.child.name,
@@ -141,6 +142,7 @@ pub fn run_dbagent(args: ChildArgs) -> ExitCode {
         return code;
     }
     crate::logging::init();
+    crate::sched::dbagent();
     let span = tracing::info_span!("dbagent");
     let agent = sipcraft_dbagent::Args {
         name: args.name,

@@ -58,7 +58,6 @@ pub async fn run(args: Args) -> Result<(), Error> {
     if !child::guard_parent(args.parent) {
         return Err(Error::Orphaned(args.parent));
     }
-    background_priority();
     let link = child::join(&args.bus, Role::DbAgent, &args.name, true).await?;
     // `[dbagent] journal_max_bytes`, validated with the config; a reload keeps the value the
     // journal was opened with (it needs a restart).
@@ -125,22 +124,4 @@ pub async fn run(args: Args) -> Result<(), Error> {
     }
     tracing::info!("dbagent stopped");
     Ok(())
-}
-
-/// The dbagent runs at a lower scheduling priority than the SIP workers (nice 10), so its
-/// bursts never hold up a request on a busy CPU: writing the cache file of 100k bindings cost
-/// about 200 ms of CPU each time as JSON (40 ms now), and at the workers' priority REGISTERs queued
-/// behind it (issue 7). It still gets any CPU the workers leave. Called before the runtime
-/// starts its blocking threads, which inherit it.
-fn background_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        const NICE: i32 = 10;
-        let now = rustix::process::getpriority_process(None).unwrap_or(0);
-        if now < NICE {
-            if let Err(e) = rustix::process::nice(NICE - now) {
-                tracing::debug!(error = %e, "the dbagent keeps its priority");
-            }
-        }
-    }
 }

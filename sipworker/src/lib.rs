@@ -60,7 +60,6 @@ pub enum Error {
 
 /// Runs a SIP worker until it is told to stop or loses the supervisor.
 pub async fn run(args: Args) -> Result<(), Error> {
-    short_slice();
     if !child::guard_parent(args.parent) {
         return Err(Error::Orphaned(args.parent));
     }
@@ -368,61 +367,6 @@ pub enum Socket {
     Udp(tokio::net::UdpSocket),
     /// TCP, and TLS and WebSocket over it.
     Tcp(tokio::net::TcpListener),
-}
-
-/// Asks the kernel for a short scheduling slice (100 µs) for the worker's thread. A worker
-/// runs in bursts of tens of microseconds per message. Without the hint, a packet that arrives
-/// while another task holds the CPU (the load generator, the other worker, the supervisor)
-/// waits until that task's slice ends, 1.4 ms by default here. Since Linux 6.12 (EEVDF), a task
-/// with a shorter slice gets an earlier deadline and preempts on wake-up (`PREEMPT_SHORT`).
-/// The worker's share of the CPU does not change. Measured in issue 7: p99 REGISTER → 200 at
-/// 1,000/s 151 → 135 µs (bench/PROFILE.md). Older kernels ignore the size; a refusal is logged
-/// and harmless.
-#[allow(unsafe_code)]
-fn short_slice() {
-    #[cfg(target_os = "linux")]
-    {
-        /// `struct sched_attr` (include/uapi/linux/sched/types.h), its first version.
-        #[repr(C)]
-        struct SchedAttr {
-            size: u32,
-            policy: u32,
-            flags: u64,
-            nice: i32,
-            priority: u32,
-            runtime: u64,
-            deadline: u64,
-            period: u64,
-        }
-        const _: () = assert!(
-            std::mem::size_of::<SchedAttr>() == 48,
-            "SCHED_ATTR_SIZE_VER0"
-        );
-        const SLICE_NS: u64 = 100_000;
-        // SAFETY: getpriority takes no pointers. For the calling process it cannot fail, so
-        // -1 is the nice value and not an error.
-        let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
-        let mut attr = SchedAttr {
-            size: std::mem::size_of::<SchedAttr>() as u32,
-            policy: libc::SCHED_OTHER as u32,
-            flags: 0,
-            // SCHED_OTHER takes its nice value from here: keep the one we have.
-            nice,
-            priority: 0,
-            // For SCHED_OTHER, the requested slice.
-            runtime: SLICE_NS,
-            deadline: 0,
-            period: 0,
-        };
-        // SAFETY: `attr` is a valid `sched_attr` of the size it declares, alive for the call;
-        // pid 0 is the calling thread.
-        // The kernel may write `size` back (E2BIG), hence a mutable pointer.
-        let rc = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &raw mut attr, 0) };
-        if rc != 0 {
-            let e = std::io::Error::last_os_error();
-            tracing::debug!(error = %e, "the worker keeps the kernel's default slice");
-        }
-    }
 }
 
 #[cfg(test)]
