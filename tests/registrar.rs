@@ -139,20 +139,32 @@ fn binding_made_on_one_worker_is_seen_by_the_other() {
     assert!(home.starts_with("udp-"), "{}", ok.text);
     // Fetch from other source ports until the other worker answers with the binding
     // (replication is asynchronous: it must land within the deadline, not instantly).
-    let seen = wait_for(
+    let (worker, _) = wait_for(
         "the other worker returns the binding",
         Duration::from_secs(5),
-        || {
-            let mut probe = Phone::udp(server.udp_addr(), "1001", "pw1001");
-            let r = probe.register("", Some("MD5"));
-            assert_eq!(r.status, 200, "{}", r.text);
-            let has = r
-                .header("Contact")
-                .is_some_and(|c| c.contains(&phone.local.to_string()));
-            (r.worker() != home && has).then_some(r)
-        },
+        || seen_elsewhere(&server, &phone.local.to_string(), &home),
     );
-    assert!(seen.worker().starts_with("udp-"));
+    assert!(worker.starts_with("udp-"), "{worker}");
+}
+
+/// A fetch for 1001 from a fresh source port, answered by a worker other than `home`, that
+/// lists the binding of the phone at `mine` (its address): that worker's name and the
+/// binding's `expires=`.
+fn seen_elsewhere(server: &Server, mine: &str, home: &str) -> Option<(String, u64)> {
+    let mut probe = Phone::udp(server.udp_addr(), "1001", "pw1001");
+    let r = probe.register("", Some("MD5"));
+    assert_eq!(r.status, 200, "{}", r.text);
+    let expires = r
+        .headers("Contact")
+        .into_iter()
+        .find(|c| c.contains(mine))?
+        .rsplit_once("expires=")?
+        .1
+        .trim()
+        .parse()
+        .ok()?;
+    let worker = r.worker();
+    (worker != home).then_some((worker, expires))
 }
 
 /// A refresh that only moves an expiry travels lazily (issue 7), but it must arrive: the
@@ -167,18 +179,8 @@ fn refresh_made_on_one_worker_reaches_the_other() {
     let home = first.worker();
     let mine = phone.local.to_string();
     // The other worker's view of this phone's binding: its expires= in a fetch.
-    let expires_elsewhere = |at_least: u64| {
-        let mut probe = Phone::udp(server.udp_addr(), "1001", "pw1001");
-        let r = probe.register("", Some("MD5"));
-        assert_eq!(r.status, 200, "{}", r.text);
-        let left = r
-            .headers("Contact")
-            .into_iter()
-            .find(|c| c.contains(&mine))
-            .and_then(|c| c.rsplit_once("expires=").map(|(_, n)| n.trim().to_owned()))
-            .and_then(|n| n.parse::<u64>().ok());
-        (r.worker() != home && left.is_some_and(|l| l >= at_least)).then_some(())
-    };
+    let expires_elsewhere =
+        |at_least: u64| seen_elsewhere(&server, &mine, &home).filter(|(_, left)| *left >= at_least);
     wait_for(
         "the other worker has the binding",
         Duration::from_secs(5),

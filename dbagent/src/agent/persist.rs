@@ -251,7 +251,7 @@ pub(super) struct CacheBook {
     /// [`Journal::appended`](crate::journal::Journal::appended) when it was taken.
     journal_mark: u64,
     /// Size of the last file written.
-    pub file_bytes: u64,
+    file_bytes: u64,
 }
 
 /// The journal's size, as [`CacheBook::due`] needs it.
