@@ -58,6 +58,8 @@ pub struct WorkerArgs {
     fd: Option<i32>,
     #[arg(long)]
     udp_fd: Option<i32>,
+    #[arg(long)]
+    claims_fd: Option<i32>,
 }
 
 /// Logs to stderr. Under systemd (JOURNAL_STREAM set) journald adds its own timestamps.
@@ -129,6 +131,7 @@ pub fn run_worker(args: WorkerArgs) -> ExitCode {
         listen: args.listen,
         fd: args.fd,
         udp_fd: args.udp_fd,
+        claims_fd: args.claims_fd,
     };
     match child_runtime().block_on(sipcraft_sipworker::run(worker).instrument(span)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,8 +5,9 @@
 //! Each call: INVITE, 407, ACK, INVITE with Proxy-Authorization, 100, 180, 200, ACK and BYE
 //! along the Record-Route, 200 (tests/sipp/uac_call_auth.xml, uas_answer_retrans.xml: the
 //! callee absorbs the INVITE retransmissions a stalled machine causes). The UDP caller
-//! uses one socket per call (SIPp `-t un`), so with SO_REUSEPORT its calls spread over both
-//! UDP workers and about half of them have their responses handed over between workers.
+//! uses one socket per call (SIPp `-t un`). Both UDP workers read the shared socket, so
+//! about half of the responses land on the worker that does not hold the call and are
+//! handed over, and so are retransmissions and ACKs that land there.
 //! The tests here run one at a time (they load the machine); loopback only.
 
 mod common;

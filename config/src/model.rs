@@ -170,7 +170,8 @@ impl fmt::Display for Transport {
 pub struct Listen {
     /// Which SIP transport this socket speaks.
     pub transport: Transport,
-    /// Address every worker of this entry binds (SO_REUSEPORT for UDP); never port 0.
+    /// Address of this entry's socket (for UDP on Linux, one socket every worker reads;
+    /// elsewhere one SO_REUSEPORT socket per worker); never port 0.
     pub address: SocketAddr,
     /// Number of sipworker processes for this entry, 1..=256.
     pub workers: usize,

@@ -5,11 +5,14 @@
 //! - [`state`]: the replicated state and its reducer, the same code in every process.
 //! - [`bindings`]: the compact table every replica keeps its bindings in.
 //! - [`conn`]: framed connections over local sockets (Unix sockets, Windows named pipes).
+//! - `claims` (Linux): which UDP worker holds a transaction, in memory the UDP workers share.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod bindings;
 pub mod child;
+#[cfg(target_os = "linux")]
+pub mod claims;
 pub mod codec;
 pub mod conn;
 pub mod state;

@@ -62,8 +62,8 @@ pub enum Update {
     BindingsCleared {
         aor: String,
     },
-    /// A source banned by one worker, so every worker ignores it (a flood from many source
-    /// ports reaches every worker of a reuseport group).
+    /// A source banned by one worker, so every worker ignores it (a flood reaches every
+    /// worker reading the shared UDP socket, or every worker of a reuseport group).
     SourceBanned(Ban),
 }
 

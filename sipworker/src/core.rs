@@ -11,7 +11,7 @@ use std::time::Instant;
 use sipcraft_config::Config;
 use sipcraft_ipc::child::Outbox;
 use sipcraft_ipc::state::Replica;
-use sipcraft_ipc::wire::{Direct, FromChild, SipHandoff};
+use sipcraft_ipc::wire::SipHandoff;
 use sipcraft_sip::build::ResponseBuilder;
 use sipcraft_sip::rewrite::{top_via_received, Rewriter};
 use sipcraft_sip::transaction::{
@@ -25,9 +25,13 @@ use crate::security::{Admission, Guard};
 use crate::transport::{Out, Target};
 
 mod answer;
+mod claim;
 pub(crate) use answer::finish_response;
 pub(crate) use answer::reason_of;
 use answer::{draining, options, status_of};
+pub use claim::Claimer;
+#[cfg(target_os = "linux")]
+pub use claim::FailureCounts;
 
 /// Methods this server handles itself or routes.
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, INFO, UPDATE, REFER, NOTIFY, PRACK, SUBSCRIBE";
@@ -64,6 +68,8 @@ pub struct Core {
     scratch: Vec<u8>,
     /// Open connections of this worker: id → writer.
     pub conns: HashMap<u64, tokio::sync::mpsc::Sender<Arc<[u8]>>, ahash::RandomState>,
+    /// The claim table, when this UDP worker shares its socket with others.
+    pub claims: Option<Claimer>,
 }
 
 impl Core {
@@ -98,6 +104,7 @@ impl Core {
             draining: false,
             conns: HashMap::default(),
             scratch: Vec::new(),
+            claims: None,
         }
     }
 
@@ -147,10 +154,11 @@ impl Core {
                 return Vec::new();
             }
         }
-        self.on_admitted(bytes, from, now)
+        self.on_admitted(bytes, from, false, now)
     }
 
-    fn on_admitted(&mut self, bytes: &[u8], from: Target, now: Instant) -> Vec<Out> {
+    /// A message past admission; `handed` when another worker handed it over.
+    fn on_admitted(&mut self, bytes: &[u8], from: Target, handed: bool, now: Instant) -> Vec<Out> {
         let policy = Policy {
             supported: SUPPORTED,
             check_require: true,
@@ -168,7 +176,7 @@ impl Core {
                     ResponseBuilder::reject(req, &rejection).build()
                 })
             }
-            Verdict::Accept(msg) if msg.is_request() => self.on_request(&msg, from, now),
+            Verdict::Accept(msg) if msg.is_request() => self.on_request(&msg, from, handed, now),
             Verdict::Accept(msg) => self.on_response(&msg, from, now),
         }
     }
@@ -189,7 +197,7 @@ impl Core {
             }];
         }
         tracing::trace!(from = from_worker, "handed-off message");
-        self.on_admitted(&h.bytes, target, now)
+        self.on_admitted(&h.bytes, target, true, now)
     }
 
     /// Answers without a transaction (for requests that cannot start one).
@@ -203,7 +211,13 @@ impl Core {
         vec![self.reply_to(req, from, response)]
     }
 
-    fn on_request(&mut self, msg: &Message<'_>, from: Target, now: Instant) -> Vec<Out> {
+    fn on_request(
+        &mut self,
+        msg: &Message<'_>,
+        from: Target,
+        handed: bool,
+        now: Instant,
+    ) -> Vec<Out> {
         let Some(method) = msg.method() else {
             return Vec::new();
         };
@@ -214,6 +228,12 @@ impl Core {
                 ResponseBuilder::new(req, 400, "Via branch must start with z9hG4bK").build()
             });
         };
+        if !handed {
+            if let Some(owner) = self.claimed_elsewhere(msg, &key, method, &from) {
+                self.hand_over(owner, msg, &from);
+                return Vec::new();
+            }
+        }
         let reliability = if from.is_reliable() {
             Reliability::Reliable
         } else {
@@ -268,15 +288,21 @@ impl Core {
             .is_some_and(|u| u.as_sip().is_some_and(|s| s.user.is_none()));
         let response = match method {
             "REGISTER" if self.draining => draining(msg),
-            "REGISTER" => self.registrar.register(
-                msg,
-                from,
-                &self.name,
-                &self.replica,
-                &self.outbox,
-                &mut self.guard,
-                now,
-            ),
+            "REGISTER" => {
+                let response = self.registrar.register(
+                    msg,
+                    from,
+                    &self.name,
+                    &self.replica,
+                    &self.outbox,
+                    &mut self.guard,
+                    now,
+                );
+                if self.registrar.changed() {
+                    self.registered_here(msg);
+                }
+                response
+            }
             "OPTIONS" if to_server => options(msg),
             "CANCEL" => return self.proxy_cancel(msg, key, from, now),
             "INVITE" | "MESSAGE" | "OPTIONS" | "SUBSCRIBE" | "NOTIFY" | "REFER" | "INFO"
@@ -337,18 +363,7 @@ impl Core {
         };
         if let Some(owner) = branch_owner(branch) {
             if owner != self.name {
-                self.counters.handed_off += 1;
-                let h = SipHandoff {
-                    transport: from.transport,
-                    peer: from.peer,
-                    connection: from.conn,
-                    outbound: false,
-                    bytes: msg.as_bytes().to_vec(),
-                };
-                self.outbox.send(FromChild::Send {
-                    to: owner.to_owned(),
-                    msg: Direct::Sip(h),
-                });
+                self.hand_over(owner.to_owned(), msg, &from);
                 return Vec::new();
             }
         }
@@ -468,7 +483,12 @@ impl Core {
         for (key, action) in self.txns.poll_timers(now) {
             let client = match &key {
                 TransactionKey::Client(ck) => Some(ck.clone()),
-                TransactionKey::Server(_) => None,
+                TransactionKey::Server(sk) => {
+                    if matches!(action, Action::Terminated) {
+                        self.unclaim(sk);
+                    }
+                    None
+                }
             };
             out.extend(self.run(client.as_ref(), vec![action], now));
         }

@@ -42,6 +42,8 @@ pub struct Args {
     /// A UDP listen socket shared with a UDP worker, for a TCP worker to send to UDP phones
     /// from the server's port. Never read here: the UDP workers receive.
     pub udp_fd: Option<i32>,
+    /// The claim table of the UDP workers that share this worker's socket (Linux).
+    pub claims_fd: Option<i32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +56,8 @@ pub enum Error {
     NoListen(usize),
     #[error("could not take over the listen socket")]
     Socket(#[source] std::io::Error),
+    #[error("could not map the claim table")]
+    Claims(#[source] std::io::Error),
     #[error("could not load the TLS certificate")]
     Tls(#[from] transport::tls::TlsError),
 }
@@ -78,6 +82,13 @@ pub async fn run(args: Args) -> Result<(), Error> {
         link.replica.clone(),
         link.outbox.clone(),
     );
+
+    core.claims = claims(&args)?;
+    #[cfg(target_os = "linux")]
+    if let Some(c) = &core.claims {
+        let counts = crate::core::FailureCounts(c.table.clone());
+        core.guard.share_failures(Arc::new(counts));
+    }
 
     let (conn_tx, mut conn_rx) = mpsc::channel::<ConnEvent>(4096);
     let open_conns = Arc::new(AtomicUsize::new(0));
@@ -340,6 +351,32 @@ async fn open_socket(
         }
     }
     .map_err(Error::Socket)
+}
+
+/// The claim table, for a UDP worker that shares its socket with others (see
+/// [`Args::claims_fd`]), and this worker's number in it (`udp-N` is N).
+#[cfg(target_os = "linux")]
+fn claims(args: &Args) -> Result<Option<crate::core::Claimer>, Error> {
+    let Some(fd) = args.claims_fd else {
+        return Ok(None);
+    };
+    let me = args
+        .name
+        .strip_prefix("udp-")
+        .and_then(|n| n.parse::<u8>().ok())
+        .filter(|&n| n < u8::MAX)
+        .ok_or_else(|| Error::Claims(std::io::Error::other("only udp-0 to udp-254 claim")))?;
+    let owned = inherit::take_memory(fd).map_err(Error::Claims)?;
+    let table = sipcraft_ipc::claims::Claims::open(&owned).map_err(Error::Claims)?;
+    Ok(Some(crate::core::Claimer {
+        table: Arc::new(table),
+        me,
+    }))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn claims(_args: &Args) -> Result<Option<crate::core::Claimer>, Error> {
+    Ok(None)
 }
 
 /// The UDP socket a TCP worker sends from (see [`Args::udp_fd`]).

@@ -29,6 +29,8 @@ pub struct Registrar {
     auth: DigestAuth,
     realm: String,
     registrar: sipcraft_config::Registrar,
+    /// Whether the last [`Registrar::register`] changed a binding.
+    changed: std::cell::Cell<bool>,
 }
 
 impl Registrar {
@@ -43,6 +45,7 @@ impl Registrar {
             auth: DigestAuth::new(key, &config.registrar),
             realm: config.server.domain.clone(),
             registrar: config.registrar.clone(),
+            changed: Default::default(),
         }
     }
 
@@ -63,6 +66,7 @@ impl Registrar {
         guard: &mut Guard,
         now: Instant,
     ) -> Vec<u8> {
+        self.changed.set(false);
         let Ok(to) = msg.to() else {
             return bad(msg, "Bad To header");
         };
@@ -181,6 +185,11 @@ impl Registrar {
             b = b.header(header, &value);
         }
         b.build()
+    }
+
+    /// Whether the last REGISTER answered changed a binding (added, refreshed, removed).
+    pub fn changed(&self) -> bool {
+        self.changed.get()
     }
 
     /// RFC 3261 §10.3 steps 6–8, after authentication.
@@ -315,6 +324,8 @@ impl Registrar {
         }
         // Renewals first: the outbox keeps order, so the urgent changes after them take
         // them along.
+        self.changed
+            .set(!renewals.is_empty() || !updates.is_empty());
         let published = renewals.into_iter().all(|u| outbox.publish_lazy(u))
             & updates.into_iter().all(|u| outbox.publish(u));
         if !published {

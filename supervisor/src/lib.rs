@@ -45,6 +45,8 @@ pub enum Error {
     Spawner(#[source] std::io::Error),
     #[error("could not install signal handlers")]
     Signals(#[source] std::io::Error),
+    #[error("could not make the UDP workers' claim table")]
+    Claims(#[source] std::io::Error),
 }
 
 #[cfg(unix)]

@@ -1,11 +1,16 @@
 //! Listen sockets, bound by the supervisor and handed down to the workers.
 //!
-//! Every UDP worker of a listen entry gets its own socket bound to the same address with
-//! SO_REUSEPORT, so the kernel keeps one phone's datagrams on one worker. The supervisor
-//! keeps the sockets open for its whole life: a restarted worker gets the very same socket
-//! back, because closing one socket of a reuseport group re-hashes other phones' flows onto
-//! other workers. Binding here also means a busy or privileged port fails at start, once,
-//! with a clear error, and only the supervisor needs the capability for port 5060.
+//! On Linux, the UDP workers of a listen entry share one socket: the next datagram goes to
+//! whichever worker is free, one queue for all of them (as Kamailio's children share
+//! theirs). Which worker holds a transaction is in the claim table
+//! (`sipcraft_ipc::claims`), so retransmissions, ACKs and CANCELs still reach it.
+//! Elsewhere every UDP worker gets its own socket bound with SO_REUSEPORT, and the kernel
+//! keeps one phone's datagrams on one worker. TCP workers always get one listener each.
+//!
+//! The supervisor keeps the sockets open for its whole life: a restarted worker gets the
+//! very same socket back (and while it restarts, the other workers keep reading the shared
+//! one). Binding here also means a busy or privileged port fails at start, once, with a
+//! clear error, and only the supervisor needs the capability for port 5060.
 
 use std::io;
 use std::net::SocketAddr;
@@ -22,16 +27,31 @@ pub struct BindError {
     pub source: io::Error,
 }
 
-/// One bound socket per worker of a listen entry.
+/// Whether the UDP workers of an entry share one socket (see the module's comment).
+pub const SHARED_UDP: bool = cfg!(target_os = "linux");
+
+/// One socket per worker of a listen entry: for shared UDP, descriptors of one socket.
 pub fn bind(listen: &Listen) -> Result<Vec<Socket>, BindError> {
-    (0..listen.workers)
-        .map(|_| bind_one(listen.transport, listen.address))
-        .collect::<io::Result<_>>()
-        .map_err(|source| BindError {
-            transport: listen.transport.as_str(),
-            address: listen.address,
-            source,
+    let shared = SHARED_UDP && listen.transport == Transport::Udp;
+    let sockets = if shared {
+        bind_one(listen.transport, listen.address).and_then(|first| {
+            let mut all = Vec::with_capacity(listen.workers);
+            for _ in 1..listen.workers {
+                all.push(first.try_clone()?);
+            }
+            all.insert(0, first);
+            Ok(all)
         })
+    } else {
+        (0..listen.workers)
+            .map(|_| bind_one(listen.transport, listen.address))
+            .collect::<io::Result<_>>()
+    };
+    sockets.map_err(|source| BindError {
+        transport: listen.transport.as_str(),
+        address: listen.address,
+        source,
+    })
 }
 
 fn bind_one(transport: Transport, address: SocketAddr) -> io::Result<Socket> {

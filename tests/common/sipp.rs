@@ -31,8 +31,8 @@ pub fn scenario(name: &str) -> PathBuf {
 pub enum Transport {
     /// `u1`: one UDP socket for every call.
     Udp,
-    /// `un`: one UDP socket (so one source port) per call: with SO_REUSEPORT the calls
-    /// spread over every UDP worker.
+    /// `un`: one UDP socket (so one source port) per call: the bench's habit (with
+    /// SO_REUSEPORT, where the workers do not share one socket, it spreads the calls).
     UdpPerCall,
     /// `t1`: one TCP connection for every call.
     Tcp,

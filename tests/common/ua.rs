@@ -341,6 +341,19 @@ impl Ua {
         }
     }
 
+    /// Sends the last message sent once more, as a retransmission.
+    pub fn resend_last(&mut self) {
+        let prefix = format!(">>> {} sent:\n", self.name);
+        let last = self
+            .trace
+            .iter()
+            .rev()
+            .find_map(|t| t.strip_prefix(&prefix))
+            .expect("something sent before")
+            .to_owned();
+        self.send(&last);
+    }
+
     /// The next message of any kind, or None after `within` (or when the link closed).
     pub fn recv(&mut self, within: Duration) -> Option<Msg> {
         let deadline = Instant::now() + within;

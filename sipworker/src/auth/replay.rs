@@ -1,11 +1,13 @@
 //! Nonce-count replay protection: the highest `nc` seen per nonce, in a bounded cache.
 //!
-//! The cache is per worker, and that is right rather than a shortcut: with SO_REUSEPORT the
-//! kernel keeps one phone's UDP datagrams (same source address and port) on one worker, and
-//! a TCP/TLS connection belongs to the worker that accepted it, so every use of one nonce
-//! by one phone is seen by the same worker. A replay sent to another worker from another
-//! source port is still refused there once that worker has seen the nonce, and a replayed
-//! request can never outlive the nonce's lifetime.
+//! The cache is per worker. A TCP/TLS connection belongs to the worker that accepted it;
+//! UDP workers share one socket, so one phone's uses of a nonce may be spread over them,
+//! each worker seeing a rising subsequence of the counts: a phone is never refused. A
+//! retransmission goes to the worker holding its transaction (the claim table), so it is
+//! absorbed there, not counted anew. A captured request replayed to a worker that has seen
+//! neither its count nor a higher one is accepted once there; that was already so with one
+//! socket per worker (a replay from another source port reached another worker), and a
+//! replayed request can never outlive the nonce's lifetime.
 //!
 //! Only authenticated requests (right digest, fresh nonce) reach the cache, so an attacker
 //! without the password cannot fill it or raise a phone's count. When it is full, the entry

@@ -1,6 +1,7 @@
 //! Authentication failures per source IP, and the bans they lead to.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sipcraft_config::{IpNet, Security};
@@ -29,9 +30,11 @@ const PURGE_PER_CALL: usize = 64;
 /// - **Bounded**: at most `capacity` IPs with a running count and `capacity` bans. When a
 ///   table is full, the oldest entry goes (the oldest streak, or the ban nearest to its
 ///   end, already logged for fail2ban). Expired entries are purged as calls come in.
-/// - **Per worker**: a ban starts in the worker that counted the failures; it returns the
-///   [`BanEvent`] so the caller can log it and tell the other workers, which call
-///   [`BanList::apply`].
+/// - **Counted by every worker together** when the list [shares](BanList::share) a counter
+///   (the UDP workers that read one socket, each seeing part of one source's requests);
+///   otherwise per worker. A ban starts in the worker whose failure reaches the threshold;
+///   it returns the [`BanEvent`] so the caller can log it and tell the other workers, which
+///   call [`BanList::apply`].
 #[derive(Debug)]
 pub struct BanList {
     threshold: u32,
@@ -42,6 +45,17 @@ pub struct BanList {
     counters: Lru<IpAddr, Counter>,
     /// Active bans, oldest first.
     bans: Lru<IpAddr, Ban>,
+    /// The failure counts every worker adds to, when there is one.
+    shared: Option<Arc<dyn SharedCounts>>,
+}
+
+/// Failure counts per source address that several workers add to.
+pub trait SharedCounts: Send + Sync + std::fmt::Debug {
+    /// Adds a failure from `ip`, in a window of `window_s` seconds from its first: the
+    /// count in the window, or `None` when it cannot be counted there (the caller counts).
+    fn add(&self, ip: IpAddr, window_s: u32) -> Option<u32>;
+    /// Drops `ip`'s count.
+    fn forget(&self, ip: IpAddr);
 }
 
 #[derive(Debug)]
@@ -91,9 +105,15 @@ impl BanList {
             trusted: Vec::new(),
             counters: Lru::new(capacity),
             bans: Lru::new(capacity),
+            shared: None,
         };
         list.reconfigure(security);
         list
+    }
+
+    /// Counts failures in `counts`, which other workers add to as well.
+    pub fn share(&mut self, counts: Arc<dyn SharedCounts>) {
+        self.shared = Some(counts);
     }
 
     /// Applies reloaded `[security]` settings. Running bans keep their end time, except that
@@ -136,6 +156,22 @@ impl BanList {
         self.purge(now);
         if self.is_trusted(ip) || self.is_banned(ip, now) {
             return None;
+        }
+        let window_s = u32::try_from(self.window.as_secs()).unwrap_or(u32::MAX);
+        if let Some(failures) = self.shared.as_ref().and_then(|s| s.add(ip, window_s)) {
+            if failures < self.threshold {
+                return None;
+            }
+            if let Some(s) = &self.shared {
+                s.forget(ip);
+            }
+            return self.ban(
+                ip,
+                BanReason::AuthFailures,
+                Some(user),
+                u64::from(failures),
+                now,
+            );
         }
         let failures = match self.counters.get_mut(&ip) {
             Some(c) if now.saturating_duration_since(c.since) < self.window => {

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use sipcraft_config::Security;
 
-pub use ban::{BanInfo, BanList};
+pub use ban::{BanInfo, BanList, SharedCounts};
 pub use event::{auth_failure_line, log_safe_user, BanEvent, BanReason};
 pub use rate::{RateDecision, RateLimiter};
 
@@ -81,6 +81,11 @@ impl Guard {
     /// returns the event when it starts a ban.
     pub fn record_failure(&mut self, ip: IpAddr, user: &str, now: Instant) -> Option<BanEvent> {
         self.bans.record_failure(ip, user, now)
+    }
+
+    /// Counts authentication failures in `counts`, shared with other workers.
+    pub fn share_failures(&mut self, counts: std::sync::Arc<dyn SharedCounts>) {
+        self.bans.share(counts);
     }
 
     /// The active bans, for `ctl status` / `ctl bans`.

@@ -66,6 +66,8 @@ pub async fn run_until(
         .iter()
         .map(crate::sockets::bind)
         .collect::<Result<Vec<_>, _>>()?;
+    #[cfg(target_os = "linux")]
+    let claims = claim_table(&config)?;
 
     let hub = Hub::new();
     // Stand-alone: the file is the source of extensions, and the supervisor already has it
@@ -112,6 +114,8 @@ pub async fn run_until(
         bus_path,
         #[cfg(unix)]
         sockets,
+        #[cfg(target_os = "linux")]
+        claims,
         started: Instant::now(),
         notifier: Notifier::from_env(),
         ready_sent: false,
@@ -160,6 +164,22 @@ fn prepare_dir(path: &Path, private: bool) -> Result<(), Error> {
     #[cfg(not(unix))]
     let _ = private;
     Ok(())
+}
+
+/// The claim table, when some UDP workers share a socket.
+#[cfg(target_os = "linux")]
+fn claim_table(config: &Config) -> Result<Option<std::os::fd::OwnedFd>, Error> {
+    let shared = config
+        .listen
+        .iter()
+        .any(|l| l.transport == Transport::Udp && l.workers > 1);
+    if !shared {
+        return Ok(None);
+    }
+    use sipcraft_ipc::claims::{create, DEFAULT_COUNTERS, DEFAULT_SLOTS};
+    create(DEFAULT_SLOTS, DEFAULT_COUNTERS)
+        .map(Some)
+        .map_err(Error::Claims)
 }
 
 /// The dbagent first, then the workers: `udp-0`, `udp-1`, `tcp-0`, numbered per transport.
@@ -220,6 +240,9 @@ struct Supervisor {
     bus_path: PathBuf,
     #[cfg(unix)]
     sockets: Vec<Vec<socket2::Socket>>,
+    /// The claim table of the UDP workers that share a socket (`sipcraft_ipc::claims`).
+    #[cfg(target_os = "linux")]
+    claims: Option<std::os::fd::OwnedFd>,
     started: Instant,
     notifier: Notifier,
     ready_sent: bool,
@@ -313,6 +336,7 @@ impl Supervisor {
                     use std::os::fd::AsRawFd;
                     let mut fds = vec![self.sockets[listen][socket].as_raw_fd()];
                     fds.extend(self.shared_udp_fd(listen));
+                    fds.extend(self.claims_fd(listen));
                     fds
                 }
                 Kind::DbAgent => Vec::new(),
@@ -372,8 +396,31 @@ impl Supervisor {
             if let Some(fd) = self.shared_udp_fd(listen) {
                 args.extend(["--udp-fd".into(), fd.to_string().into()]);
             }
+            if let Some(fd) = self.claims_fd(listen) {
+                args.extend(["--claims-fd".into(), fd.to_string().into()]);
+            }
         }
         args
+    }
+
+    /// For a UDP worker that shares its socket: the claim table.
+    #[cfg(unix)]
+    fn claims_fd(&self, listen: usize) -> Option<std::os::fd::RawFd> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let entry = &self.config.listen[listen];
+            let shared = entry.transport == Transport::Udp && entry.workers > 1;
+            self.claims
+                .as_ref()
+                .filter(|_| shared)
+                .map(|fd| fd.as_raw_fd())
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = listen;
+            None
+        }
     }
 
     /// For a TCP worker: a UDP listen socket to send to UDP phones from the server's port

@@ -1,0 +1,179 @@
+//! Which worker holds a server transaction, when the UDP workers share one socket.
+//!
+//! Any worker may read the next datagram (see `sipcraft_ipc::claims`). A request that starts
+//! a server transaction claims its key; a retransmission, an ACK for a non-2xx response or
+//! a CANCEL finds the claim and goes over the bus to the worker that holds the transaction.
+//! A request handed over is not checked again: the receiver takes it as it is, so a stale
+//! claim costs one hand-off and never loops.
+//!
+//! Registrations are kept together too. Each worker has its own replica of the bindings,
+//! and a change reaches the others over the bus a little later; so a worker whose REGISTER
+//! changed a binding marks the address of record as its own for [`AOR_TTL_S`], and a
+//! REGISTER for that AOR read by another worker meanwhile goes to it. A phone's registration, a
+//! fetch right after it or a quick change of mind thus meet the state they follow, as
+//! with one process. A REGISTER for an AOR nobody marked (a refresh, minutes after the
+//! last) is answered where it lands.
+
+use sipcraft_config::Transport;
+use sipcraft_ipc::wire::{Direct, FromChild, SipHandoff};
+use sipcraft_sip::transaction::ServerKey;
+use sipcraft_sip::Message;
+
+use super::Core;
+use crate::transport::Target;
+
+/// How long a claim lasts when its transaction's end is not seen (a transaction removed
+/// without its last timer, or a worker that died): an INVITE may ring for Timer C's three
+/// minutes and then wait out Timer H; a non-INVITE transaction lives 64×T1 at most.
+const INVITE_TTL_S: u32 = 240;
+const NON_INVITE_TTL_S: u32 = 40;
+/// How long a worker that changed a binding keeps that AOR's REGISTERs: far longer
+/// than a change takes to reach the other workers (lazy changes wait 50 ms at most).
+pub const AOR_TTL_S: u32 = 2;
+
+/// This worker's view of the claim table.
+pub struct Claimer {
+    #[cfg(target_os = "linux")]
+    pub table: std::sync::Arc<sipcraft_ipc::claims::Claims>,
+    /// This worker's number: `udp-N` is N.
+    pub me: u8,
+}
+
+impl Core {
+    /// For a UDP request that a worker sharing the socket holds the transaction of: that
+    /// worker's name. A request starting a transaction claims it for this worker.
+    pub(super) fn claimed_elsewhere(
+        &mut self,
+        msg: &Message<'_>,
+        key: &ServerKey,
+        method: &str,
+        from: &Target,
+    ) -> Option<String> {
+        if from.transport != Transport::Udp || from.conn.is_some() {
+            return None;
+        }
+        let claims = self.claims.as_ref()?;
+        let aor = (method == "REGISTER").then(|| aor_of(msg)).flatten();
+        let owner = match aor.and_then(|aor| claims.aor_elsewhere(&aor)) {
+            Some(owner) => owner,
+            None => claims.elsewhere(key, method)?,
+        };
+        Some(format!("udp-{owner}"))
+    }
+
+    /// This worker changed a binding of the AOR of `msg`: it keeps that AOR's
+    /// REGISTERs for a while (see the module's comment).
+    pub(super) fn registered_here(&mut self, msg: &Message<'_>) {
+        if let (Some(claims), Some(aor)) = (&self.claims, aor_of(msg)) {
+            claims.mark_aor(&aor);
+        }
+    }
+
+    /// The server transaction `key` ended: its claim goes.
+    pub(super) fn unclaim(&mut self, key: &ServerKey) {
+        if let Some(c) = &self.claims {
+            c.release(key);
+        }
+    }
+
+    /// Sends `msg`, received from `from`, to worker `to`, which holds its transaction.
+    pub(super) fn hand_over(&mut self, to: String, msg: &Message<'_>, from: &Target) {
+        self.counters.handed_off += 1;
+        let h = SipHandoff {
+            transport: from.transport,
+            peer: from.peer,
+            connection: from.conn,
+            outbound: false,
+            bytes: msg.as_bytes().to_vec(),
+        };
+        self.outbox.send(FromChild::Send {
+            to,
+            msg: Direct::Sip(h),
+        });
+    }
+}
+
+/// The extension a REGISTER is for.
+fn aor_of(msg: &Message<'_>) -> Option<String> {
+    crate::registrar::aor_user(&msg.to().ok()?)
+}
+
+#[cfg(target_os = "linux")]
+impl Claimer {
+    fn aor_key(&self, aor: &str) -> sipcraft_ipc::claims::Key {
+        self.table.key(&["aor", aor])
+    }
+
+    fn aor_elsewhere(&self, aor: &str) -> Option<u8> {
+        self.table
+            .holder(self.aor_key(aor))
+            .filter(|&o| o != self.me)
+    }
+
+    fn mark_aor(&self, aor: &str) {
+        self.table.claim(self.aor_key(aor), self.me, AOR_TTL_S);
+    }
+
+    fn elsewhere(&self, key: &ServerKey, method: &str) -> Option<u8> {
+        use sipcraft_ipc::claims::Claim;
+        let k = self.table.key(&[key.sent_by(), key.branch()]);
+        let owner = match method {
+            // These never start a transaction of their own worth claiming: they belong to
+            // the INVITE with the same branch (an ACK for a 2xx has a branch of its own and
+            // no claim, and is routed where it lands).
+            "ACK" | "CANCEL" => self.table.holder(k)?,
+            "INVITE" => match self.table.claim(k, self.me, INVITE_TTL_S) {
+                Claim::Held(owner) => owner,
+                Claim::Mine | Claim::Untracked => return None,
+            },
+            _ => match self.table.claim(k, self.me, NON_INVITE_TTL_S) {
+                Claim::Held(owner) => owner,
+                Claim::Mine | Claim::Untracked => return None,
+            },
+        };
+        (owner != self.me).then_some(owner)
+    }
+
+    fn release(&self, key: &ServerKey) {
+        let k = self.table.key(&[key.sent_by(), key.branch()]);
+        self.table.release(k, self.me);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+impl Claimer {
+    fn aor_elsewhere(&self, _aor: &str) -> Option<u8> {
+        None
+    }
+
+    fn mark_aor(&self, _aor: &str) {}
+
+    fn elsewhere(&self, _key: &ServerKey, _method: &str) -> Option<u8> {
+        None
+    }
+
+    fn release(&self, _key: &ServerKey) {}
+}
+
+/// Authentication failures per source address, counted in the table by every worker.
+#[cfg(target_os = "linux")]
+#[derive(Debug)]
+pub struct FailureCounts(pub std::sync::Arc<sipcraft_ipc::claims::Claims>);
+
+#[cfg(target_os = "linux")]
+impl FailureCounts {
+    fn key(&self, ip: std::net::IpAddr) -> sipcraft_ipc::claims::Key {
+        self.0.key(&["auth-failures", &ip.to_string()])
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl crate::security::SharedCounts for FailureCounts {
+    fn add(&self, ip: std::net::IpAddr, window_s: u32) -> Option<u32> {
+        self.0.count(self.key(ip), window_s)
+    }
+
+    fn forget(&self, ip: std::net::IpAddr) {
+        self.0.forget(self.key(ip));
+    }
+}

@@ -1,0 +1,93 @@
+//! The UDP workers of one address share one socket (Linux): whichever worker is free reads
+//! the next datagram, and the claim table sends a transaction's retransmissions, its ACK
+//! and its CANCEL to the worker that holds it.
+
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::UdpSocket;
+use std::time::Duration;
+
+use common::ua::Ua;
+use common::{Server, Setup};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// The worker named in a response's `Server:` header (`sipcraft/0.1.0 (udp-1)`).
+fn answering_worker(response: &str) -> Option<String> {
+    let line = response
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("server:"))?;
+    let open = line.rfind('(')?;
+    Some(line[open + 1..].trim_end_matches(')').to_owned())
+}
+
+#[test]
+fn requests_from_one_phone_socket_are_read_by_every_udp_worker() {
+    let server = Server::start(Setup::default());
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket.set_read_timeout(Some(WAIT)).expect("timeout");
+    let local = socket.local_addr().expect("address");
+    let mut seen = BTreeSet::new();
+    let mut buf = vec![0u8; 65_536];
+    // With one socket per worker the kernel would send every one of these to one worker.
+    for n in 0..500 {
+        let options = format!(
+            "OPTIONS sip:{to} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-probe-{n};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:probe@pbx.test>;tag=p{n}\r\nTo: <sip:{to}>\r\n\
+             Call-ID: probe-{n}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+            to = server.udp_addr(),
+        );
+        socket
+            .send_to(options.as_bytes(), server.udp_addr())
+            .expect("send");
+        let (len, _) = socket.recv_from(&mut buf).expect("a response to OPTIONS");
+        let response = String::from_utf8_lossy(&buf[..len]);
+        assert!(response.starts_with("SIP/2.0 200"), "{response}");
+        seen.extend(answering_worker(&response));
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(
+        seen,
+        BTreeSet::from(["udp-0".to_owned(), "udp-1".to_owned()]),
+        "500 requests from one socket were all answered by one worker"
+    );
+}
+
+#[test]
+fn retransmissions_and_the_cancel_of_a_call_reach_the_worker_that_holds_it() {
+    let server = Server::start(Setup::default());
+    let mut bob = Ua::udp("bob", server.udp_addr(), "1002");
+    assert_eq!(bob.register(3600).status(), Some(200), "{}", bob.dump());
+    server.wait_replicated();
+    let mut alice = Ua::udp("alice", server.udp_addr(), "1001");
+    // The INVITE is challenged and the 407 ACKed: that ACK must reach the worker holding
+    // the challenge, or the 407 would come again below.
+    let inv = alice.invite("1002");
+    let ringing = bob.ringing();
+    alice.expect_status(180, "INVITE");
+    // Each copy of the INVITE, whichever worker reads it, is answered by the transaction
+    // with its last provisional response: never forwarded again, never answered anew.
+    for n in 0..40 {
+        alice.resend_last();
+        let again = alice
+            .recv(WAIT)
+            .unwrap_or_else(|| panic!("no answer to copy {n}\n{}", alice.dump()));
+        assert_eq!(
+            (again.status(), again.cseq()),
+            (Some(180), (inv.cseq, "INVITE".to_owned())),
+            "copy {n}: {}\n{}",
+            again.first_line(),
+            alice.dump()
+        );
+    }
+    alice.cancel(&inv);
+    bob.cancelled(&ringing);
+    alice.cancel_done(&inv);
+    let invites = bob.dump().matches("<<< bob received:\nINVITE ").count();
+    assert_eq!(invites, 1, "{}", bob.dump());
+}
