@@ -25,10 +25,13 @@ use crate::transport::Target;
 /// How long a claim lasts when its transaction's end is not seen (a transaction removed
 /// without its last timer, or a worker that died): an INVITE may ring for Timer C's three
 /// minutes and then wait out Timer H; a non-INVITE transaction lives 64×T1 at most.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 const INVITE_TTL_S: u32 = 240;
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 const NON_INVITE_TTL_S: u32 = 40;
 /// How long a worker that changed a binding keeps that AOR's REGISTERs: far longer
 /// than a change takes to reach the other workers (lazy changes wait 50 ms at most).
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub const AOR_TTL_S: u32 = 2;
 
 /// This worker's view of the claim table.
