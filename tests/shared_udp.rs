@@ -91,3 +91,54 @@ fn retransmissions_and_the_cancel_of_a_call_reach_the_worker_that_holds_it() {
     let invites = bob.dump().matches("<<< bob received:\nINVITE ").count();
     assert_eq!(invites, 1, "{}", bob.dump());
 }
+
+/// The `events` mask of the epoll registration of descriptor `target` in process `pid`.
+fn epoll_events(pid: u32, target: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).expect("fd list") {
+        let entry = entry.expect("fd entry");
+        let is_epoll = std::fs::read_link(entry.path())
+            .is_ok_and(|l| l.as_os_str() == "anon_inode:[eventpoll]");
+        if !is_epoll {
+            continue;
+        }
+        let name = entry.file_name();
+        let info =
+            std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", name.to_string_lossy()))
+                .unwrap_or_default();
+        for line in info.lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            if words.len() > 3 && words[0] == "tfd:" && words[1] == target {
+                found.push(u32::from_str_radix(words[3], 16).expect("hex events"));
+            }
+        }
+    }
+    found
+}
+
+/// Both workers wait on the one socket; for each datagram the kernel wakes one idle worker
+/// (EPOLLEXCLUSIVE), and a worker's sends wake nobody (no EPOLLOUT).
+#[test]
+fn each_datagram_wakes_one_idle_worker() {
+    const EPOLLOUT: u32 = 0x004;
+    const EPOLLEXCLUSIVE: u32 = 1 << 28;
+    let server = Server::start(Setup::default());
+    for name in ["udp-0", "udp-1"] {
+        let pid = server.pid_of(name);
+        let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).expect("cmdline");
+        let args: Vec<&str> = cmdline.split('\0').collect();
+        let fd = args
+            .iter()
+            .position(|a| *a == "--fd")
+            .and_then(|i| args.get(i + 1))
+            .expect("--fd on the worker's command line");
+        // The runtime holds its epoll under two descriptors (a clone of its registry), so
+        // one registration may be listed twice; every listing must be the exclusive one.
+        let events = epoll_events(pid, fd);
+        assert!(!events.is_empty(), "{name}: fd {fd} is in no epoll");
+        for e in &events {
+            assert_ne!(e & EPOLLEXCLUSIVE, 0, "{name}: {events:x?}");
+            assert_eq!(e & EPOLLOUT, 0, "{name}: {events:x?}");
+        }
+    }
+}

@@ -94,8 +94,18 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let open_conns = Arc::new(AtomicUsize::new(0));
     let receives_udp = matches!(socket, Socket::Udp(_));
     let layer = Layer::new(&listen)?;
-    let udp = match socket {
-        Socket::Udp(s) => Some(s),
+    let (udp, udp_out) = match socket {
+        Socket::Udp(s) => {
+            // Sends go through a second descriptor of the socket, without the runtime:
+            // a UDP send never waits (a full send buffer drops the datagram, as the
+            // network may), so the runtime need not watch for the socket being writable.
+            let out = sender(&s).map_err(Error::Socket)?;
+            #[cfg(target_os = "linux")]
+            if let Err(e) = transport::exclusive::make_exclusive(&s) {
+                tracing::debug!(error = %e, "UDP wake-ups stay shared among the workers");
+            }
+            (Some(s), Some(out))
+        }
         Socket::Tcp(listener) => {
             let accept = Accept {
                 layer: layer.clone(),
@@ -109,7 +119,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
                 conn_tx.clone(),
                 accept,
             ));
-            shared_udp(&args)?
+            (None, shared_udp(&args)?)
         }
     };
     tracing::info!(transport = listen.transport.as_str(), address = %listen.address, "worker serving");
@@ -207,7 +217,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
             out.extend(core.poll_timers(now));
         }
         for msg in out {
-            send(&core, udp.as_ref(), msg).await;
+            send(&core, udp_out.as_ref(), msg);
         }
     }
     // What this worker published (a binding it answered 200 for) and its call records must
@@ -242,7 +252,16 @@ fn tick_after(epoch: Instant, at: Instant) -> Instant {
     epoch + Duration::from_nanos(u64::try_from(slots * tick).unwrap_or(u64::MAX))
 }
 
-async fn send(core: &Core, udp: Option<&tokio::net::UdpSocket>, msg: transport::Out) {
+/// A descriptor of `socket` to send from, outside the runtime.
+fn sender(socket: &tokio::net::UdpSocket) -> std::io::Result<std::net::UdpSocket> {
+    #[cfg(unix)]
+    let owned = std::os::fd::AsFd::as_fd(socket).try_clone_to_owned()?;
+    #[cfg(windows)]
+    let owned = std::os::windows::io::AsSocket::as_socket(socket).try_clone_to_owned()?;
+    Ok(std::net::UdpSocket::from(owned))
+}
+
+fn send(core: &Core, udp: Option<&std::net::UdpSocket>, msg: transport::Out) {
     if let Some(owner) = msg.target.owner.as_ref().filter(|o| **o != core.name) {
         // The flow belongs to another worker: it sends.
         let h = sipcraft_ipc::wire::SipHandoff {
@@ -285,7 +304,7 @@ async fn send(core: &Core, udp: Option<&tokio::net::UdpSocket>, msg: transport::
             )
         }
         (None, Some(sock)) => {
-            if let Err(e) = sock.send_to(&msg.bytes, msg.target.peer).await {
+            if let Err(e) = sock.send_to(&msg.bytes, msg.target.peer) {
                 tracing::debug!(peer = %msg.target.peer, error = %e, "udp send failed");
             }
         }
@@ -381,20 +400,18 @@ fn claims(_args: &Args) -> Result<Option<crate::core::Claimer>, Error> {
 
 /// The UDP socket a TCP worker sends from (see [`Args::udp_fd`]).
 #[cfg(unix)]
-fn shared_udp(args: &Args) -> Result<Option<tokio::net::UdpSocket>, Error> {
+fn shared_udp(args: &Args) -> Result<Option<std::net::UdpSocket>, Error> {
     let Some(fd) = args.udp_fd else {
         return Ok(None);
     };
     let owned = inherit::take_socket(fd, inherit::Expect::Datagram).map_err(Error::Socket)?;
     let std_socket = std::net::UdpSocket::from(owned);
     std_socket.set_nonblocking(true).map_err(Error::Socket)?;
-    tokio::net::UdpSocket::from_std(std_socket)
-        .map(Some)
-        .map_err(Error::Socket)
+    Ok(Some(std_socket))
 }
 
 #[cfg(not(unix))]
-fn shared_udp(_args: &Args) -> Result<Option<tokio::net::UdpSocket>, Error> {
+fn shared_udp(_args: &Args) -> Result<Option<std::net::UdpSocket>, Error> {
     Ok(None)
 }
 

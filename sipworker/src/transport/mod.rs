@@ -2,6 +2,8 @@
 //! main loop; each stream connection (TCP, TLS, WebSocket) has a task of its own that
 //! frames it and reports to the main loop with the same events, whatever the transport.
 
+#[cfg(target_os = "linux")]
+pub mod exclusive;
 pub mod tcp;
 pub mod tls;
 pub mod ws;
