@@ -102,7 +102,10 @@ pub async fn run(args: Args) -> Result<(), Error> {
             let out = sender(&s).map_err(Error::Socket)?;
             #[cfg(target_os = "linux")]
             if let Err(e) = transport::exclusive::make_exclusive(&s) {
-                tracing::debug!(error = %e, "UDP wake-ups stay shared among the workers");
+                tracing::warn!(
+                    error = %e,
+                    "every datagram wakes every idle UDP worker (could not make the wake-up exclusive)"
+                );
             }
             (Some(s), Some(out))
         }

@@ -207,10 +207,28 @@ impl Phone {
 
     /// REGISTER, answering one challenge; returns the final response.
     pub fn register(&mut self, extra: &str, algorithm: Option<&str>) -> Response {
+        match self.authorized_register(extra, algorithm) {
+            Ok(text) => self.request(&text),
+            Err(first) => first,
+        }
+    }
+
+    /// A REGISTER with `extra` and MD5 credentials, after the challenge round it takes, not
+    /// sent yet; the first response instead when it is not a 401.
+    pub fn authorized_register_text(&mut self, extra: &str) -> String {
+        self.authorized_register(extra, Some("MD5"))
+            .unwrap_or_else(|r| panic!("no challenge: {}", r.text))
+    }
+
+    fn authorized_register(
+        &mut self,
+        extra: &str,
+        algorithm: Option<&str>,
+    ) -> Result<String, Response> {
         let text = self.register_text(extra);
         let first = self.request(&text);
         if first.status != 401 {
-            return first;
+            return Err(first);
         }
         let challenges = first.headers("WWW-Authenticate");
         let challenge = challenges
@@ -219,8 +237,7 @@ impl Phone {
             .unwrap_or_else(|| panic!("no {algorithm:?} challenge in {challenges:?}"))
             .clone();
         let auth = self.authorization(&challenge, "REGISTER", &format!("sip:{}", self.domain), 1);
-        let text = self.register_text(&format!("{extra}Authorization: {auth}\r\n"));
-        self.request(&text)
+        Ok(self.register_text(&format!("{extra}Authorization: {auth}\r\n")))
     }
 
     /// An Authorization value for `challenge` with this phone's password.
