@@ -149,3 +149,47 @@ fn each_datagram_wakes_one_idle_worker() {
         }
     }
 }
+
+/// The per-source rate limit holds for a source whichever worker reads its requests: the
+/// workers spend from one bucket per source in the shared table. With 20 requests a second
+/// (a burst of 40), 200 requests sent at once from one socket get about 40 answers, not
+/// up to 40 from each worker.
+#[test]
+fn a_flood_from_one_socket_gets_one_burst_across_the_workers() {
+    let setup = Setup {
+        extra: "[security]\nrequests_per_second_per_ip = 20\n".into(),
+        ..Setup::default()
+    };
+    let server = Server::start(setup);
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let local = socket.local_addr().expect("address");
+    let started = std::time::Instant::now();
+    for n in 0..200 {
+        let options = format!(
+            "OPTIONS sip:{to} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-flood-{n};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:flood@pbx.test>;tag=f{n}\r\nTo: <sip:{to}>\r\n\
+             Call-ID: flood-{n}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+            to = server.udp_addr(),
+        );
+        socket
+            .send_to(options.as_bytes(), server.udp_addr())
+            .expect("send");
+    }
+    // Every answer comes at once; half a second of silence ends the count.
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let mut buf = vec![0u8; 65_536];
+    let mut answered = 0u32;
+    let mut workers = BTreeSet::new();
+    while let Ok((len, _)) = socket.recv_from(&mut buf) {
+        answered += 1;
+        workers.extend(answering_worker(&String::from_utf8_lossy(&buf[..len])));
+    }
+    // The bucket refills at 20 a second while the answers are counted.
+    let refill = (started.elapsed().as_secs_f64() * 20.0).ceil() as u32;
+    assert!(
+        (40..=40 + refill).contains(&answered),
+        "{answered} answers (refill {refill}), from {workers:?}"
+    );
+}

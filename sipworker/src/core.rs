@@ -31,7 +31,7 @@ pub(crate) use answer::reason_of;
 use answer::{draining, options, status_of};
 pub use claim::Claimer;
 #[cfg(target_os = "linux")]
-pub use claim::FailureCounts;
+pub use claim::SourceCounts;
 
 /// Methods this server handles itself or routes.
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, INFO, UPDATE, REFER, NOTIFY, PRACK, SUBSCRIBE";

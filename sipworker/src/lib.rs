@@ -86,8 +86,8 @@ pub async fn run(args: Args) -> Result<(), Error> {
     core.claims = claims(&args)?;
     #[cfg(target_os = "linux")]
     if let Some(c) = &core.claims {
-        let counts = crate::core::FailureCounts(c.table.clone());
-        core.guard.share_failures(Arc::new(counts));
+        let counts = crate::core::SourceCounts(c.table.clone());
+        core.guard.share(Arc::new(counts));
     }
 
     let (conn_tx, mut conn_rx) = mpsc::channel::<ConnEvent>(4096);

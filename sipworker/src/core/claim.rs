@@ -158,25 +158,37 @@ impl Claimer {
     fn release(&self, _key: &ServerKey) {}
 }
 
-/// Authentication failures per source address, counted in the table by every worker.
+/// Authentication failures and request rates per source address, kept in the table by
+/// every worker.
 #[cfg(target_os = "linux")]
 #[derive(Debug)]
-pub struct FailureCounts(pub std::sync::Arc<sipcraft_ipc::claims::Claims>);
+pub struct SourceCounts(pub std::sync::Arc<sipcraft_ipc::claims::Claims>);
 
 #[cfg(target_os = "linux")]
-impl FailureCounts {
+impl SourceCounts {
     fn key(&self, ip: std::net::IpAddr) -> sipcraft_ipc::claims::Key {
         self.0.key(&["auth-failures", &ip.to_string()])
     }
 }
 
 #[cfg(target_os = "linux")]
-impl crate::security::SharedCounts for FailureCounts {
+impl crate::security::SharedCounts for SourceCounts {
     fn add(&self, ip: std::net::IpAddr, window_s: u32) -> Option<u32> {
         self.0.count(self.key(ip), window_s)
     }
 
     fn forget(&self, ip: std::net::IpAddr) {
         self.0.forget(self.key(ip));
+    }
+
+    fn spend(
+        &self,
+        ip: std::net::IpAddr,
+        interval: std::time::Duration,
+        tolerance: std::time::Duration,
+    ) -> Option<bool> {
+        let key = self.0.key(&["rate", &ip.to_string()]);
+        let us = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.0.spend(key, us(interval), us(tolerance))
     }
 }

@@ -8,6 +8,7 @@ use sipcraft_config::{IpNet, Security};
 
 use super::event::{canonical_ip, log_safe_user, BanEvent, BanReason};
 use super::lru::Lru;
+use super::SharedCounts;
 
 /// Most expired entries dropped by one call, so no single packet pays for a big cleanup.
 const PURGE_PER_CALL: usize = 64;
@@ -47,15 +48,6 @@ pub struct BanList {
     bans: Lru<IpAddr, Ban>,
     /// The failure counts every worker adds to, when there is one.
     shared: Option<Arc<dyn SharedCounts>>,
-}
-
-/// Failure counts per source address that several workers add to.
-pub trait SharedCounts: Send + Sync + std::fmt::Debug {
-    /// Adds a failure from `ip`, in a window of `window_s` seconds from its first: the
-    /// count in the window, or `None` when it cannot be counted there (the caller counts).
-    fn add(&self, ip: IpAddr, window_s: u32) -> Option<u32>;
-    /// Drops `ip`'s count.
-    fn forget(&self, ip: IpAddr);
 }
 
 #[derive(Debug)]

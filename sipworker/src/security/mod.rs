@@ -18,9 +18,29 @@ use std::time::Instant;
 
 use sipcraft_config::Security;
 
-pub use ban::{BanInfo, BanList, SharedCounts};
+pub use ban::{BanInfo, BanList};
 pub use event::{auth_failure_line, log_safe_user, BanEvent, BanReason};
 pub use rate::{RateDecision, RateLimiter};
+
+/// Per-source figures that several workers keep together (the UDP workers that read one
+/// socket, each seeing part of one source's requests).
+pub trait SharedCounts: Send + Sync + std::fmt::Debug {
+    /// Adds a failed authentication from `ip`, in a window of `window_s` seconds from its
+    /// first: the count in the window, or `None` when it cannot be counted there (the
+    /// caller counts on its own).
+    fn add(&self, ip: std::net::IpAddr, window_s: u32) -> Option<u32>;
+    /// Drops `ip`'s failure count.
+    fn forget(&self, ip: std::net::IpAddr);
+    /// Spends one request of `ip` from its rate bucket (`interval` per request, up to
+    /// `tolerance` ahead): whether it is within the rate, or `None` when it cannot be
+    /// decided there (the caller decides on its own).
+    fn spend(
+        &self,
+        ip: std::net::IpAddr,
+        interval: std::time::Duration,
+        tolerance: std::time::Duration,
+    ) -> Option<bool>;
+}
 
 /// What to do with a request from a source, before looking at it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,9 +103,11 @@ impl Guard {
         self.bans.record_failure(ip, user, now)
     }
 
-    /// Counts authentication failures in `counts`, shared with other workers.
-    pub fn share_failures(&mut self, counts: std::sync::Arc<dyn SharedCounts>) {
-        self.bans.share(counts);
+    /// Counts authentication failures and spends request rates in `counts`, which other
+    /// workers share.
+    pub fn share(&mut self, counts: std::sync::Arc<dyn SharedCounts>) {
+        self.bans.share(counts.clone());
+        self.rate.share(counts);
     }
 
     /// The active bans, for `ctl status` / `ctl bans`.

@@ -1,12 +1,14 @@
 //! Requests per second per source IP: a token bucket, and a ban for sustained floods.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sipcraft_config::{IpNet, Security};
 
 use super::event::canonical_ip;
 use super::lru::Lru;
+use super::SharedCounts;
 
 /// Idle buckets dropped by one call, at most.
 const PURGE_PER_CALL: usize = 4;
@@ -55,6 +57,9 @@ pub struct RateLimiter {
     trusted: Vec<IpNet>,
     /// Buckets, least recently seen first.
     buckets: Lru<IpAddr, Bucket>,
+    /// The buckets every worker spends from, when there are; `buckets` then keeps only
+    /// this worker's view of a flood.
+    shared: Option<Arc<dyn SharedCounts>>,
 }
 
 #[derive(Debug)]
@@ -92,9 +97,15 @@ impl RateLimiter {
             sustain: Self::DEFAULT_SUSTAIN,
             trusted: Vec::new(),
             buckets: Lru::new(capacity),
+            shared: None,
         };
         limiter.reconfigure(security);
         limiter
+    }
+
+    /// Spends requests from `buckets`, which other workers spend from too.
+    pub fn share(&mut self, buckets: Arc<dyn SharedCounts>) {
+        self.shared = Some(buckets);
     }
 
     /// Sets how long a flood lasts before [`RateDecision::Ban`].
@@ -147,9 +158,17 @@ impl RateLimiter {
         {
             bucket.flood = None;
         }
-        if bucket.full_at.saturating_duration_since(now) <= tolerance {
-            let from = bucket.full_at.max(now);
-            bucket.full_at = from.checked_add(interval).unwrap_or(from);
+        let shared = self.shared.as_ref();
+        let within = match shared.and_then(|s| s.spend(ip, interval, tolerance)) {
+            Some(within) => within,
+            None if bucket.full_at.saturating_duration_since(now) <= tolerance => {
+                let from = bucket.full_at.max(now);
+                bucket.full_at = from.checked_add(interval).unwrap_or(from);
+                true
+            }
+            None => false,
+        };
+        if within {
             return RateDecision::Allow;
         }
         let flood = bucket.flood.get_or_insert(Flood {

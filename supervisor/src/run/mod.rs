@@ -176,8 +176,8 @@ fn claim_table(config: &Config) -> Result<Option<std::os::fd::OwnedFd>, Error> {
     if !shared {
         return Ok(None);
     }
-    use sipcraft_ipc::claims::{create, DEFAULT_COUNTERS, DEFAULT_SLOTS};
-    create(DEFAULT_SLOTS, DEFAULT_COUNTERS)
+    use sipcraft_ipc::claims::{create, DEFAULT_COUNTERS, DEFAULT_RATES, DEFAULT_SLOTS};
+    create(DEFAULT_SLOTS, DEFAULT_COUNTERS, DEFAULT_RATES)
         .map(Some)
         .map_err(Error::Claims)
 }

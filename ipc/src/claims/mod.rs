@@ -18,6 +18,10 @@
 //! failures configured, whichever workers read them). A counter word packs a 24-bit tag,
 //! a 20-bit count and the 20-bit second its window started.
 //!
+//! Last come the request-rate buckets per source address (GCRA: each word is a 24-bit tag
+//! and, in 40 bits, the microsecond at which the source's bucket is full again), so the
+//! per-source rate limit holds for a source whichever workers read its requests.
+//!
 //! The table is a routing hint, never the truth: a worker handed a request it does not hold
 //! takes it as new. A tag collision or a stale claim therefore costs one hand-off, never a
 //! request. A full bucket leaves a request unclaimed, handled where it landed, which is
@@ -37,7 +41,7 @@ use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
 /// Words per bucket: one 64-byte cache line.
 const BUCKET: usize = 8;
 /// Header words before the slots: magic, slot count, two hash seeds, the clock's origin,
-/// counter count.
+/// counter count, rate bucket count.
 const HEADER: usize = 8;
 const MAGIC: u64 = u64::from_le_bytes(*b"SIPCLAIM");
 /// Expiries are seconds on a 24-bit clock that wraps every 194 days; a claim is live while
@@ -49,6 +53,17 @@ const CLOCK_MASK: u64 = (1 << CLOCK_BITS) - 1;
 pub const DEFAULT_SLOTS: usize = 1 << 19;
 /// The counter count the supervisor makes: 128 KiB, some 10,000 addresses counted at once.
 pub const DEFAULT_COUNTERS: usize = 1 << 14;
+
+/// The rate bucket count the supervisor makes: 128 KiB, some 10,000 sources at once.
+pub const DEFAULT_RATES: usize = 1 << 14;
+
+/// Rate words: tag and the time the bucket is full again, 24 + 40 bits (µs, wraps every
+/// 12.7 days).
+const TAT_BITS: u32 = 40;
+const TAT_MASK: u64 = (1 << TAT_BITS) - 1;
+/// A bucket further ahead than this is a stale word from long ago (no bucket holds more
+/// than a few seconds of requests).
+const TAT_MAX_AHEAD_US: u64 = 3_600_000_000;
 
 /// Counter words: tag, count and start, 24 + 20 + 20 bits.
 const COUNT_BITS: u32 = 20;
@@ -71,12 +86,14 @@ pub enum Claim {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Key(u64);
 
-/// Makes the table: a memfd of `slots` claim words and `counters` counter words (each
-/// rounded up to a power of two of at least one bucket) after the header, with fresh
-/// random hash seeds. The supervisor keeps the descriptor and hands it to every UDP worker.
-pub fn create(slots: usize, counters: usize) -> io::Result<OwnedFd> {
+/// Makes the table: a memfd of `slots` claim words, `counters` counter words and `rates`
+/// rate words (each rounded up to a power of two of at least one bucket) after the header,
+/// with fresh random hash seeds. The supervisor keeps the descriptor and hands it to every
+/// UDP worker.
+pub fn create(slots: usize, counters: usize, rates: usize) -> io::Result<OwnedFd> {
     let slots = slots.max(BUCKET).next_power_of_two();
     let counters = counters.max(BUCKET).next_power_of_two();
+    let rates = rates.max(BUCKET).next_power_of_two();
     let fd = nix::sys::memfd::memfd_create(
         c"sipcraft-claims",
         nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
@@ -91,10 +108,11 @@ pub fn create(slots: usize, counters: usize) -> io::Result<OwnedFd> {
     header[3] = u64::from_ne_bytes(seeds[8..].try_into().unwrap_or_default());
     header[4] = monotonic_secs()?;
     header[5] = counters as u64;
+    header[6] = rates as u64;
     let mut file = File::from(fd);
     let bytes: Vec<u8> = header.iter().flat_map(|w| w.to_ne_bytes()).collect();
     file.write_all(&bytes)?;
-    file.set_len(((HEADER + slots + counters) * 8) as u64)?;
+    file.set_len(((HEADER + slots + counters + rates) * 8) as u64)?;
     Ok(OwnedFd::from(file))
 }
 
@@ -104,6 +122,7 @@ pub struct Claims {
     len: usize,
     slots: usize,
     counters: usize,
+    rates: usize,
     hasher: ahash::RandomState,
     origin: u64,
 }
@@ -151,21 +170,27 @@ impl Claims {
             len: size,
             slots: 0,
             counters: 0,
+            rates: 0,
             hasher: ahash::RandomState::with_seeds(0, 0, 0, 0),
             origin: 0,
         };
         let word = |i: usize| claims.word(i).load(Ordering::Acquire);
-        let (magic, slots, counters) = (word(0), word(1) as usize, word(5) as usize);
+        let (magic, slots) = (word(0), word(1) as usize);
+        let (counters, rates) = (word(5) as usize, word(6) as usize);
         if magic != MAGIC {
             return Err(bad("not a claim table"));
         }
-        let powers = slots.is_power_of_two() && counters.is_power_of_two();
-        if !powers || slots.checked_add(counters).map(|n| (HEADER + n) * 8) != Some(size) {
+        let powers = [slots, counters, rates].iter().all(|n| n.is_power_of_two());
+        let words = slots
+            .checked_add(counters)
+            .and_then(|n| n.checked_add(rates));
+        if !powers || words.map(|n| (HEADER + n) * 8) != Some(size) {
             return Err(bad("the claim table's header does not match its size"));
         }
         let (s0, s1, origin) = (word(2), word(3), word(4));
         claims.slots = slots;
         claims.counters = counters;
+        claims.rates = rates;
         claims.hasher = ahash::RandomState::with_seeds(s0, s1, s0 ^ 0x5bd1_e995, s1 ^ 0x9e37);
         claims.origin = origin;
         Ok(claims)
@@ -272,6 +297,76 @@ impl Claims {
         None
     }
 
+    /// Spends one request from the rate bucket of `key` (GCRA: one request costs
+    /// `interval_us`, and the bucket may run up to `tolerance_us` ahead of now): whether the
+    /// request is within the rate, or `None` when the key's bucket of words is full (the
+    /// caller then decides on its own).
+    pub fn spend(&self, key: Key, interval_us: u64, tolerance_us: u64) -> Option<bool> {
+        self.spend_at(key, interval_us, tolerance_us, self.now_us())
+    }
+
+    fn spend_at(&self, key: Key, interval_us: u64, tolerance_us: u64, now: u64) -> Option<bool> {
+        let tag = counter_tag(key);
+        let now = now & TAT_MASK;
+        // How far the bucket of `word` is ahead of now; 0 for one that is full again (or a
+        // word from long ago).
+        let ahead = |word: u64| {
+            let ahead = (word & TAT_MASK).wrapping_sub(now) & TAT_MASK;
+            if ahead <= TAT_MAX_AHEAD_US {
+                ahead
+            } else {
+                0
+            }
+        };
+        for _ in 0..4 {
+            let mut free = None;
+            let mut found = None;
+            for w in self.rate_bucket(key) {
+                let v = w.load(Ordering::Acquire);
+                if v != 0 && v >> TAT_BITS == tag {
+                    found = Some((w, v));
+                    break;
+                }
+                if (v == 0 || ahead(v) == 0) && free.is_none() {
+                    free = Some((w, v));
+                }
+            }
+            let (w, v, ahead) = match found {
+                Some((w, v)) => (w, v, ahead(v)),
+                None => {
+                    let (w, v) = free?;
+                    (w, v, 0)
+                }
+            };
+            if ahead > tolerance_us {
+                return Some(false);
+            }
+            let tat = (now + ahead + interval_us) & TAT_MASK;
+            let next = (tag << TAT_BITS) | tat;
+            if w.compare_exchange(v, next, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                return Some(true);
+            }
+        }
+        None
+    }
+
+    fn rate_bucket(&self, key: Key) -> impl Iterator<Item = &AtomicU64> {
+        let first = (key.0 as usize & (self.rates - 1)) & !(BUCKET - 1);
+        let base = HEADER + self.slots + self.counters;
+        (first..first + BUCKET).map(move |i| self.word(base + i))
+    }
+
+    /// Microseconds since the table was made.
+    fn now_us(&self) -> u64 {
+        let Ok(t) = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) else {
+            return 0;
+        };
+        let us = (t.tv_sec() as u64).saturating_mul(1_000_000) + t.tv_nsec() as u64 / 1_000;
+        us.wrapping_sub(self.origin.saturating_mul(1_000_000))
+    }
+
     fn counter_bucket(&self, key: Key) -> impl Iterator<Item = &AtomicU64> {
         let first = (key.0 as usize & (self.counters - 1)) & !(BUCKET - 1);
         let base = HEADER + self.slots;
@@ -371,152 +466,4 @@ fn monotonic_secs() -> io::Result<u64> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn table(slots: usize) -> (Claims, Claims) {
-        let fd = create(slots, 64).expect("memfd");
-        (
-            Claims::open(&fd).expect("map"),
-            Claims::open(&fd).expect("map"),
-        )
-    }
-
-    #[test]
-    fn a_claim_made_in_one_mapping_is_seen_in_another() {
-        let (a, b) = table(1024);
-        let key = a.key(&["192.0.2.1:5060", "z9hg4bk1"]);
-        assert_eq!(b.key(&["192.0.2.1:5060", "z9hg4bk1"]), key);
-        assert_eq!(a.claim(key, 0, 40), Claim::Mine);
-        assert_eq!(a.claim(key, 0, 40), Claim::Mine);
-        assert_eq!(b.claim(key, 1, 40), Claim::Held(0));
-        assert_eq!(b.holder(key), Some(0));
-        b.release(key, 1);
-        assert_eq!(b.holder(key), Some(0), "only the owner releases");
-        a.release(key, 0);
-        assert_eq!(b.holder(key), None);
-        assert_eq!(b.claim(key, 1, 40), Claim::Mine);
-        assert_eq!(a.holder(key), Some(1));
-    }
-
-    #[test]
-    fn keys_differ_by_branch_and_sent_by_and_not_by_how_parts_are_cut() {
-        let (a, _) = table(64);
-        let k = a.key(&["192.0.2.1:5060", "z9hg4bk1"]);
-        assert_ne!(k, a.key(&["192.0.2.1:5060", "z9hg4bk2"]));
-        assert_ne!(k, a.key(&["192.0.2.2:5060", "z9hg4bk1"]));
-        assert_ne!(k, a.key(&["192.0.2.1:5060z9hg4bk1"]));
-    }
-
-    #[test]
-    fn claims_expire_and_their_words_are_reused() {
-        let (a, _) = table(64);
-        let key = a.key(&["h", "z9hg4bk1"]);
-        assert_eq!(a.claim_at(key, 3, 10, 100), Claim::Mine);
-        assert_eq!(a.claim_at(key, 4, 10, 109), Claim::Held(3));
-        assert_eq!(a.claim_at(key, 4, 10, 110), Claim::Mine, "expired at 110");
-        assert_eq!(a.claim_at(key, 4, 10, 115), Claim::Mine, "renewed to 125");
-        assert_eq!(a.claim_at(key, 3, 10, 124), Claim::Held(4));
-        // Across the clock's wrap too.
-        let near = CLOCK_MASK - 2;
-        let other = a.key(&["h", "z9hg4bk2"]);
-        assert_eq!(a.claim_at(other, 1, 10, near), Claim::Mine);
-        assert_eq!(a.claim_at(other, 2, 10, 5), Claim::Held(1));
-        assert_eq!(a.claim_at(other, 2, 10, 8), Claim::Mine);
-    }
-
-    #[test]
-    fn a_full_bucket_leaves_new_keys_untracked() {
-        let (a, _) = table(8);
-        let keys: Vec<Key> = (0..BUCKET + 1)
-            .map(|i| a.key(&["h", &format!("z9hg4bk{i}")]))
-            .collect();
-        for &k in &keys[..BUCKET] {
-            assert_eq!(a.claim_at(k, 0, 10, 1), Claim::Mine);
-        }
-        assert_eq!(a.claim_at(keys[BUCKET], 1, 10, 1), Claim::Untracked);
-        a.release(keys[0], 0);
-        assert_eq!(a.claim_at(keys[BUCKET], 1, 10, 1), Claim::Mine);
-    }
-
-    #[test]
-    fn of_workers_racing_for_one_key_exactly_one_wins() {
-        let fd = create(1 << 10, 64).expect("memfd");
-        for round in 0..200 {
-            let results: Vec<Claim> = std::thread::scope(|s| {
-                let handles: Vec<_> = (0..4u8)
-                    .map(|me| {
-                        let claims = Claims::open(&fd).expect("map");
-                        s.spawn(move || {
-                            let key = claims.key(&["h", &format!("z9hg4bk{round}")]);
-                            claims.claim(key, me, 40)
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().expect("thread"))
-                    .collect()
-            });
-            let winners = results.iter().filter(|c| **c == Claim::Mine).count();
-            assert_eq!(winners, 1, "round {round}: {results:?}");
-            let owner = (0..4u8).find(|&me| results[me as usize] == Claim::Mine);
-            for (me, c) in results.iter().enumerate() {
-                if Some(me as u8) != owner {
-                    assert_eq!(*c, Claim::Held(owner.unwrap_or(255)));
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn counters_add_up_across_mappings_within_their_window() {
-        let (a, b) = table(64);
-        let ip = a.key(&["auth", "192.0.2.7"]);
-        let other = a.key(&["auth", "192.0.2.8"]);
-        assert_eq!(a.count_at(ip, 60, 1000), Some(1));
-        assert_eq!(b.count_at(ip, 60, 1010), Some(2));
-        assert_eq!(b.count_at(other, 60, 1010), Some(1));
-        assert_eq!(a.count_at(ip, 60, 1059), Some(3));
-        assert_eq!(a.count_at(ip, 60, 1060), Some(1), "a new window");
-        b.forget(ip);
-        assert_eq!(a.count_at(ip, 60, 1061), Some(1));
-        assert_eq!(
-            a.count_at(other, 60, 1061),
-            Some(2),
-            "the other key is kept"
-        );
-        // The claims beside them are untouched.
-        let call = a.key(&["h", "z9hg4bk1"]);
-        assert_eq!(a.claim(call, 2, 40), Claim::Mine);
-        assert_eq!(b.count(call, 60), Some(1));
-        assert_eq!(b.holder(call), Some(2));
-    }
-
-    #[test]
-    fn counting_from_many_threads_loses_no_event() {
-        let fd = create(64, 64).expect("memfd");
-        let total: usize = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..4)
-                .map(|_| {
-                    let c = Claims::open(&fd).expect("map");
-                    s.spawn(move || {
-                        let key = c.key(&["auth", "192.0.2.9"]);
-                        (0..500).filter(|_| c.count(key, 3600).is_some()).count()
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().expect("thread")).sum()
-        });
-        let c = Claims::open(&fd).expect("map");
-        let last = c.count(c.key(&["auth", "192.0.2.9"]), 3600);
-        assert_eq!(last, Some(total as u32 + 1));
-    }
-
-    #[test]
-    fn a_file_that_is_not_a_table_is_refused() {
-        let file = tempfile::tempfile().expect("temp file");
-        file.set_len(4096).expect("size");
-        assert!(Claims::open(&OwnedFd::from(file)).is_err());
-    }
-}
+mod tests;
