@@ -173,7 +173,8 @@ pub struct Listen {
     /// Address of this entry's socket (for UDP on Linux, one socket every worker reads;
     /// elsewhere one SO_REUSEPORT socket per worker); never port 0.
     pub address: SocketAddr,
-    /// Number of sipworker processes for this entry, 1..=256.
+    /// Number of sipworker processes for this entry, 1..=256 (and at most 255 UDP workers
+    /// over all entries).
     pub workers: usize,
     /// `tls` and `wss`: the certificate and key the workers serve (re-read on reload);
     /// `None` for the other transports.

@@ -152,6 +152,22 @@ fn bad_address_reads_well() {
 }
 
 #[test]
+fn more_than_255_udp_workers_in_all_are_refused() {
+    let two = MINIMAL.replace("workers = 1", "workers = 200")
+        + "\n[[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.2:5060\"\nworkers = 56\n";
+    let p = problems(&two);
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(
+        at(&p, "listen")
+            .message
+            .contains("256 UDP workers in all; at most 255"),
+        "{p:#?}"
+    );
+    let fits = two.replace("workers = 56", "workers = 55");
+    assert!(parse(&fits, origin()).is_ok());
+}
+
+#[test]
 fn duplicate_extension_names_both_lines() {
     let text = format!("{MINIMAL}\n[[extension]]\nnumber = \"1002\"\npassword = \"y\"\n\n[[extension]]\nnumber = \"1001\"\npassword = \"z\"\n");
     let p = problems(&text);

@@ -228,11 +228,9 @@ impl Core {
                 ResponseBuilder::new(req, 400, "Via branch must start with z9hG4bK").build()
             });
         };
-        if !handed {
-            if let Some(owner) = self.claimed_elsewhere(msg, &key, method, &from) {
-                self.hand_over(owner, msg, &from);
-                return Vec::new();
-            }
+        if let Some(owner) = self.claimed_elsewhere(msg, &key, method, &from, handed) {
+            self.hand_over(owner, msg, &from);
+            return Vec::new();
         }
         let reliability = if from.is_reliable() {
             Reliability::Reliable

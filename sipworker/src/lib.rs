@@ -101,11 +101,13 @@ pub async fn run(args: Args) -> Result<(), Error> {
             // network may), so the runtime need not watch for the socket being writable.
             let out = sender(&s).map_err(Error::Socket)?;
             #[cfg(target_os = "linux")]
-            if let Err(e) = transport::exclusive::make_exclusive(&s) {
-                tracing::warn!(
+            match transport::exclusive::make_exclusive(&s) {
+                Ok(()) => {}
+                Err(transport::exclusive::NotExclusive::Lost(e)) => return Err(Error::Socket(e)),
+                Err(e) => tracing::warn!(
                     error = %e,
                     "every datagram wakes every idle UDP worker (could not make the wake-up exclusive)"
-                );
+                ),
             }
             (Some(s), Some(out))
         }
@@ -223,6 +225,9 @@ pub async fn run(args: Args) -> Result<(), Error> {
             send(&core, udp_out.as_ref(), msg);
         }
     }
+    // Out of the shared socket's wait queue first: an exclusive waiter that no longer reads
+    // would take the wake-ups of the workers that do.
+    drop(udp);
     // What this worker published (a binding it answered 200 for) and its call records must
     // reach the hub before the process (and its bus writer task) is gone.
     if !link.outbox.flush(Duration::from_secs(1)).await {
@@ -261,7 +266,11 @@ fn sender(socket: &tokio::net::UdpSocket) -> std::io::Result<std::net::UdpSocket
     let owned = std::os::fd::AsFd::as_fd(socket).try_clone_to_owned()?;
     #[cfg(windows)]
     let owned = std::os::windows::io::AsSocket::as_socket(socket).try_clone_to_owned()?;
-    Ok(std::net::UdpSocket::from(owned))
+    let sender = std::net::UdpSocket::from(owned);
+    // Already so on Unix (one open file, shared); a duplicated Windows socket starts out
+    // blocking.
+    sender.set_nonblocking(true)?;
+    Ok(sender)
 }
 
 fn send(core: &Core, udp: Option<&std::net::UdpSocket>, msg: transport::Out) {
@@ -393,6 +402,7 @@ fn claims(args: &Args) -> Result<Option<crate::core::Claimer>, Error> {
     Ok(Some(crate::core::Claimer {
         table: Arc::new(table),
         me,
+        listen: args.listen.to_string(),
     }))
 }
 

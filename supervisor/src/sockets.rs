@@ -68,8 +68,12 @@ fn bind_one(transport: Transport, address: SocketAddr) -> io::Result<Socket> {
         socket.set_only_v6(true)?;
     }
     socket.set_reuse_address(true)?;
+    // A socket shared by all the workers needs no SO_REUSEPORT, and without it a second
+    // instance on the same port fails to bind instead of taking half the datagrams.
     #[cfg(unix)]
-    socket.set_reuse_port(true)?;
+    if !(SHARED_UDP && transport == Transport::Udp) {
+        socket.set_reuse_port(true)?;
+    }
     if transport == Transport::Udp {
         // Bursts of REGISTERs after a power cut must not overflow the receive queue.
         let _ = socket.set_recv_buffer_size(4 << 20);

@@ -20,6 +20,10 @@ use crate::problem::Collector;
 /// Largest `workers` value.
 pub const MAX_WORKERS: usize = 256;
 
+/// Most UDP workers in all: the UDP workers of an address share one socket, and the table
+/// that says which of them holds a transaction names a worker in one byte.
+pub const MAX_UDP_WORKERS: usize = 255;
+
 /// Longest `runtime_dir`, in bytes: Unix socket paths must fit in 108 bytes (`sun_path`), and
 /// socket names inside the directory need room too.
 pub const MAX_RUNTIME_DIR_BYTES: usize = 90;
@@ -364,6 +368,20 @@ fn listen(entries: &[ListenFile], base_dir: &Path, c: &mut Collector<'_>) -> Vec
             tls,
             allowed_origins,
         });
+    }
+    let udp: usize = out
+        .iter()
+        .filter(|l| l.transport == Transport::Udp)
+        .map(|l| l.workers)
+        .sum();
+    if udp > MAX_UDP_WORKERS {
+        c.at(
+            "listen",
+            format!(
+                "{udp} UDP workers in all; at most {MAX_UDP_WORKERS} (set `workers` on the udp \
+                 entries: one per CPU is the most that helps)"
+            ),
+        );
     }
     out
 }

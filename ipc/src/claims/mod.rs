@@ -61,9 +61,6 @@ pub const DEFAULT_RATES: usize = 1 << 14;
 /// 12.7 days).
 const TAT_BITS: u32 = 40;
 const TAT_MASK: u64 = (1 << TAT_BITS) - 1;
-/// A bucket further ahead than this is a stale word from long ago (no bucket holds more
-/// than a few seconds of requests).
-const TAT_MAX_AHEAD_US: u64 = 3_600_000_000;
 
 /// Counter words: tag, count and start, 24 + 20 + 20 bits.
 const COUNT_BITS: u32 = 20;
@@ -196,9 +193,9 @@ impl Claims {
         Ok(claims)
     }
 
-    /// The key of a server transaction from its parts (sent-by and branch, as the
-    /// transaction layer normalises them); the method is left out, so an INVITE, its ACK
-    /// and its CANCEL have one key.
+    /// A key from its parts, as every process computes it (for a server transaction: the
+    /// listen entry, sent-by and branch, without the method, so an INVITE, its ACK and its
+    /// CANCEL have one key).
     pub fn key(&self, parts: &[&str]) -> Key {
         use std::hash::{BuildHasher, Hasher};
         let mut h = self.hasher.build_hasher();
@@ -308,11 +305,12 @@ impl Claims {
     fn spend_at(&self, key: Key, interval_us: u64, tolerance_us: u64, now: u64) -> Option<bool> {
         let tag = counter_tag(key);
         let now = now & TAT_MASK;
-        // How far the bucket of `word` is ahead of now; 0 for one that is full again (or a
-        // word from long ago).
+        // How far the bucket of `word` is ahead of now; 0 for one that is full again. No
+        // bucket runs further ahead than the tolerance and one request: a word that seems
+        // to is from long ago, its 40-bit clock having wrapped since.
         let ahead = |word: u64| {
             let ahead = (word & TAT_MASK).wrapping_sub(now) & TAT_MASK;
-            if ahead <= TAT_MAX_AHEAD_US {
+            if ahead <= tolerance_us.saturating_add(interval_us) {
                 ahead
             } else {
                 0
@@ -381,7 +379,16 @@ impl Claims {
         for _ in 0..4 {
             let mut free = None;
             for w in self.bucket(key) {
-                let v = w.load(Ordering::Acquire);
+                let mut v = w.load(Ordering::Acquire);
+                if v != 0 && !live(v, now) {
+                    // Expired: cleared, so that it cannot read as live again once the
+                    // 24-bit clock has wrapped.
+                    if w.compare_exchange(v, 0, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_ok()
+                    {
+                        v = 0;
+                    }
+                }
                 if v != 0 && live(v, now) {
                     if v >> 32 == tag {
                         let owner = owner_of(v);

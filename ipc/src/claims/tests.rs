@@ -157,9 +157,13 @@ fn a_rate_bucket_is_shared_and_refills() {
     );
     assert_eq!(spend(&b, 1_100_000), Some(true), "100 ms later one more");
     assert_eq!(spend(&a, 1_100_000), Some(false));
-    // Long idle: a full bucket, whatever the old word says.
-    assert_eq!(spend(&a, 1_000_000 + 2 * TAT_MAX_AHEAD_US), Some(true));
-    assert_eq!(spend(&a, 1_000_000 + 2 * TAT_MAX_AHEAD_US), Some(true));
+    // Long idle: the bucket is full again.
+    assert_eq!(spend(&a, 60_000_000), Some(true));
+    // Idle for a whole turn of the 40-bit clock, where the old word would seem a minute
+    // ahead: too far ahead to be a bucket, so it is taken as full.
+    let turned = (1u64 << 40) + 200_000;
+    assert_eq!(spend(&a, turned), Some(true));
+    assert_eq!(spend(&a, turned), Some(true));
     let other = a.key(&["rate", "192.0.2.8"]);
     assert_eq!(a.spend_at(other, 100_000, 0, 5_000_000), Some(true));
     assert_eq!(a.spend_at(other, 100_000, 0, 5_000_000), Some(false));

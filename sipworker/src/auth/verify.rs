@@ -97,8 +97,8 @@ impl Verdict {
 /// A worker's digest authenticator: issues challenges and verifies credentials.
 ///
 /// One per worker. Nonces are stateless (see [`NonceKey`]); the only state is the bounded
-/// nonce-count cache, which is per worker on purpose (see the `replay` module: one phone
-/// stays on one worker).
+/// nonce-count cache, which is per worker (the `replay` module says why that holds when
+/// the UDP workers share a socket).
 ///
 /// # No user enumeration
 ///

@@ -23,10 +23,9 @@ use super::Core;
 use crate::transport::Target;
 
 /// How long a claim lasts when its transaction's end is not seen (a transaction removed
-/// without its last timer, or a worker that died): an INVITE may ring for Timer C's three
-/// minutes and then wait out Timer H; a non-INVITE transaction lives 64×T1 at most.
-#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-const INVITE_TTL_S: u32 = 240;
+/// without its last timer, or a worker that died): a non-INVITE transaction lives 64×T1 at
+/// most; an INVITE may ring for `[proxy] ring_timeout_s` and then wait out Timer H, so its
+/// claim lasts that long plus this.
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 const NON_INVITE_TTL_S: u32 = 40;
 /// How long a worker that changed a binding keeps that AOR's REGISTERs: far longer
@@ -40,27 +39,49 @@ pub struct Claimer {
     pub table: std::sync::Arc<sipcraft_ipc::claims::Claims>,
     /// This worker's number: `udp-N` is N.
     pub me: u8,
+    /// This worker's `[[listen]]` entry: keys are per entry, so a request is only ever
+    /// handed to a worker reading the same socket (its answer must leave from there).
+    pub listen: String,
 }
 
 impl Core {
-    /// For a UDP request that a worker sharing the socket holds the transaction of: that
-    /// worker's name. A request starting a transaction claims it for this worker.
+    /// For a UDP request that a worker sharing the socket holds: that worker's name. A
+    /// request starting a transaction claims it for this worker. A request another worker
+    /// handed over (`handed`) is claimed for this one when nobody holds it, and never
+    /// handed on.
     pub(super) fn claimed_elsewhere(
         &mut self,
         msg: &Message<'_>,
         key: &ServerKey,
         method: &str,
         from: &Target,
+        handed: bool,
     ) -> Option<String> {
         if from.transport != Transport::Udp || from.conn.is_some() {
             return None;
         }
         let claims = self.claims.as_ref()?;
+        let invite_ttl = self
+            .config
+            .proxy
+            .ring_timeout_s
+            .try_into()
+            .unwrap_or(u32::MAX)
+            .saturating_add(NON_INVITE_TTL_S);
+        if handed {
+            claims.take(key, method, invite_ttl);
+            return None;
+        }
+        // The transaction first: a retransmission belongs where its transaction is.
+        if let Some(owner) = claims.holder_elsewhere(key) {
+            return Some(format!("udp-{owner}"));
+        }
+        // Then the extension, for a new REGISTER; the worker it goes to claims it.
         let aor = (method == "REGISTER").then(|| aor_of(msg)).flatten();
-        let owner = match aor.and_then(|aor| claims.aor_elsewhere(&aor)) {
-            Some(owner) => owner,
-            None => claims.elsewhere(key, method)?,
-        };
+        if let Some(owner) = aor.and_then(|aor| claims.aor_elsewhere(&aor)) {
+            return Some(format!("udp-{owner}"));
+        }
+        let owner = claims.elsewhere(key, method, invite_ttl)?;
         Some(format!("udp-{owner}"))
     }
 
@@ -104,7 +125,11 @@ fn aor_of(msg: &Message<'_>) -> Option<String> {
 #[cfg(target_os = "linux")]
 impl Claimer {
     fn aor_key(&self, aor: &str) -> sipcraft_ipc::claims::Key {
-        self.table.key(&["aor", aor])
+        self.table.key(&["aor", &self.listen, aor])
+    }
+
+    fn txn_key(&self, key: &ServerKey) -> sipcraft_ipc::claims::Key {
+        self.table.key(&[&self.listen, key.sent_by(), key.branch()])
     }
 
     fn aor_elsewhere(&self, aor: &str) -> Option<u8> {
@@ -117,29 +142,36 @@ impl Claimer {
         self.table.claim(self.aor_key(aor), self.me, AOR_TTL_S);
     }
 
-    fn elsewhere(&self, key: &ServerKey, method: &str) -> Option<u8> {
+    fn holder_elsewhere(&self, key: &ServerKey) -> Option<u8> {
+        self.table
+            .holder(self.txn_key(key))
+            .filter(|&o| o != self.me)
+    }
+
+    /// Claims the transaction of a request that starts one (not an ACK or a CANCEL, which
+    /// belong to the INVITE with the same branch; an ACK for a 2xx has a branch of its own
+    /// and no claim, and is routed where it lands): the worker that already holds it, if
+    /// that is another one.
+    fn elsewhere(&self, key: &ServerKey, method: &str, invite_ttl: u32) -> Option<u8> {
         use sipcraft_ipc::claims::Claim;
-        let k = self.table.key(&[key.sent_by(), key.branch()]);
-        let owner = match method {
-            // These never start a transaction of their own worth claiming: they belong to
-            // the INVITE with the same branch (an ACK for a 2xx has a branch of its own and
-            // no claim, and is routed where it lands).
-            "ACK" | "CANCEL" => self.table.holder(k)?,
-            "INVITE" => match self.table.claim(k, self.me, INVITE_TTL_S) {
-                Claim::Held(owner) => owner,
-                Claim::Mine | Claim::Untracked => return None,
-            },
-            _ => match self.table.claim(k, self.me, NON_INVITE_TTL_S) {
-                Claim::Held(owner) => owner,
-                Claim::Mine | Claim::Untracked => return None,
-            },
+        let ttl = match method {
+            "ACK" | "CANCEL" => return None,
+            "INVITE" => invite_ttl,
+            _ => NON_INVITE_TTL_S,
         };
-        (owner != self.me).then_some(owner)
+        match self.table.claim(self.txn_key(key), self.me, ttl) {
+            Claim::Held(owner) if owner != self.me => Some(owner),
+            Claim::Held(_) | Claim::Mine | Claim::Untracked => None,
+        }
+    }
+
+    /// A handed-over request's transaction, claimed for this worker unless another holds it.
+    fn take(&self, key: &ServerKey, method: &str, invite_ttl: u32) {
+        let _ = self.elsewhere(key, method, invite_ttl);
     }
 
     fn release(&self, key: &ServerKey) {
-        let k = self.table.key(&[key.sent_by(), key.branch()]);
-        self.table.release(k, self.me);
+        self.table.release(self.txn_key(key), self.me);
     }
 }
 
@@ -151,9 +183,15 @@ impl Claimer {
 
     fn mark_aor(&self, _aor: &str) {}
 
-    fn elsewhere(&self, _key: &ServerKey, _method: &str) -> Option<u8> {
+    fn holder_elsewhere(&self, _key: &ServerKey) -> Option<u8> {
         None
     }
+
+    fn elsewhere(&self, _key: &ServerKey, _method: &str, _invite_ttl: u32) -> Option<u8> {
+        None
+    }
+
+    fn take(&self, _key: &ServerKey, _method: &str, _invite_ttl: u32) {}
 
     fn release(&self, _key: &ServerKey) {}
 }

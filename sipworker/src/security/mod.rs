@@ -3,10 +3,11 @@
 //!
 //! Pure code with no I/O: time comes in as a `std::time::Instant` (`now`), so tests use
 //! synthetic time. Every table is bounded, and nothing a packet can carry makes a call
-//! panic or do unbounded work. Bans and failure counts are per worker; a worker that starts
-//! a ban returns a [`BanEvent`] whose [`BanEvent::log_line`] is the stable line fail2ban
-//! filters match (see [`event`] for the contract), and which the caller shares with the
-//! other workers ([`BanList::apply`]).
+//! panic or do unbounded work. Failure counts and rate buckets are per worker, or kept with
+//! the other workers in shared memory when a [`SharedCounts`] is given (the UDP workers
+//! that read one socket). A worker that starts a ban returns a [`BanEvent`] whose
+//! [`BanEvent::log_line`] is the stable line fail2ban filters match (see [`event`] for the
+//! contract), and which the caller shares with the other workers ([`BanList::apply`]).
 
 mod ban;
 pub mod event;

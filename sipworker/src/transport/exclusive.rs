@@ -12,9 +12,10 @@
 //! has no way to ask, and the flag can only be given when a descriptor is added. So this
 //! module finds the runtime's epoll, reads the registration's token from
 //! `/proc/self/fdinfo`, and registers the socket again with the same token: readable,
-//! edge-triggered, exclusive, and without writable (every UDP send of this worker is a
-//! `try_send_to`, which never waits to be writable). Anything unexpected leaves the
-//! registration as tokio made it: the herd costs CPU, not correctness.
+//! edge-triggered, exclusive, and without writable (this worker sends through another
+//! descriptor of the socket, outside the runtime, and never waits to be writable).
+//! Anything unexpected leaves the registration as tokio made it: the herd costs CPU, not
+//! correctness.
 
 #![allow(unsafe_code)]
 
@@ -24,27 +25,53 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
 
+/// Why the registration could not be made exclusive.
+#[derive(Debug, thiserror::Error)]
+pub enum NotExclusive {
+    /// The socket is registered as tokio made it: it works, every idle worker wakes.
+    #[error("the registration is as tokio made it: {0}")]
+    Kept(#[source] io::Error),
+    /// The socket is in no epoll any more: this worker would never read again.
+    #[error("the socket is out of the runtime's epoll: {0}")]
+    Lost(#[source] io::Error),
+}
+
 /// Makes the runtime's epoll registration of `socket` exclusive and read-only. Call from
 /// within the runtime, after the socket was registered with it.
-pub fn make_exclusive(socket: &tokio::net::UdpSocket) -> io::Result<()> {
+pub fn make_exclusive(socket: &tokio::net::UdpSocket) -> Result<(), NotExclusive> {
     let target = socket.as_raw_fd();
-    let (epfd, token) = find_registration(target)?.ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::NotFound,
-            "no epoll of this process has the socket",
-        )
-    })?;
+    let (epfd, token) = find_registration(target)
+        .map_err(NotExclusive::Kept)?
+        .ok_or_else(|| {
+            NotExclusive::Kept(io::Error::new(
+                io::ErrorKind::NotFound,
+                "no epoll of this process has the socket",
+            ))
+        })?;
     // SAFETY: `epfd` is an open epoll descriptor of this process (it was just listed in
     // /proc/self/fd) that the runtime owns for the life of the process; ManuallyDrop keeps
     // this borrowed view from ever closing it.
     let epoll = ManuallyDrop::new(Epoll(unsafe { OwnedFd::from_raw_fd(epfd) }));
     let interest = EpollFlags::EPOLLIN | EpollFlags::EPOLLET | EpollFlags::EPOLLEXCLUSIVE;
-    epoll.delete(socket.as_fd()).map_err(io::Error::from)?;
+    epoll
+        .delete(socket.as_fd())
+        .map_err(|e| NotExclusive::Kept(e.into()))?;
     // Readiness already there when it is added again is reported at once (the kernel polls
     // the socket on insertion), so a datagram that came in between is not lost.
-    epoll
-        .add(socket.as_fd(), EpollEvent::new(interest, token))
-        .map_err(io::Error::from)
+    let added = epoll.add(socket.as_fd(), EpollEvent::new(interest, token));
+    if let Err(e) = added {
+        // Back as tokio had it (mio's interest for a socket read and written), or the
+        // worker would never hear of a datagram again.
+        let tokio = EpollFlags::EPOLLIN
+            | EpollFlags::EPOLLOUT
+            | EpollFlags::EPOLLRDHUP
+            | EpollFlags::EPOLLET;
+        epoll
+            .add(socket.as_fd(), EpollEvent::new(tokio, token))
+            .map_err(|again| NotExclusive::Lost(again.into()))?;
+        return Err(NotExclusive::Kept(e.into()));
+    }
+    Ok(())
 }
 
 /// The epoll descriptor of this process that watches `target`, and the token it reports.
