@@ -67,11 +67,14 @@ fn bind_one(transport: Transport, address: SocketAddr) -> io::Result<Socket> {
     if address.is_ipv6() {
         socket.set_only_v6(true)?;
     }
-    socket.set_reuse_address(true)?;
-    // A socket shared by all the workers needs no SO_REUSEPORT, and without it a second
-    // instance on the same port fails to bind instead of taking half the datagrams.
-    #[cfg(unix)]
-    if !(SHARED_UDP && transport == Transport::Udp) {
+    // A UDP socket shared by all the workers needs neither SO_REUSEADDR nor SO_REUSEPORT,
+    // and without them a second instance on the same port fails to bind instead of taking
+    // the datagrams (with SO_REUSEADDR on both, Linux lets the later one bind and gives it
+    // the unicast traffic).
+    let shared = SHARED_UDP && transport == Transport::Udp;
+    if !shared {
+        socket.set_reuse_address(true)?;
+        #[cfg(unix)]
         socket.set_reuse_port(true)?;
     }
     if transport == Transport::Udp {

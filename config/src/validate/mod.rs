@@ -379,7 +379,8 @@ fn listen(entries: &[ListenFile], base_dir: &Path, c: &mut Collector<'_>) -> Vec
             "listen",
             format!(
                 "{udp} UDP workers in all; at most {MAX_UDP_WORKERS} (set `workers` on the udp \
-                 entries: one per CPU is the most that helps)"
+                 entries, \"auto\" being one per CPU each: one per CPU in all is the most \
+                 that helps)"
             ),
         );
     }
@@ -402,12 +403,13 @@ fn line_note(c: &Collector<'_>, key: &str) -> String {
         .unwrap_or_default()
 }
 
-/// `workers = "auto"` is one per CPU (capped at [`MAX_WORKERS`]); absent means auto.
+/// `workers = "auto"` is one per CPU (capped at [`MAX_UDP_WORKERS`], so one UDP entry on
+/// auto always fits); absent means auto.
 fn workers(c: &mut Collector<'_>, key: &str, workers: Option<Workers>) -> usize {
     match workers {
         None | Some(Workers::Auto) => std::thread::available_parallelism()
             .map_or(1, std::num::NonZeroUsize::get)
-            .min(MAX_WORKERS),
+            .min(MAX_UDP_WORKERS),
         Some(Workers::Count(n)) => match usize::try_from(n) {
             Ok(n) if (1..=MAX_WORKERS).contains(&n) => n,
             _ => {

@@ -61,6 +61,8 @@ pub const DEFAULT_RATES: usize = 1 << 14;
 /// 12.7 days).
 const TAT_BITS: u32 = 40;
 const TAT_MASK: u64 = (1 << TAT_BITS) - 1;
+/// See `spend_at`.
+const STALE_MARGIN_US: u64 = 2_000_000;
 
 /// Counter words: tag, count and start, 24 + 20 + 20 bits.
 const COUNT_BITS: u32 = 20;
@@ -306,11 +308,16 @@ impl Claims {
         let tag = counter_tag(key);
         let now = now & TAT_MASK;
         // How far the bucket of `word` is ahead of now; 0 for one that is full again. No
-        // bucket runs further ahead than the tolerance and one request: a word that seems
-        // to is from long ago, its 40-bit clock having wrapped since.
+        // bucket runs further ahead than the tolerance and one request, give or take how
+        // late another worker's `now` was read and a reload that changed the tolerance
+        // (both well under the 2 s margin): a word that seems to is from long ago, its
+        // 40-bit clock having wrapped since.
+        let stale_after = tolerance_us
+            .saturating_add(interval_us)
+            .saturating_add(STALE_MARGIN_US);
         let ahead = |word: u64| {
             let ahead = (word & TAT_MASK).wrapping_sub(now) & TAT_MASK;
-            if ahead <= tolerance_us.saturating_add(interval_us) {
+            if ahead <= stale_after {
                 ahead
             } else {
                 0

@@ -160,7 +160,7 @@ fn a_rate_bucket_is_shared_and_refills() {
     // Long idle: the bucket is full again.
     assert_eq!(spend(&a, 60_000_000), Some(true));
     // Idle for a whole turn of the 40-bit clock, where the old word would seem a minute
-    // ahead: too far ahead to be a bucket, so it is taken as full.
+    // ahead: too far ahead to be a bucket (even with the margin), so it is taken as full.
     let turned = (1u64 << 40) + 200_000;
     assert_eq!(spend(&a, turned), Some(true));
     assert_eq!(spend(&a, turned), Some(true));

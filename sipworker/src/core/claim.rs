@@ -72,9 +72,12 @@ impl Core {
             claims.take(key, method, invite_ttl);
             return None;
         }
-        // The transaction first: a retransmission belongs where its transaction is.
-        if let Some(owner) = claims.holder_elsewhere(key) {
-            return Some(format!("udp-{owner}"));
+        // The transaction first: a retransmission belongs where its transaction is, here
+        // or elsewhere.
+        match claims.holder(key) {
+            Some(owner) if owner == claims.me => return None,
+            Some(owner) => return Some(format!("udp-{owner}")),
+            None => {}
         }
         // Then the extension, for a new REGISTER; the worker it goes to claims it.
         let aor = (method == "REGISTER").then(|| aor_of(msg)).flatten();
@@ -142,10 +145,8 @@ impl Claimer {
         self.table.claim(self.aor_key(aor), self.me, AOR_TTL_S);
     }
 
-    fn holder_elsewhere(&self, key: &ServerKey) -> Option<u8> {
-        self.table
-            .holder(self.txn_key(key))
-            .filter(|&o| o != self.me)
+    fn holder(&self, key: &ServerKey) -> Option<u8> {
+        self.table.holder(self.txn_key(key))
     }
 
     /// Claims the transaction of a request that starts one (not an ACK or a CANCEL, which
@@ -183,7 +184,7 @@ impl Claimer {
 
     fn mark_aor(&self, _aor: &str) {}
 
-    fn holder_elsewhere(&self, _key: &ServerKey) -> Option<u8> {
+    fn holder(&self, _key: &ServerKey) -> Option<u8> {
         None
     }
 
