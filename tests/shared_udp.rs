@@ -98,6 +98,19 @@ fn retransmissions_and_the_cancel_of_a_call_reach_the_worker_that_holds_it() {
             );
         }
     }
+    // Some requests of the call were read by the worker that does not hold it, and handed
+    // over by the claim table (each worker reports its count in `ctl status` once a
+    // second; without the table none would be).
+    common::wait_for("a request handed between the workers", WAIT, || {
+        let status = server.try_status()?;
+        let handed: u64 = status["children"]
+            .as_array()?
+            .iter()
+            .filter(|c| c["role"] == "worker")
+            .map(|c| c["health"]["handed_requests"].as_u64().unwrap_or(0))
+            .sum();
+        (handed > 0).then_some(())
+    });
     alice.cancel(&inv);
     bob.cancelled(&ringing);
     alice.cancel_done(&inv);

@@ -12,7 +12,7 @@ use sipcraft_config::{Config, Transport};
 use crate::state::{SnapshotPart, Update};
 
 /// Bumped on any incompatible change to the wire types.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// What a peer is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,6 +177,10 @@ pub struct Health {
     pub connections: u64,
     /// Messages received that could not be answered and were dropped.
     pub dropped: u64,
+    /// UDP requests this worker read and handed to the worker that holds their transaction
+    /// (a retransmission, ACK or CANCEL, or a REGISTER of an extension another worker has
+    /// just changed), by the UDP workers' claim table.
+    pub handed_requests: u64,
     /// A warning an operator must see (journal near its limit, database unreachable).
     pub alarm: Option<String>,
     /// Generation of this child's replica: equal to the supervisor's once it has caught up.

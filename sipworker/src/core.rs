@@ -45,6 +45,8 @@ pub struct Counters {
     pub rate_limited: u64,
     pub banned: u64,
     pub handed_off: u64,
+    /// Of those, requests the claim table sent to the worker holding them.
+    pub handed_requests: u64,
 }
 
 /// One worker's SIP state.
@@ -229,6 +231,7 @@ impl Core {
             });
         };
         if let Some(owner) = self.claimed_elsewhere(msg, &key, method, &from, handed) {
+            self.counters.handed_requests += 1;
             self.hand_over(owner, msg, &from);
             return Vec::new();
         }

@@ -180,6 +180,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
                     transactions: core.txns.len() as u64,
                     connections: open_conns.load(Ordering::Relaxed) as u64,
                     dropped: core.counters.dropped,
+                    handed_requests: core.counters.handed_requests,
                     alarm: layer.alarm(),
                     generation: core.replica.read().unwrap_or_else(|p| p.into_inner()).seq(),
                 };
