@@ -24,12 +24,22 @@ fn answering_worker(response: &str) -> Option<String> {
     Some(line[open + 1..].trim_end_matches(')').to_owned())
 }
 
+/// Sends OPTIONS number `n` of a series named `what` from `socket` to the server `to`.
+fn send_options(socket: &UdpSocket, to: std::net::SocketAddr, what: &str, n: usize) {
+    let local = socket.local_addr().expect("address");
+    let options = format!(
+        "OPTIONS sip:{to} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-{what}-{n};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:{what}@pbx.test>;tag={what}{n}\r\nTo: <sip:{to}>\r\n\
+         Call-ID: {what}-{n}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+    );
+    socket.send_to(options.as_bytes(), to).expect("send");
+}
+
 #[test]
 fn requests_from_one_phone_socket_are_read_by_every_udp_worker() {
     let server = Server::start(Setup::default());
     let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
     socket.set_read_timeout(Some(WAIT)).expect("timeout");
-    let local = socket.local_addr().expect("address");
     let mut seen = BTreeSet::new();
     let mut buf = vec![0u8; 65_536];
     // With one socket per worker the kernel would send every one of these to one worker.
@@ -38,15 +48,7 @@ fn requests_from_one_phone_socket_are_read_by_every_udp_worker() {
     for burst in 0..50 {
         for i in 0..8 {
             let n = burst * 8 + i;
-            let options = format!(
-                "OPTIONS sip:{to} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-probe-{n};rport\r\n\
-                 Max-Forwards: 70\r\nFrom: <sip:probe@pbx.test>;tag=p{n}\r\nTo: <sip:{to}>\r\n\
-                 Call-ID: probe-{n}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
-                to = server.udp_addr(),
-            );
-            socket
-                .send_to(options.as_bytes(), server.udp_addr())
-                .expect("send");
+            send_options(&socket, server.udp_addr(), "probe", n);
         }
         for _ in 0..8 {
             let (len, _) = socket.recv_from(&mut buf).expect("a response to OPTIONS");
@@ -181,18 +183,9 @@ fn a_flood_from_one_socket_gets_one_burst_across_the_workers() {
     };
     let server = Server::start(setup);
     let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    let local = socket.local_addr().expect("address");
     let started = std::time::Instant::now();
     for n in 0..200 {
-        let options = format!(
-            "OPTIONS sip:{to} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-flood-{n};rport\r\n\
-             Max-Forwards: 70\r\nFrom: <sip:flood@pbx.test>;tag=f{n}\r\nTo: <sip:{to}>\r\n\
-             Call-ID: flood-{n}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
-            to = server.udp_addr(),
-        );
-        socket
-            .send_to(options.as_bytes(), server.udp_addr())
-            .expect("send");
+        send_options(&socket, server.udp_addr(), "flood", n);
     }
     // Every answer comes at once; half a second of silence ends the count.
     socket

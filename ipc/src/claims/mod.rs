@@ -197,12 +197,13 @@ impl Claims {
 
     /// A key from its parts, as every process computes it (for a server transaction: the
     /// listen entry, sent-by and branch, without the method, so an INVITE, its ACK and its
-    /// CANCEL have one key).
-    pub fn key(&self, parts: &[&str]) -> Key {
+    /// CANCEL have one key). Parts are text (`&[&str]`) or bytes (`&[&[u8]]`, an address's
+    /// octets, so no text is made per request).
+    pub fn key<P: AsRef<[u8]>>(&self, parts: &[P]) -> Key {
         use std::hash::{BuildHasher, Hasher};
         let mut h = self.hasher.build_hasher();
         for part in parts {
-            h.write(part.as_bytes());
+            h.write(part.as_ref());
             h.write_u8(0xff);
         }
         Key(h.finish())

@@ -205,19 +205,23 @@ pub struct SourceCounts(pub std::sync::Arc<sipcraft_ipc::claims::Claims>);
 
 #[cfg(target_os = "linux")]
 impl SourceCounts {
-    fn key(&self, ip: std::net::IpAddr) -> sipcraft_ipc::claims::Key {
-        self.0.key(&["auth-failures", &ip.to_string()])
+    /// The key of `ip`'s figure named `what`, from the address's octets.
+    fn key(&self, what: &str, ip: std::net::IpAddr) -> sipcraft_ipc::claims::Key {
+        match ip {
+            std::net::IpAddr::V4(a) => self.0.key::<&[u8]>(&[what.as_bytes(), &a.octets()]),
+            std::net::IpAddr::V6(a) => self.0.key::<&[u8]>(&[what.as_bytes(), &a.octets()]),
+        }
     }
 }
 
 #[cfg(target_os = "linux")]
 impl crate::security::SharedCounts for SourceCounts {
     fn add(&self, ip: std::net::IpAddr, window_s: u32) -> Option<u32> {
-        self.0.count(self.key(ip), window_s)
+        self.0.count(self.key("auth-failures", ip), window_s)
     }
 
     fn forget(&self, ip: std::net::IpAddr) {
-        self.0.forget(self.key(ip));
+        self.0.forget(self.key("auth-failures", ip));
     }
 
     fn spend(
@@ -226,7 +230,7 @@ impl crate::security::SharedCounts for SourceCounts {
         interval: std::time::Duration,
         tolerance: std::time::Duration,
     ) -> Option<bool> {
-        let key = self.0.key(&["rate", &ip.to_string()]);
+        let key = self.key("rate", ip);
         let us = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         self.0.spend(key, us(interval), us(tolerance))
     }
