@@ -60,6 +60,21 @@ pub struct WorkerArgs {
     udp_fd: Option<i32>,
     #[arg(long)]
     claims_fd: Option<i32>,
+    #[arg(long)]
+    mailbox_fd: Option<i32>,
+    /// Another UDP worker sharing the socket and the descriptor posting to it: `udp-1=9`.
+    #[arg(long = "peer", value_parser = peer_link)]
+    peers: Vec<(String, i32)>,
+}
+
+fn peer_link(s: &str) -> Result<(String, i32), String> {
+    let (name, fd) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=DESCRIPTOR, got {s:?}"))?;
+    let fd = fd
+        .parse()
+        .map_err(|_| format!("descriptor {fd:?} is not a number"))?;
+    Ok((name.to_owned(), fd))
 }
 
 /// Logs to stderr. Under systemd (JOURNAL_STREAM set) journald adds its own timestamps.
@@ -132,6 +147,8 @@ pub fn run_worker(args: WorkerArgs) -> ExitCode {
         fd: args.fd,
         udp_fd: args.udp_fd,
         claims_fd: args.claims_fd,
+        mailbox_fd: args.mailbox_fd,
+        peers: args.peers,
     };
     match child_runtime().block_on(sipcraft_sipworker::run(worker).instrument(span)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -205,3 +205,98 @@ fn a_flood_from_one_socket_gets_one_burst_across_the_workers() {
         "{answered} answers (refill {refill}), from {workers:?}"
     );
 }
+
+/// Bytes waiting in the receive queue of the UDP socket bound to 127.0.0.1:`port`.
+fn udp_rx_queue(port: u16) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/udp").ok()?;
+    let local = format!("0100007F:{port:04X}");
+    table.lines().skip(1).find_map(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        if cols.get(1) != Some(&local.as_str()) {
+            return None;
+        }
+        let (_, rx) = cols.get(4)?.split_once(':')?;
+        u64::from_str_radix(rx, 16).ok()
+    })
+}
+
+/// Whether process `pid` is stopped (SIGSTOP).
+fn stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
+        .unwrap_or(false)
+}
+
+/// Stops processes with SIGSTOP and lets them go on again when dropped, even when the test
+/// fails halfway.
+struct Paused(Vec<u32>);
+
+impl Paused {
+    fn pause(&mut self, pid: u32) {
+        use nix::sys::signal::{kill, Signal};
+        kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGSTOP).expect("SIGSTOP");
+        self.0.push(pid);
+        common::wait_for("the process stopped", WAIT, || stopped(pid).then_some(()));
+    }
+
+    fn resume(&mut self, pid: u32) {
+        use nix::sys::signal::{kill, Signal};
+        kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGCONT).expect("SIGCONT");
+        self.0.retain(|&p| p != pid);
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        for pid in std::mem::take(&mut self.0) {
+            self.resume(pid);
+        }
+    }
+}
+
+/// A response read by the worker that does not hold its transaction goes straight to the
+/// one that does, through its mailbox: not through the supervisor. Here the supervisor is
+/// stopped the whole time, and so is the worker holding the call while the callee's 180
+/// arrives, so only the other worker can read it; the caller still gets its 180.
+#[test]
+fn a_response_read_by_the_other_worker_is_handed_over_without_the_supervisor() {
+    let server = Server::start(Setup::default());
+    let mut bob = Ua::udp("bob", server.udp_addr(), "1002");
+    assert_eq!(bob.register(3600).status(), Some(200), "{}", bob.dump());
+    server.wait_replicated();
+    let mut alice = Ua::udp("alice", server.udp_addr(), "1001");
+    let inv = alice.invite("1002");
+    let forwarded = bob.expect_request("INVITE");
+    let top_via = forwarded.values("Via").into_iter().next().expect("a Via");
+    let branch = common::ua::header_param(&top_via, "branch").expect("a branch");
+    // Our branch ids name the worker holding the client transaction: z9hG4bK.udp-1.2a
+    let holder = branch
+        .split('.')
+        .nth(1)
+        .expect("worker in the branch")
+        .to_owned();
+    let holder_pid = server.pid_of(&holder);
+
+    let mut paused = Paused(Vec::new());
+    paused.pause(server.supervisor_pid());
+    paused.pause(holder_pid);
+    bob.respond(&forwarded, 180, "Ringing", Some("ttbob"));
+    // The holder is stopped: once the 180 has left the socket's queue, the other worker
+    // read it.
+    common::wait_for("the 180 read by the other worker", WAIT, || {
+        (udp_rx_queue(server.udp_addr().port())? == 0).then_some(())
+    });
+    paused.resume(holder_pid);
+    let ringing = alice.expect_status(180, "INVITE");
+    assert_eq!(ringing.cseq(), (inv.cseq, "INVITE".to_owned()));
+    assert!(
+        stopped(server.supervisor_pid()),
+        "the supervisor ran meanwhile"
+    );
+    drop(paused);
+
+    alice.cancel(&inv);
+    bob.cancelled(&forwarded);
+    alice.cancel_done(&inv);
+}

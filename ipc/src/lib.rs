@@ -5,6 +5,7 @@
 //! - [`state`]: the replicated state and its reducer, the same code in every process.
 //! - [`bindings`]: the compact table every replica keeps its bindings in.
 //! - [`conn`]: framed connections over local sockets (Unix sockets, Windows named pipes).
+//! - [`mail`]: one handed-over SIP message per datagram, between UDP workers sharing a socket.
 //! - `claims` (Linux): which UDP worker holds a transaction, in memory the UDP workers share.
 
 #![deny(unsafe_code)]
@@ -15,6 +16,7 @@ pub mod child;
 pub mod claims;
 pub mod codec;
 pub mod conn;
+pub mod mail;
 pub mod state;
 pub mod wire;
 

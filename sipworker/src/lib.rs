@@ -44,6 +44,11 @@ pub struct Args {
     pub udp_fd: Option<i32>,
     /// The claim table of the UDP workers that share this worker's socket (Linux).
     pub claims_fd: Option<i32>,
+    /// This worker's mailbox, for a UDP worker that shares its socket (Linux).
+    pub mailbox_fd: Option<i32>,
+    /// The other workers sharing the socket, and the descriptor that posts to each one's
+    /// mailbox.
+    pub peers: Vec<(String, i32)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +63,8 @@ pub enum Error {
     Socket(#[source] std::io::Error),
     #[error("could not map the claim table")]
     Claims(#[source] std::io::Error),
+    #[error("could not take over the mail links to the other UDP workers")]
+    Mail(#[source] std::io::Error),
     #[error("could not load the TLS certificate")]
     Tls(#[from] transport::tls::TlsError),
 }
@@ -84,6 +91,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
     );
 
     core.claims = claims(&args)?;
+    let mut mailbox = mailbox(&args)?;
     #[cfg(target_os = "linux")]
     if let Some(c) = &core.claims {
         let counts = crate::core::SourceCounts(c.table.clone());
@@ -157,6 +165,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
                     Vec::new()
                 }
             },
+            mail = recv_mail(mailbox.as_mut()) => core.on_handoff(&mail.from, mail.handoff, Instant::now()),
             Some(ev) = conn_rx.recv() => match ev {
                 ConnEvent::Opened { id, tx, .. } => {
                     core.conns.insert(id, tx);
@@ -246,6 +255,20 @@ async fn recv(
         Some(s) => s.recv_from(buf).await,
         None => std::future::pending().await,
     }
+}
+
+/// The next mail from another UDP worker; never, without a mailbox.
+#[cfg(target_os = "linux")]
+async fn recv_mail(mailbox: Option<&mut transport::mail::Mailbox>) -> sipcraft_ipc::mail::Mail {
+    match mailbox {
+        Some(m) => m.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+async fn recv_mail(_mailbox: Option<&mut ()>) -> sipcraft_ipc::mail::Mail {
+    std::future::pending().await
 }
 
 /// How late a transaction or proxy timer may fire so that the deadlines of many
@@ -400,11 +423,27 @@ fn claims(args: &Args) -> Result<Option<crate::core::Claimer>, Error> {
         .ok_or_else(|| Error::Claims(std::io::Error::other("only udp-0 to udp-254 claim")))?;
     let owned = inherit::take_memory(fd).map_err(Error::Claims)?;
     let table = sipcraft_ipc::claims::Claims::open(&owned).map_err(Error::Claims)?;
+    let post = transport::mail::Post::open(&args.peers).map_err(Error::Mail)?;
     Ok(Some(crate::core::Claimer {
         table: Arc::new(table),
         me,
         listen: args.listen.to_string(),
+        post,
     }))
+}
+
+/// This worker's mailbox (see [`Args::mailbox_fd`]).
+#[cfg(target_os = "linux")]
+fn mailbox(args: &Args) -> Result<Option<transport::mail::Mailbox>, Error> {
+    args.mailbox_fd
+        .map(transport::mail::Mailbox::open)
+        .transpose()
+        .map_err(Error::Mail)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn mailbox(_args: &Args) -> Result<Option<()>, Error> {
+    Ok(None)
 }
 
 #[cfg(not(target_os = "linux"))]

@@ -47,6 +47,8 @@ pub enum Error {
     Signals(#[source] std::io::Error),
     #[error("could not make the UDP workers' claim table")]
     Claims(#[source] std::io::Error),
+    #[error("could not make the UDP workers' mail links")]
+    MailLinks(#[source] std::io::Error),
 }
 
 #[cfg(unix)]

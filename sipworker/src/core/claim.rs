@@ -42,6 +42,9 @@ pub struct Claimer {
     /// This worker's `[[listen]]` entry: keys are per entry, so a request is only ever
     /// handed to a worker reading the same socket (its answer must leave from there).
     pub listen: String,
+    /// Links to the mailboxes of the workers that share the socket.
+    #[cfg(target_os = "linux")]
+    pub post: crate::transport::mail::Post,
 }
 
 impl Core {
@@ -103,7 +106,8 @@ impl Core {
         }
     }
 
-    /// Sends `msg`, received from `from`, to worker `to`, which holds its transaction.
+    /// Sends `msg`, received from `from`, to worker `to`, which holds its transaction:
+    /// straight to its mailbox when it shares this worker's socket, else over the bus.
     pub(super) fn hand_over(&mut self, to: String, msg: &Message<'_>, from: &Target) {
         self.counters.handed_off += 1;
         let h = SipHandoff {
@@ -113,6 +117,12 @@ impl Core {
             outbound: false,
             bytes: msg.as_bytes().to_vec(),
         };
+        #[cfg(target_os = "linux")]
+        if let Some(c) = &self.claims {
+            if c.post.send(&self.name, &to, &h) {
+                return;
+            }
+        }
         self.outbox.send(FromChild::Send {
             to,
             msg: Direct::Sip(h),

@@ -4,6 +4,8 @@
 
 #[cfg(target_os = "linux")]
 pub mod exclusive;
+#[cfg(target_os = "linux")]
+pub mod mail;
 pub mod tcp;
 pub mod tls;
 pub mod ws;

@@ -22,9 +22,11 @@ use crate::Error;
 mod commands;
 mod signals;
 mod stop;
+mod udp_shared;
 
 use signals::{Sig, Signals};
 use stop::StopPlan;
+use udp_shared::UdpShared;
 
 /// A ready child that sends nothing for this long is hung and is killed.
 const HUNG_AFTER: Duration = Duration::from_secs(10);
@@ -66,8 +68,6 @@ pub async fn run_until(
         .iter()
         .map(crate::sockets::bind)
         .collect::<Result<Vec<_>, _>>()?;
-    #[cfg(target_os = "linux")]
-    let claims = claim_table(&config)?;
 
     let hub = Hub::new();
     // Stand-alone: the file is the source of extensions, and the supervisor already has it
@@ -105,6 +105,7 @@ pub async fn run_until(
     tokio::spawn(control::serve(control_listener, ctl_tx));
 
     let children = child_table(&config);
+    let udp = UdpShared::new(&config, &children)?;
     let signals = Signals::install().map_err(Error::Signals)?;
     let mut sup = Supervisor {
         config_path,
@@ -114,8 +115,7 @@ pub async fn run_until(
         bus_path,
         #[cfg(unix)]
         sockets,
-        #[cfg(target_os = "linux")]
-        claims,
+        udp,
         started: Instant::now(),
         notifier: Notifier::from_env(),
         ready_sent: false,
@@ -164,22 +164,6 @@ fn prepare_dir(path: &Path, private: bool) -> Result<(), Error> {
     #[cfg(not(unix))]
     let _ = private;
     Ok(())
-}
-
-/// The claim table, when some UDP workers share a socket.
-#[cfg(target_os = "linux")]
-fn claim_table(config: &Config) -> Result<Option<std::os::fd::OwnedFd>, Error> {
-    let shared = config
-        .listen
-        .iter()
-        .any(|l| l.transport == Transport::Udp && l.workers > 1);
-    if !shared {
-        return Ok(None);
-    }
-    use sipcraft_ipc::claims::{create, DEFAULT_COUNTERS, DEFAULT_RATES, DEFAULT_SLOTS};
-    create(DEFAULT_SLOTS, DEFAULT_COUNTERS, DEFAULT_RATES)
-        .map(Some)
-        .map_err(Error::Claims)
 }
 
 /// The dbagent first, then the workers: `udp-0`, `udp-1`, `tcp-0`, numbered per transport.
@@ -240,9 +224,9 @@ struct Supervisor {
     bus_path: PathBuf,
     #[cfg(unix)]
     sockets: Vec<Vec<socket2::Socket>>,
-    /// The claim table of the UDP workers that share a socket (`sipcraft_ipc::claims`).
-    #[cfg(target_os = "linux")]
-    claims: Option<std::os::fd::OwnedFd>,
+    /// The claim table and mail links of the UDP workers that share a socket.
+    #[cfg_attr(not(unix), allow(dead_code))]
+    udp: UdpShared,
     started: Instant,
     notifier: Notifier,
     ready_sent: bool,
@@ -336,7 +320,7 @@ impl Supervisor {
                     use std::os::fd::AsRawFd;
                     let mut fds = vec![self.sockets[listen][socket].as_raw_fd()];
                     fds.extend(self.shared_udp_fd(listen));
-                    fds.extend(self.claims_fd(listen));
+                    fds.extend(self.udp.for_child(&self.children, i).0);
                     fds
                 }
                 Kind::DbAgent => Vec::new(),
@@ -396,31 +380,9 @@ impl Supervisor {
             if let Some(fd) = self.shared_udp_fd(listen) {
                 args.extend(["--udp-fd".into(), fd.to_string().into()]);
             }
-            if let Some(fd) = self.claims_fd(listen) {
-                args.extend(["--claims-fd".into(), fd.to_string().into()]);
-            }
+            args.extend(self.udp.for_child(&self.children, i).1);
         }
         args
-    }
-
-    /// For a UDP worker that shares its socket: the claim table.
-    #[cfg(unix)]
-    fn claims_fd(&self, listen: usize) -> Option<std::os::fd::RawFd> {
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::fd::AsRawFd;
-            let entry = &self.config.listen[listen];
-            let shared = entry.transport == Transport::Udp && entry.workers > 1;
-            self.claims
-                .as_ref()
-                .filter(|_| shared)
-                .map(|fd| fd.as_raw_fd())
-        }
-        #[cfg(not(target_os = "linux"))]
-        {
-            let _ = listen;
-            None
-        }
     }
 
     /// For a TCP worker: a UDP listen socket to send to UDP phones from the server's port
