@@ -158,8 +158,9 @@ fn probing() -> Setup {
 }
 
 /// Fetches of 1001's bindings from `k` fresh source ports, sent back to back: their 200s.
-/// The kernel wakes one idle worker per datagram, so one fetch at a time would mostly be
-/// read by the same worker; a burst finds it busy and wakes the other.
+/// One fetch at a time would often be read by the same worker (the first to get a CPU,
+/// or the only one woken above `udp_wake_all_below`); a burst finds it busy and wakes the
+/// other.
 fn fetch_burst(server: &Server, k: usize) -> Vec<Response> {
     let mut probes: Vec<(Phone, String)> = (0..k)
         .map(|_| {

@@ -153,6 +153,7 @@ pub(crate) struct LimitsFile {
     pub tcp_idle_timeout_s: Option<u64>,
     pub max_transactions: Option<u64>,
     pub udp_linger_ms: Option<u64>,
+    pub udp_wake_all_below: Option<u64>,
 }
 
 /// `[proxy]`

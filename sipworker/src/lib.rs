@@ -108,15 +108,6 @@ pub async fn run(args: Args) -> Result<(), Error> {
             // a UDP send never waits (a full send buffer drops the datagram, as the
             // network may), so the runtime need not watch for the socket being writable.
             let out = sender(&s).map_err(Error::Socket)?;
-            #[cfg(target_os = "linux")]
-            match transport::exclusive::make_exclusive(&s) {
-                Ok(()) => {}
-                Err(transport::exclusive::NotExclusive::Lost(e)) => return Err(Error::Socket(e)),
-                Err(e) => tracing::warn!(
-                    error = %e,
-                    "every datagram wakes every idle UDP worker (could not make the wake-up exclusive)"
-                ),
-            }
             (Some(s), Some(out))
         }
         Socket::Tcp(listener) => {
@@ -135,6 +126,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
             (None, shared_udp(&args)?)
         }
     };
+    let mut wake = wake_up(&core, udp.as_ref().filter(|_| receives_udp))?;
     tracing::info!(transport = listen.transport.as_str(), address = %listen.address, "worker serving");
     link.outbox.send(FromChild::Ready);
 
@@ -159,7 +151,12 @@ pub async fn run(args: Args) -> Result<(), Error> {
         }
         let mut out = tokio::select! {
             r = recv(udp.as_ref().filter(|_| receives_udp), &mut buf) => match r {
-                Ok((n, peer)) => core.on_message(&buf[..n], Target::udp(peer), Instant::now()),
+                Ok((n, peer)) => {
+                    let now = Instant::now();
+                    let out = core.on_message(&buf[..n], Target::udp(peer), now);
+                    read_one(&mut wake, udp.as_ref(), now)?;
+                    out
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "udp receive failed");
                     Vec::new()
@@ -211,6 +208,10 @@ pub async fn run(args: Args) -> Result<(), Error> {
                     if let Some(l) = config.listen.get(args.listen) {
                         layer.reload(l);
                     }
+                    #[cfg(target_os = "linux")]
+                    if let Some(w) = &mut wake {
+                        w.reload(config.limits.udp_wake_all_below);
+                    }
                     core.reload(*config);
                     Vec::new()
                 }
@@ -255,6 +256,76 @@ async fn recv(
         Some(s) => s.recv_from(buf).await,
         None => std::future::pending().await,
     }
+}
+
+/// How a datagram on `udp`, the socket this worker reads, wakes the workers sharing it
+/// (`transport::exclusive`). A socket this worker reads alone is registered read-only: its
+/// sends wake nobody.
+#[cfg(target_os = "linux")]
+fn wake_up(
+    core: &Core,
+    udp: Option<&tokio::net::UdpSocket>,
+) -> Result<Option<transport::exclusive::Wake>, Error> {
+    use transport::exclusive::{NotExclusive, Registration, Wake};
+    let Some(socket) = udp else {
+        return Ok(None);
+    };
+    let taken = match &core.claims {
+        Some(c) => Wake::new(
+            socket,
+            c.table.clone(),
+            core.config.limits.udp_wake_all_below,
+        )
+        .map(Some),
+        None => Registration::take(socket, true).map(|_| None),
+    };
+    match taken {
+        Ok(wake) => Ok(wake),
+        Err(NotExclusive::Lost(e)) => Err(Error::Socket(e)),
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                "every datagram wakes every idle UDP worker (could not register the socket anew)"
+            );
+            Ok(None)
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn wake_up(_core: &Core, _udp: Option<&tokio::net::UdpSocket>) -> Result<Option<()>, Error> {
+    Ok(None)
+}
+
+/// This worker read a datagram from `udp` at `now`: the wake-up mode may change.
+#[cfg(target_os = "linux")]
+fn read_one(
+    wake: &mut Option<transport::exclusive::Wake>,
+    udp: Option<&tokio::net::UdpSocket>,
+    now: Instant,
+) -> Result<(), Error> {
+    use transport::exclusive::NotExclusive;
+    let (Some(w), Some(socket)) = (wake.as_mut(), udp) else {
+        return Ok(());
+    };
+    match w.read(socket, now) {
+        Ok(()) => Ok(()),
+        Err(NotExclusive::Lost(e)) => Err(Error::Socket(e)),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not change how datagrams wake the UDP workers");
+            *wake = None;
+            Ok(())
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn read_one(
+    _wake: &mut Option<()>,
+    _udp: Option<&tokio::net::UdpSocket>,
+    _now: Instant,
+) -> Result<(), Error> {
+    Ok(())
 }
 
 /// The next mail from another UDP worker; never, without a mailbox.

@@ -184,6 +184,13 @@ pub(super) fn limits(file: &LimitsFile, c: &mut Collector<'_>) -> Limits {
             d.udp_linger_ms,
             0..=32_000,
         ),
+        udp_wake_all_below: number(
+            c,
+            "limits.udp_wake_all_below",
+            file.udp_wake_all_below,
+            d.udp_wake_all_below,
+            0..=10_000_000,
+        ),
     }
 }
 

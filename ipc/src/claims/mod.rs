@@ -41,8 +41,10 @@ use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
 /// Words per bucket: one 64-byte cache line.
 const BUCKET: usize = 8;
 /// Header words before the slots: magic, slot count, two hash seeds, the clock's origin,
-/// counter count, rate bucket count.
+/// counter count, rate bucket count, and the datagrams the workers have read.
 const HEADER: usize = 8;
+/// The header word the workers add the datagrams they read to ([`Claims::tally`]).
+const TALLY: usize = 7;
 const MAGIC: u64 = u64::from_le_bytes(*b"SIPCLAIM");
 /// Expiries are seconds on a 24-bit clock that wraps every 194 days; a claim is live while
 /// its expiry is less than half a turn ahead.
@@ -422,6 +424,16 @@ impl Claims {
             }
         }
         Claim::Untracked
+    }
+
+    /// Adds `read` datagrams to the count of all the workers sharing the table; returns the
+    /// count since the table was made. Each worker adds what it read every so often (not
+    /// per datagram, which would bounce the word's cache line between the workers), so the
+    /// sum lags by that much.
+    pub fn tally(&self, read: u64) -> u64 {
+        self.word(TALLY)
+            .fetch_add(read, Ordering::Relaxed)
+            .wrapping_add(read)
     }
 
     fn bucket(&self, key: Key) -> impl Iterator<Item = &AtomicU64> {

@@ -175,3 +175,17 @@ fn a_file_that_is_not_a_table_is_refused() {
     file.set_len(4096).expect("size");
     assert!(Claims::open(&OwnedFd::from(file)).is_err());
 }
+
+#[test]
+fn the_tally_sums_what_every_mapping_adds() {
+    let (a, b) = table(64);
+    assert_eq!(a.tally(0), 0);
+    assert_eq!(a.tally(120), 120);
+    assert_eq!(b.tally(30), 150);
+    assert_eq!(a.tally(0), 150);
+    // The tally is a header word: it disturbs no claim.
+    let key = a.key(&["192.0.2.1:5060", "z9hg4bk1"]);
+    assert_eq!(a.claim(key, 0, 40), Claim::Mine);
+    assert_eq!(b.tally(1), 151);
+    assert_eq!(b.holder(key), Some(0));
+}

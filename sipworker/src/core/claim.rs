@@ -2,7 +2,8 @@
 //!
 //! Any worker may read the next datagram (see `sipcraft_ipc::claims`). A request that starts
 //! a server transaction claims its key; a retransmission, an ACK for a non-2xx response or
-//! a CANCEL finds the claim and goes over the bus to the worker that holds the transaction.
+//! a CANCEL finds the claim and goes to the worker that holds the transaction, posted to its
+//! mailbox (`transport::mail`; over the bus when the mailbox is full).
 //! A request handed over is not checked again: the receiver takes it as it is, so a stale
 //! claim costs one hand-off and never loops.
 //!
