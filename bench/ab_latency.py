@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
-"""REGISTER -> 200 response times of several servers side by side, alternating.
+"""Response times of several servers side by side, alternating.
 
 Usage: python3 bench/ab_latency.py kam target/release/sipcraft /tmp/other-build ...
+       KIND=call python3 bench/ab_latency.py kam /tmp/build@udp_wake_all_below=0 ...
 
-Every server given ("kam" for Kamailio with bench/kamailio.cfg, else a sipcraft binary) is
-started with the same N users (env N, default 100,000) and filled with one registration each;
-then R rounds (env R, default 3) of 12,000 REGISTERs at 1,000/s over the first 20,000 users
-run against one server after the other, the order rotating every round, each captured on
-loopback. Prints p50/p90/p99/max per round and pooled. This is how the p99 changes in
+Every server given ("kam" for Kamailio with bench/kamailio.cfg, else a sipcraft binary,
+optionally followed by @key=value,... for its `[limits]`) is started with the same N users
+(env N, default 100,000) and filled with one registration each; then R rounds (env R,
+default 3) run against one server after the other, the order rotating every round, each
+captured on loopback:
+  KIND=register (default): 12,000 REGISTERs at 1,000/s over the first 20,000 users;
+  KIND=call: 1,800 calls at 300/s (as `make bench`'s moderate step) to one callee SIPp
+             registered with each server; every pair of bench/capture.py is printed.
+Prints p50/p90/p99/max per round and pooled. This is how the p99 changes in
 bench/PROFILE.md were measured: the drift of a shared 2-vCPU machine hits every build alike.
 Loopback only, bounded (about 2 minutes per server at the defaults).
 """
@@ -24,6 +29,9 @@ from servers import Kamailio, Sipcraft, password  # noqa: E402
 
 RATE = 1000
 COUNT = 12000
+CALL_RATE = 300
+CALLS = 1800
+CALLEE = "999999"
 
 
 def main():
@@ -32,44 +40,77 @@ def main():
     if len(sys.argv) < 2:
         sys.exit(__doc__)
     work = tempfile.mkdtemp(prefix="ab-latency-")
+    kind = os.environ.get("KIND", "register")
     users = [str(100000 + i) for i in range(n)]
-    servers = []
+    servers, callees = [], []
     for i, what in enumerate(sys.argv[1:]):
         d = os.path.join(work, f"s{i}")
-        s = Kamailio(d, users) if what == "kam" else Sipcraft(os.path.abspath(what), d, users)
+        binary, _, settings = what.partition("@")
+        limits = [kv.replace("=", " = ", 1) for kv in settings.split(",") if kv]
+        s = Kamailio(d, users + [CALLEE]) if what == "kam" else \
+            Sipcraft(os.path.abspath(binary), d, users + [CALLEE], limits=limits)
         s.tag = what
         servers.append(s)
     try:
         for s in servers:
             s.start(timeout=300)
-        cred = lambda u: f"{u};[authentication username={u} password={password(u)}]"
+        auth = lambda u: f"[authentication username={u} password={password(u)}]"
+        cred = lambda u: f"{u};{auth(u)}"
         fill = sipp.write_inf(os.path.join(work, "all.inf"), [cred(u) for u in users])
         pool = sipp.write_inf(os.path.join(work, "pool.inf"), [cred(u) for u in users[:20000]])
+        calls = sipp.write_inf(os.path.join(work, "calls.inf"),
+                               [f"{u};{auth(u)};{CALLEE}" for u in users[:20000]])
+        if kind == "call":
+            callee_inf = sipp.write_inf(os.path.join(work, "callee.inf"), [cred(CALLEE)])
+            for s in servers:
+                callees.append(start_callee(work, s, callee_inf))
         for s in servers:
             f = sipp.Sipp(work, "fill", "register.xml", s.port, fill, rate=4000, count=n,
                           extra=["-recv_timeout", "4000"])
             f.start()
             f.wait(n / 4000 + 60)
         time.sleep(12)  # the fill's transactions expire (Timer J, 5 s)
-        pooled = {s.tag: [] for s in servers}
+        pooled = {}
         for r in range(rounds):
             k = r % len(servers)
             for s in servers[k:] + servers[:k]:
                 pcap = os.path.join(work, "c.pcap")
                 with capture.Capture(pcap, s.port):
-                    run = sipp.Sipp(work, "lat", "register.xml", s.port, pool, rate=RATE,
-                                    count=COUNT, extra=["-recv_timeout", "4000"])
+                    if kind == "call":
+                        run = sipp.Sipp(work, "lat", "call.xml", s.port, calls, rate=CALL_RATE,
+                                        count=CALLS, pause_ms=100, extra=["-recv_timeout", "4000"])
+                    else:
+                        run = sipp.Sipp(work, "lat", "register.xml", s.port, pool, rate=RATE,
+                                        count=COUNT, extra=["-recv_timeout", "4000"])
                     run.start()
                     run.wait(60)
-                vals = sorted(v for _, v in capture.response_times_us(pcap, s.port)["REGISTER -> 200"])
-                pooled[s.tag].extend(vals)
-                print(f"round {r} {s.tag}: {summary(vals)}", flush=True)
-        for tag, vals in pooled.items():
-            print(f"all {tag}: {summary(sorted(vals))}")
+                for pair, got in capture.response_times_us(pcap, s.port).items():
+                    vals = sorted(v for _, v in got)
+                    if not vals:
+                        continue
+                    pooled.setdefault((pair, s.tag), []).extend(vals)
+                    print(f"round {r} {s.tag} {pair}: {summary(vals)}", flush=True)
+        for (pair, tag), vals in sorted(pooled.items()):
+            print(f"all {pair} {tag}: {summary(sorted(vals))}")
     finally:
+        for c in callees:
+            c.kill()
         for s in servers:
             s.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def start_callee(work, server, inf):
+    """The callee SIPp, registered with `server` from the socket it answers calls on."""
+    c = sipp.Sipp(work, f"callee-{server.port}", "callee.xml", server.port, inf, transport="u1",
+                  ooc="answer.xml", count=1, extra=["-trace_logs", "-log_file", "logs.log"]).start()
+    deadline = time.monotonic() + 10
+    logf = os.path.join(c.dir, "logs.log")
+    while not (os.path.exists(logf) and "REGISTERED" in open(logf).read()):
+        if time.monotonic() > deadline or c.proc.poll() is not None:
+            raise RuntimeError(f"the callee did not register with {server.tag}; see {c.dir}")
+        time.sleep(0.1)
+    return c
 
 
 def summary(vals):

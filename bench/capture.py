@@ -5,7 +5,10 @@ Each figure is a pair of packets on the server's UDP port, matched by Call-ID an
   REGISTER -> 200         authorized REGISTER in, its 200 out (the server alone);
   INVITE -> 180           authorized INVITE in from the caller, the 180 out to the caller
                           (includes the callee SIPp answering);
-  INVITE in -> INVITE out authorized INVITE in, the INVITE forwarded to the callee."""
+  INVITE in -> INVITE out authorized INVITE in, the INVITE forwarded to the callee;
+  INVITE out -> 180 in    the forwarded INVITE out, the callee's 180 in (the callee SIPp);
+  180 in -> 180 out       the callee's 180 in, the 180 out to the caller (the server alone).
+The last three add up to the second."""
 import os
 import signal
 import struct
@@ -84,11 +87,11 @@ def _sip_fields(payload):
 
 
 def response_times_us(path, server_port):
-    """{'REGISTER -> 200': [...], 'INVITE -> 180': [...], 'INVITE in -> INVITE out': [...]}:
-    (arrival time s, microseconds) per transaction (the first packet of each kind)."""
-    reg_in, inv_in, out = {}, {}, {"REGISTER -> 200": [], "INVITE -> 180": [],
-                                   "INVITE in -> INVITE out": []}
-    inv_fwd_seen = set()
+    """{'REGISTER -> 200': [...], 'INVITE -> 180': [...], ...} (the pairs above): (arrival
+    time s, microseconds) per transaction (the first packet of each kind)."""
+    reg_in, inv_in, inv_out, ringing_in = {}, {}, {}, {}
+    out = {k: [] for k in ("REGISTER -> 200", "INVITE -> 180", "INVITE in -> INVITE out",
+                           "INVITE out -> 180 in", "180 in -> 180 out")}
     for t, sport, dport, payload in packets(path):
         first, callid, cseq = _sip_fields(payload)
         if not callid or not cseq:
@@ -98,15 +101,22 @@ def response_times_us(path, server_port):
                 reg_in.setdefault(callid, t)
             elif first.startswith("INVITE ") and cseq == "2 INVITE":
                 inv_in.setdefault(callid, t)
+            elif first.startswith("SIP/2.0 180") and cseq == "2 INVITE" and callid in inv_out \
+                    and callid not in ringing_in:
+                ringing_in[callid] = t
+                out["INVITE out -> 180 in"].append((t, (t - inv_out[callid]) * 1e6))
         elif sport == server_port:
             if first.startswith("SIP/2.0 200") and cseq == "2 REGISTER" and callid in reg_in:
                 t0 = reg_in.pop(callid)
                 out["REGISTER -> 200"].append((t0, (t - t0) * 1e6))
             elif first.startswith("INVITE ") and cseq == "2 INVITE" and callid in inv_in \
-                    and callid not in inv_fwd_seen:
-                inv_fwd_seen.add(callid)
+                    and callid not in inv_out:
+                inv_out[callid] = t
                 out["INVITE in -> INVITE out"].append((inv_in[callid], (t - inv_in[callid]) * 1e6))
             elif first.startswith("SIP/2.0 180") and cseq == "2 INVITE" and callid in inv_in:
                 t0 = inv_in.pop(callid)
                 out["INVITE -> 180"].append((t0, (t - t0) * 1e6))
+                if callid in ringing_in:
+                    t1 = ringing_in[callid]
+                    out["180 in -> 180 out"].append((t1, (t - t1) * 1e6))
     return out

@@ -143,7 +143,9 @@ def markdown(res):
         "BYE, 200), < 0.1 % failed", fmt(a), fmt(b), ratio(a, b), "higher")
     for kind, fig, label in (("register", "REGISTER -> 200", "REGISTER → 200"),
                              ("call", "INVITE -> 180", "INVITE → 180 (callee SIPp included)"),
-                             ("call", "INVITE in -> INVITE out", "INVITE in → INVITE forwarded")):
+                             ("call", "INVITE in -> INVITE out", "INVITE in → INVITE forwarded"),
+                             ("call", "INVITE out -> 180 in", "INVITE forwarded → callee's 180 in (callee SIPp)"),
+                             ("call", "180 in -> 180 out", "Callee's 180 in → 180 to the caller")):
         d = mod.get(kind, {})
         la = (d.get("sipcraft", {}).get("latency") or {}).get(fig)
         lb = (d.get("kamailio", {}).get("latency") or {}).get(fig)

@@ -51,8 +51,9 @@ class Sipcraft(Server):
     name = "sipcraft"
     label = "sipcraft"
 
-    def __init__(self, binary, workdir, users, udp_workers=2, database_url=None):
+    def __init__(self, binary, workdir, users, udp_workers=2, database_url=None, limits=()):
         self.binary = binary
+        self.limits = list(limits)  # extra `[limits]` lines, for A/B runs of a setting
         self.dir = os.path.join(workdir, "sipcraft")
         os.makedirs(self.dir, exist_ok=True)
         self.port = procs.free_port()
@@ -84,6 +85,7 @@ class Sipcraft(Server):
             "# every UDP request keeps its server transaction for Timer J (udp_linger_ms, 5 s):",
             "# at 20,000 registrations/s that is 200,000 live transactions (default 50,000 per worker)",
             "max_transactions = 2000000",
+            *self.limits,
             "",
         ]
         if database_url:
