@@ -12,6 +12,11 @@ pub const MAX_FRAME: usize = 4 * 1024 * 1024;
 /// Bytes of the length prefix.
 pub const HEADER_LEN: usize = 4;
 
+/// Buffer space a reader or writer keeps once it is empty again. A burst (a snapshot, a
+/// peer that read nothing for a while) can grow a buffer to megabytes; kept, that would be
+/// memory held for good after the burst has passed.
+pub const KEEP_CAPACITY: usize = 256 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
     #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
@@ -116,6 +121,7 @@ impl Decoder {
         self.start += end;
         if self.start == self.buf.len() {
             self.buf.clear();
+            self.buf.shrink_to(KEEP_CAPACITY);
             self.start = 0;
         }
         msg.map(Some)
@@ -221,5 +227,21 @@ mod tests {
         let mut dec = Decoder::new(MAX_FRAME);
         dec.push(&[2, 0, 0, 0, 0xff, 0xff]).unwrap();
         assert!(matches!(dec.take::<Probe>(), Err(CodecError::Decode(_))));
+    }
+
+    #[test]
+    fn a_decoder_hands_back_the_room_of_a_burst_once_it_is_taken() {
+        let mut wire = Vec::new();
+        let big = "x".repeat(4 * KEEP_CAPACITY);
+        encode_into(&big, &mut wire, MAX_FRAME).unwrap();
+        let mut dec = Decoder::new(MAX_FRAME);
+        dec.push(&wire).unwrap();
+        assert!(dec.buf.capacity() > KEEP_CAPACITY);
+        assert_eq!(dec.take::<String>().unwrap(), Some(big));
+        assert!(
+            dec.buf.capacity() <= KEEP_CAPACITY,
+            "{}",
+            dec.buf.capacity()
+        );
     }
 }

@@ -216,6 +216,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             .await
             .map_err(ConnError::Write);
         self.buf.clear();
+        self.buf.shrink_to(codec::KEEP_CAPACITY);
         result
     }
 
