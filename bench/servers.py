@@ -99,7 +99,8 @@ class Sipcraft(Server):
         log = open(os.path.join(self.dir, "sipcraft.log"), "ab")
         # RUST_LOG as well as log_level: builds before 5f05c01 ignored server.log_level
         # (RUST_LOG or "info"), and at info every call writes three "call record" log lines.
-        env = {**os.environ, "RUST_LOG": "warn"}
+        # SIPCRAFT_BENCH_LOG overrides it, to look into one run (a RUST_LOG filter).
+        env = {**os.environ, "RUST_LOG": os.environ.get("SIPCRAFT_BENCH_LOG", "warn")}
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(
             [self.binary, "run", "-c", self.config], env=env,
