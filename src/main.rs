@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 mod logging;
+mod pages;
 mod sched;
 
 #[global_allocator]
@@ -68,6 +69,7 @@ enum ConfigCommand {
 }
 
 fn main() -> ExitCode {
+    pages::small_pages();
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => cli::run_supervisor(&config),
