@@ -204,9 +204,11 @@ def markdown(res):
       "registration is one SIPp call of two REGISTER transactions.")
     w("- **Response times** come from a loopback capture (tcpdump, kernel timestamps in µs) "
       "of the server's port during two runs per server at the moderate rate, pooled; SIPp "
-      "itself times only in whole milliseconds. REGISTER → 200 and INVITE in → INVITE "
-      "forwarded are the server alone; INVITE → 180 (authorized INVITE in, 180 out to the "
-      "caller) also contains the callee SIPp's answer, the same for both servers.")
+      "itself times only in whole milliseconds. REGISTER → 200, INVITE in → INVITE "
+      "forwarded and the callee's 180 in → 180 to the caller are the server alone; INVITE → "
+      "180 (authorized INVITE in, 180 out to the caller) also contains the callee SIPp's "
+      "answer (INVITE forwarded → callee's 180 in): the same program for both servers, "
+      "slowed by whatever else wants its vCPU.")
     w("- **CPU** is utime + stime summed over every process of the server (sipcraft: "
       "supervisor, workers, dbagent; Kamailio: all its processes) from /proc, over the whole "
       "SIPp run, divided by the successful registrations or calls. The moderate-rate figure "
