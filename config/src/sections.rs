@@ -191,8 +191,8 @@ pub struct Limits {
     /// retransmitting, and 32 s of every REGISTER kept in memory caps a worker at about
     /// `max_transactions / 64` digest registrations per second.
     pub udp_linger_ms: u64,
-    /// For UDP workers sharing a socket (Linux): below this many datagrams a second (the
-    /// workers together) a datagram wakes every idle worker and the first to get a CPU
+    /// For UDP workers sharing a socket (Linux): below this many datagrams a second (all the
+    /// UDP workers that share sockets, together) a datagram wakes every idle worker and the first to get a CPU
     /// takes it, the lowest latency; above it, one idle worker, the least CPU. 0 always
     /// wakes one. The herd costs each idle worker a wake-up per datagram, about 1 % of a
     /// core per other worker at the default.

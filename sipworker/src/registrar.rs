@@ -29,8 +29,7 @@ pub struct Registrar {
     auth: DigestAuth,
     realm: String,
     registrar: sipcraft_config::Registrar,
-    /// Whether the last [`Registrar::register`] changed the bindings urgently (see
-    /// [`Registrar::changed`]).
+    /// Whether the last [`Registrar::register`] changed a binding.
     changed: std::cell::Cell<bool>,
 }
 
@@ -188,10 +187,7 @@ impl Registrar {
         b.build()
     }
 
-    /// Whether the last REGISTER answered changed the bindings in a way the other workers
-    /// must see at once: a binding added or removed, or one renewed close to its expiry. A
-    /// renewal of a binding good for a while yet travels lazily and is not counted: a
-    /// worker still routing by the old expiry routes the same.
+    /// Whether the last REGISTER answered changed a binding (added, refreshed, removed).
     pub fn changed(&self) -> bool {
         self.changed.get()
     }
@@ -328,7 +324,8 @@ impl Registrar {
         }
         // Renewals first: the outbox keeps order, so the urgent changes after them take
         // them along.
-        self.changed.set(!updates.is_empty());
+        self.changed
+            .set(!renewals.is_empty() || !updates.is_empty());
         let published = renewals.into_iter().all(|u| outbox.publish_lazy(u))
             & updates.into_iter().all(|u| outbox.publish(u));
         if !published {
