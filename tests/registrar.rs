@@ -202,6 +202,60 @@ fn seen_elsewhere(server: &Server, mine: &str, home: &str) -> Option<(String, u6
     })
 }
 
+/// A phone that refreshes and at once unregisters stays unregistered, whichever workers
+/// read the two. The refresh's change travels lazily (up to 50 ms after its 200); had the
+/// removal reached the other workers first, the refresh would have brought the binding
+/// back until it expired. The refresh marks the extension for its worker and the removal
+/// follows the mark, so that worker's outbox keeps the two in order.
+#[test]
+fn a_removal_right_after_a_refresh_stays_removed() {
+    let server = Server::start(probing());
+    let mut phones: Vec<Phone> = (0..8)
+        .map(|_| Phone::udp(server.udp_addr(), "1001", "pw1001"))
+        .collect();
+    for p in &mut phones {
+        let contact = p.contact();
+        let r = p.register(&format!("{contact}Expires: 600\r\n"), Some("MD5"));
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    // The additions marked 1001 for the worker that made them; once fetches are answered by
+    // both workers, the mark is gone and the refreshes below land where they may.
+    wait_for(
+        "fetches answered by both workers",
+        Duration::from_secs(15),
+        || {
+            let workers: std::collections::BTreeSet<String> = fetch_burst(&server, 8)
+                .iter()
+                .map(Response::worker)
+                .collect();
+            (workers.len() == 2).then_some(())
+        },
+    );
+    for p in &mut phones {
+        let contact = p.contact();
+        let refresh = p.register(&format!("{contact}Expires: 600\r\n"), Some("MD5"));
+        assert_eq!(refresh.status, 200, "{}", refresh.text);
+        let gone = p.register(&format!("{contact}Expires: 0\r\n"), Some("MD5"));
+        assert_eq!(gone.status, 200, "{}", gone.text);
+        let mine = p.local.to_string();
+        // Six times the lazy delay: the binding must not come back meanwhile.
+        let until = std::time::Instant::now() + Duration::from_millis(300);
+        while std::time::Instant::now() < until {
+            for r in fetch_burst(&server, 2) {
+                assert!(
+                    !r.text.contains(&mine),
+                    "{mine} is bound again after its removal (answered by {}):\n{}\n\
+                     refresh answered by {}, removal by {}",
+                    r.worker(),
+                    r.text,
+                    refresh.worker(),
+                    gone.worker()
+                );
+            }
+        }
+    }
+}
+
 /// A refresh that only moves an expiry travels lazily (issue 7), but it must arrive: the
 /// other worker answers a fetch with the refreshed expiry.
 #[test]

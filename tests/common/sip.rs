@@ -104,7 +104,10 @@ impl Phone {
     /// A REGISTER with the given extra headers (Contact, Expires, Authorization ...).
     pub fn register_text(&mut self, extra: &str) -> String {
         self.cseq += 1;
-        self.branch_seq += 1;
+        // Unique in the whole test run, as RFC 3261 wants a branch to be: a later phone on a
+        // reused port must not meet the claim table's entry of an earlier one's transaction.
+        static BRANCHES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        self.branch_seq = BRANCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         format!(
             "REGISTER sip:{domain} SIP/2.0\r\n\
              Via: SIP/2.0/{tp} {local};branch=z9hG4bK-{port}-{b};rport\r\n\
