@@ -63,7 +63,8 @@ def main():
         if kind == "call":
             callee_inf = sipp.write_inf(os.path.join(work, "callee.inf"), [cred(CALLEE)])
             for s in servers:
-                callees.append(start_callee(work, s, callee_inf))
+                callees.append(sipp.start_callee(work, f"callee-{s.port}", s.port, callee_inf,
+                                                 s.tag))
         for s in servers:
             f = sipp.Sipp(work, "fill", "register.xml", s.port, fill, rate=4000, count=n,
                           extra=["-recv_timeout", "4000"])
@@ -98,19 +99,6 @@ def main():
         for s in servers:
             s.stop()
         shutil.rmtree(work, ignore_errors=True)
-
-
-def start_callee(work, server, inf):
-    """The callee SIPp, registered with `server` from the socket it answers calls on."""
-    c = sipp.Sipp(work, f"callee-{server.port}", "callee.xml", server.port, inf, transport="u1",
-                  ooc="answer.xml", count=1, extra=["-trace_logs", "-log_file", "logs.log"]).start()
-    deadline = time.monotonic() + 10
-    logf = os.path.join(c.dir, "logs.log")
-    while not (os.path.exists(logf) and "REGISTERED" in open(logf).read()):
-        if time.monotonic() > deadline or c.proc.poll() is not None:
-            raise RuntimeError(f"the callee did not register with {server.tag}; see {c.dir}")
-        time.sleep(0.1)
-    return c
 
 
 def summary(vals):

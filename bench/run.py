@@ -325,16 +325,8 @@ class Bench:
 
     def start_callees(self):
         for srv in self.servers:
-            c = sipp.Sipp(self.work, f"callee-{srv.name}", "callee.xml", srv.port,
-                          self.inf["callee"], transport="u1", ooc="answer.xml", count=1,
-                          extra=["-trace_logs", "-log_file", "logs.log"]).start()
-            self.callees[srv.name] = c
-            deadline = time.monotonic() + 10
-            logf = os.path.join(c.dir, "logs.log")
-            while not (os.path.exists(logf) and "REGISTERED" in open(logf).read()):
-                if time.monotonic() > deadline or c.proc.poll() is not None:
-                    raise RuntimeError(f"the callee did not register with {srv.label}; see {c.dir}")
-                time.sleep(0.1)
+            self.callees[srv.name] = sipp.start_callee(
+                self.work, f"callee-{srv.name}", srv.port, self.inf["callee"], srv.label)
             log(f"callee {CALLEE} registered with {srv.label}")
 
     def stop_callees(self):

@@ -157,6 +157,20 @@ def _epoch(field):
 _HEAD = re.compile(r"^-{20,} (\d{4}-\d\d-\d\d) (\d\d):(\d\d):(\d\d\.\d+)$")
 
 
+def start_callee(workdir, label, port, inf, server_label):
+    """The callee SIPp (callee.xml, answer.xml out of call), registered with the server on
+    `port` from the socket it answers calls on; waits for the registration (10 s at most)."""
+    c = Sipp(workdir, label, "callee.xml", port, inf, transport="u1", ooc="answer.xml",
+             count=1, extra=["-trace_logs", "-log_file", "logs.log"]).start()
+    deadline = time.monotonic() + 10
+    logf = os.path.join(c.dir, "logs.log")
+    while not (os.path.exists(logf) and "REGISTERED" in open(logf).read()):
+        if time.monotonic() > deadline or c.proc.poll() is not None:
+            raise RuntimeError(f"the callee did not register with {server_label}; see {c.dir}")
+        time.sleep(0.1)
+    return c
+
+
 def trace_messages(path):
     """Yields (seconds of day, 'sent'|'received', first line, call-id, cseq) per message."""
     with open(path, errors="replace") as f:

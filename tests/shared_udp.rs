@@ -68,16 +68,22 @@ fn requests_from_one_phone_socket_are_read_by_every_udp_worker() {
     );
 }
 
-#[test]
-fn retransmissions_and_the_cancel_of_a_call_reach_the_worker_that_holds_it() {
-    let server = Server::start(Setup::default());
+/// Bob (1002) registered and known to every worker; alice (1001) calling him, her INVITE
+/// challenged and sent again with credentials (the 407's ACK must reach the worker holding
+/// the challenge, or the 407 would come again).
+fn alice_calls_bob(server: &Server) -> (Ua, Ua, common::ua::Invite) {
     let mut bob = Ua::udp("bob", server.udp_addr(), "1002");
     assert_eq!(bob.register(3600).status(), Some(200), "{}", bob.dump());
     server.wait_replicated();
     let mut alice = Ua::udp("alice", server.udp_addr(), "1001");
-    // The INVITE is challenged and the 407 ACKed: that ACK must reach the worker holding
-    // the challenge, or the 407 would come again below.
     let inv = alice.invite("1002");
+    (alice, bob, inv)
+}
+
+#[test]
+fn retransmissions_and_the_cancel_of_a_call_reach_the_worker_that_holds_it() {
+    let server = Server::start(Setup::default());
+    let (mut alice, mut bob, inv) = alice_calls_bob(&server);
     let ringing = bob.ringing();
     alice.expect_status(180, "INVITE");
     // Each copy of the INVITE, whichever worker reads it, is answered by the transaction
@@ -314,11 +320,7 @@ impl Drop for Paused {
 #[test]
 fn a_response_read_by_the_other_worker_is_handed_over_without_the_supervisor() {
     let server = Server::start(Setup::default());
-    let mut bob = Ua::udp("bob", server.udp_addr(), "1002");
-    assert_eq!(bob.register(3600).status(), Some(200), "{}", bob.dump());
-    server.wait_replicated();
-    let mut alice = Ua::udp("alice", server.udp_addr(), "1001");
-    let inv = alice.invite("1002");
+    let (mut alice, mut bob, inv) = alice_calls_bob(&server);
     let forwarded = bob.expect_request("INVITE");
     let top_via = forwarded.values("Via").into_iter().next().expect("a Via");
     let branch = common::ua::header_param(&top_via, "branch").expect("a branch");

@@ -141,6 +141,9 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let mut armed: Option<Instant> = None;
     let stop = child::stop_signal();
     tokio::pin!(stop);
+    // Why the loop ended, when it ended on an error: returned after the last flush, so what
+    // this worker answered is still published.
+    let mut failed = None;
     loop {
         let deadline = core.next_deadline().map(|d| tick_after(epoch, d));
         if deadline != armed {
@@ -154,7 +157,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
                 Ok((n, peer)) => {
                     let now = Instant::now();
                     let out = core.on_message(&buf[..n], Target::udp(peer), now);
-                    read_one(&mut wake, udp.as_ref(), now)?;
+                    failed = read_one(&mut wake, udp.as_ref(), now).err();
                     out
                 }
                 Err(e) => {
@@ -235,6 +238,9 @@ pub async fn run(args: Args) -> Result<(), Error> {
         for msg in out {
             send(&core, udp_out.as_ref(), msg);
         }
+        if failed.is_some() {
+            break;
+        }
     }
     // Out of the shared socket's wait queue first: an exclusive waiter that no longer reads
     // would take the wake-ups of the workers that do.
@@ -243,6 +249,9 @@ pub async fn run(args: Args) -> Result<(), Error> {
     // reach the hub before the process (and its bus writer task) is gone.
     if !link.outbox.flush(Duration::from_secs(1)).await {
         tracing::warn!("could not hand the last messages to the bus before exiting");
+    }
+    if let Some(e) = failed {
+        return Err(e);
     }
     tracing::info!("worker stopped");
     Ok(())

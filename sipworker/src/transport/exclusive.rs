@@ -291,78 +291,66 @@ mod tests {
     const EXCLUSIVE: u32 = EpollFlags::EPOLLEXCLUSIVE.bits() as u32;
     const OUT: u32 = EpollFlags::EPOLLOUT.bits() as u32;
 
-    #[test]
-    fn a_registered_socket_switches_between_exclusive_and_not_and_still_receives() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            assert_ne!(events_of(&socket) & OUT, 0, "tokio's own registration");
-            let mut reg = Registration::take(&socket, true).expect("exclusive");
-            let events = events_of(&socket);
-            assert_eq!(events & (EXCLUSIVE | OUT), EXCLUSIVE, "{events:x}");
-            still_receives(&socket).await;
-            reg.set(&socket, false).expect("not exclusive");
-            let events = events_of(&socket);
-            assert_eq!(events & (EXCLUSIVE | OUT), 0, "{events:x}");
-            still_receives(&socket).await;
-            reg.set(&socket, true).expect("exclusive again");
-            assert_ne!(events_of(&socket) & EXCLUSIVE, 0);
-            still_receives(&socket).await;
-        });
+    #[tokio::test]
+    async fn a_registered_socket_switches_between_exclusive_and_not_and_still_receives() {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        assert_ne!(events_of(&socket) & OUT, 0, "tokio's own registration");
+        let mut reg = Registration::take(&socket, true).expect("exclusive");
+        let events = events_of(&socket);
+        assert_eq!(events & (EXCLUSIVE | OUT), EXCLUSIVE, "{events:x}");
+        still_receives(&socket).await;
+        reg.set(&socket, false).expect("not exclusive");
+        let events = events_of(&socket);
+        assert_eq!(events & (EXCLUSIVE | OUT), 0, "{events:x}");
+        still_receives(&socket).await;
+        reg.set(&socket, true).expect("exclusive again");
+        assert_ne!(events_of(&socket) & EXCLUSIVE, 0);
+        still_receives(&socket).await;
     }
 
-    #[test]
-    fn the_rate_of_all_the_workers_chooses_the_wake_up() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            let fd = sipcraft_ipc::claims::create(64, 64, 64).expect("memfd");
-            let mine = std::sync::Arc::new(sipcraft_ipc::claims::Claims::open(&fd).expect("map"));
-            let other = sipcraft_ipc::claims::Claims::open(&fd).expect("map");
-            let ms = std::time::Duration::from_millis;
-            let mut wake = Wake::new(&socket, mine, 1_000).expect("wake");
-            assert_eq!(
-                events_of(&socket) & EXCLUSIVE,
-                0,
-                "a worker starts waking all"
-            );
-            let t0 = std::time::Instant::now();
-            // 100 datagrams here and 400 read by the other worker in a quarter of a second
-            // (counted from `Wake::new`, a little before `t0`): 2,000 a second in all, far
-            // above 1,000 however slow the start was.
-            for _ in 0..99 {
-                wake.read(&socket, t0 + ms(1)).expect("read");
-            }
-            assert_eq!(
-                events_of(&socket) & EXCLUSIVE,
-                0,
-                "not before the window ends"
-            );
-            other.tally(400);
-            wake.read(&socket, t0 + ms(250)).expect("read");
-            assert_ne!(
-                events_of(&socket) & EXCLUSIVE,
-                0,
-                "2,000/s wakes one worker"
-            );
-            // 800 a second is above three quarters of the line: still one.
-            other.tally(199);
-            wake.read(&socket, t0 + ms(500)).expect("read");
-            assert_ne!(events_of(&socket) & EXCLUSIVE, 0, "800/s keeps waking one");
-            // A quiet second: every idle worker again.
-            wake.read(&socket, t0 + ms(1_500)).expect("read");
-            assert_eq!(events_of(&socket) & EXCLUSIVE, 0, "1/s wakes every worker");
-            still_receives(&socket).await;
-        });
+    #[tokio::test]
+    async fn the_rate_of_all_the_workers_chooses_the_wake_up() {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let fd = sipcraft_ipc::claims::create(64, 64, 64).expect("memfd");
+        let mine = std::sync::Arc::new(sipcraft_ipc::claims::Claims::open(&fd).expect("map"));
+        let other = sipcraft_ipc::claims::Claims::open(&fd).expect("map");
+        let ms = std::time::Duration::from_millis;
+        let mut wake = Wake::new(&socket, mine, 1_000).expect("wake");
+        assert_eq!(
+            events_of(&socket) & EXCLUSIVE,
+            0,
+            "a worker starts waking all"
+        );
+        let t0 = std::time::Instant::now();
+        // 100 datagrams here and 400 read by the other worker in a quarter of a second
+        // (counted from `Wake::new`, a little before `t0`): 2,000 a second in all, far
+        // above 1,000 however slow the start was.
+        for _ in 0..99 {
+            wake.read(&socket, t0 + ms(1)).expect("read");
+        }
+        assert_eq!(
+            events_of(&socket) & EXCLUSIVE,
+            0,
+            "not before the window ends"
+        );
+        other.tally(400);
+        wake.read(&socket, t0 + ms(250)).expect("read");
+        assert_ne!(
+            events_of(&socket) & EXCLUSIVE,
+            0,
+            "2,000/s wakes one worker"
+        );
+        // 800 a second is above three quarters of the line: still one.
+        other.tally(199);
+        wake.read(&socket, t0 + ms(500)).expect("read");
+        assert_ne!(events_of(&socket) & EXCLUSIVE, 0, "800/s keeps waking one");
+        // A quiet second: every idle worker again.
+        wake.read(&socket, t0 + ms(1_500)).expect("read");
+        assert_eq!(events_of(&socket) & EXCLUSIVE, 0, "1/s wakes every worker");
+        still_receives(&socket).await;
     }
 }
