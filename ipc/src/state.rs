@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 use sipcraft_config::{Extension, Transport};
 
 pub use crate::bindings::{BindingRef, BindingTable};
+pub use crate::tombs::Tomb;
+use crate::tombs::{Tombs, TOMB_MS};
 
 /// One registered contact of an extension (RFC 3261 §10).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,13 +56,18 @@ pub enum Update {
     ExtensionUpserted(Extension),
     ExtensionDeleted(String),
     BindingUpserted(Binding),
+    /// A binding removed by REGISTER `call_id` / `cseq` (see [`crate::tombs`]).
     BindingRemoved {
         aor: String,
         key: String,
+        call_id: String,
+        cseq: u32,
     },
-    /// Every binding of an AOR removed (`Contact: *`, or the extension was deleted).
+    /// Every binding of an AOR removed by REGISTER `call_id` / `cseq` (`Contact: *`).
     BindingsCleared {
         aor: String,
+        call_id: String,
+        cseq: u32,
     },
     /// A source banned by one worker, so every worker ignores it (a flood reaches every
     /// worker reading the shared UDP socket, or every worker of a reuseport group).
@@ -83,6 +90,7 @@ pub enum SnapshotPart {
     Extensions(Vec<Extension>),
     Bindings(Vec<Binding>),
     Bans(Vec<Ban>),
+    Tombs(Vec<Tomb>),
 }
 
 /// Items per snapshot part.
@@ -96,6 +104,7 @@ pub struct Replica {
     extensions: ExtensionTable,
     bindings: BindingTable,
     bans: HashMap<IpAddr, Ban>,
+    tombs: Tombs,
 }
 
 /// Extensions by number, the number kept once (in the extension itself, not again as a key:
@@ -208,9 +217,29 @@ impl Replica {
                 self.extensions.remove(number);
                 self.bindings.clear_aor(number);
             }
-            Update::BindingUpserted(binding) => self.bindings.upsert(binding),
-            Update::BindingRemoved { aor, key } => self.bindings.remove(aor, key),
-            Update::BindingsCleared { aor } => self.bindings.clear_aor(aor),
+            Update::BindingUpserted(b) => {
+                // An upsert from a REGISTER older than a removal that reached the hub first
+                // (or than the binding it would replace) is ignored: see `crate::tombs`.
+                if !self
+                    .tombs
+                    .buries(&b.aor, &b.key, &b.call_id, b.cseq, now_ms())
+                {
+                    self.bindings.upsert(b);
+                }
+            }
+            Update::BindingRemoved {
+                aor,
+                key,
+                call_id,
+                cseq,
+            } => {
+                self.bindings.remove(aor, key);
+                self.bury(aor, Some(key), call_id, *cseq);
+            }
+            Update::BindingsCleared { aor, call_id, cseq } => {
+                self.bindings.clear_aor(aor);
+                self.bury(aor, None, call_id, *cseq);
+            }
             Update::SourceBanned(ban) => {
                 let longer = self
                     .bans
@@ -221,6 +250,25 @@ impl Replica {
                 }
             }
         }
+    }
+
+    fn bury(&mut self, aor: &str, key: Option<&str>, call_id: &str, cseq: u32) {
+        let now = now_ms();
+        let tomb = Tomb {
+            aor: aor.to_owned(),
+            key: key.map(str::to_owned),
+            call_id: call_id.to_owned(),
+            cseq,
+            until_ms: now + TOMB_MS,
+        };
+        self.tombs.lay(tomb, now);
+    }
+
+    /// Whether REGISTER `call_id` / `cseq` is older than a recent removal of binding `key`
+    /// of `aor` (or of all its bindings): the registrar answers it as out of order, as it
+    /// would were the binding still there.
+    pub fn removed_later(&self, aor: &str, key: &str, call_id: &str, cseq: u32) -> bool {
+        self.tombs.buries(aor, key, call_id, cseq, now_ms())
     }
 
     pub fn extension(&self, number: &str) -> Option<&Extension> {
@@ -277,6 +325,7 @@ impl Replica {
     /// own; it changes nothing another process could observe, since lookups ignore them.
     pub fn purge_expired(&mut self, now_ms: u64) -> usize {
         self.bans.retain(|_, b| b.until_ms > now_ms);
+        self.tombs.prune(now_ms);
         self.bindings.purge_expired(now_ms)
     }
 
@@ -289,6 +338,7 @@ impl Replica {
         if !self.bans.is_empty() {
             parts.push(SnapshotPart::Bans(self.bans.values().cloned().collect()));
         }
+        parts.extend(chunked(self.tombs.iter().cloned()).map(SnapshotPart::Tombs));
         parts
     }
 
@@ -322,8 +372,22 @@ impl Replica {
                     self.reduce(&Update::SourceBanned(b.clone()));
                 }
             }
+            SnapshotPart::Tombs(list) => {
+                let now = now_ms();
+                for t in list {
+                    self.tombs.lay(t.clone(), now);
+                }
+            }
         }
     }
+}
+
+/// Milliseconds since the Unix epoch: the clock bindings, bans and tombstones expire by, in
+/// every process.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// `items` in vectors of [`SNAPSHOT_CHUNK`], without collecting them all first.
@@ -396,8 +460,91 @@ mod tests {
         r.apply_local(&Update::BindingRemoved {
             aor: "1001".into(),
             key: "a".into(),
+            call_id: "c1".into(),
+            cseq: 2,
         });
         assert_eq!(r.binding_count(), 0);
+    }
+
+    fn removal(key: &str, call_id: &str, cseq: u32) -> Update {
+        Update::BindingRemoved {
+            aor: "1001".into(),
+            key: key.into(),
+            call_id: call_id.into(),
+            cseq,
+        }
+    }
+
+    fn upsert(key: &str, call_id: &str, cseq: u32) -> Update {
+        let mut b = binding("1001", key, u64::MAX);
+        b.call_id = call_id.into();
+        b.cseq = cseq;
+        Update::BindingUpserted(b)
+    }
+
+    /// The race of a lazily published refresh: a phone's refresh (CSeq 2) is read by one
+    /// worker, its de-REGISTER (CSeq 3) by the other, and the hub numbers the removal first.
+    /// Every replica, whichever order it applies them in, ends without the binding.
+    #[test]
+    fn a_phone_s_changes_apply_in_its_cseq_order_whatever_order_they_arrive_in() {
+        let published = [
+            upsert("a", "c1", 1),
+            removal("a", "c1", 3),
+            upsert("a", "c1", 2),
+        ];
+        let mut r = Replica::new();
+        for (seq, u) in published.iter().enumerate() {
+            r.apply(seq as u64 + 1, u).unwrap();
+        }
+        assert_eq!(
+            r.binding_count(),
+            0,
+            "the late refresh brought the binding back"
+        );
+        assert!(r.removed_later("1001", "a", "c1", 2));
+        assert!(!r.removed_later("1001", "a", "c1", 4));
+        // A worker that applied its own refresh first meets the removal, then the refresh's
+        // numbered copy: the same end.
+        let mut w = Replica::new();
+        w.apply_local(&published[0]);
+        w.apply_local(&published[2]);
+        for (seq, u) in published.iter().enumerate() {
+            w.apply(seq as u64 + 1, u).unwrap();
+        }
+        assert_eq!(w.binding_count(), 0);
+        // The phone registers again later in its Call-ID, or afresh with another one.
+        r.apply_local(&upsert("a", "c1", 4));
+        assert_eq!(r.binding_count(), 1);
+        r.apply_local(&removal("a", "c1", 5));
+        r.apply_local(&upsert("a", "rebooted", 1));
+        assert_eq!(
+            r.bindings("1001", 0).map(|b| b.cseq).collect::<Vec<_>>(),
+            vec![1]
+        );
+    }
+
+    #[test]
+    fn refreshes_apply_in_cseq_order_and_a_wildcard_removal_buries_every_key() {
+        let mut r = Replica::new();
+        r.apply_local(&upsert("a", "c1", 3));
+        r.apply_local(&upsert("a", "c1", 2));
+        assert_eq!(
+            r.bindings("1001", 0).map(|b| b.cseq).collect::<Vec<_>>(),
+            vec![3]
+        );
+        r.apply_local(&Update::BindingsCleared {
+            aor: "1001".into(),
+            call_id: "c1".into(),
+            cseq: 4,
+        });
+        r.apply_local(&upsert("b", "c1", 4));
+        assert_eq!(r.binding_count(), 0);
+        // Tombstones travel in snapshots: a replica resynced meanwhile orders alike.
+        let mut copy = Replica::from_snapshot(9, &r.snapshot());
+        copy.apply_local(&upsert("a", "c1", 3));
+        assert_eq!(copy.binding_count(), 0);
+        copy.apply_local(&upsert("a", "c1", 5));
+        assert_eq!(copy.binding_count(), 1);
     }
 
     #[test]

@@ -430,12 +430,7 @@ fn send(core: &Core, udp: Option<&std::net::UdpSocket>, msg: transport::Out) {
     }
 }
 
-/// Milliseconds since the Unix epoch: the clock bindings expire by.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use sipcraft_ipc::state::now_ms;
 
 /// The listen socket: inherited from the supervisor on Unix, bound here on Windows.
 #[cfg(unix)]

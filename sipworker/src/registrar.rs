@@ -29,7 +29,8 @@ pub struct Registrar {
     auth: DigestAuth,
     realm: String,
     registrar: sipcraft_config::Registrar,
-    /// Whether the last [`Registrar::register`] changed a binding.
+    /// Whether the last [`Registrar::register`] changed the bindings urgently (see
+    /// [`Registrar::changed`]).
     changed: std::cell::Cell<bool>,
 }
 
@@ -187,7 +188,12 @@ impl Registrar {
         b.build()
     }
 
-    /// Whether the last REGISTER answered changed a binding (added, refreshed, removed).
+    /// Whether the last REGISTER answered changed the bindings in a way the other workers
+    /// must see at once: a binding added or removed, or one renewed close to its expiry. A
+    /// renewal of a binding good for a while yet travels lazily and is not counted: a
+    /// worker still routing by the old expiry routes the same, and should the phone's next
+    /// REGISTER (a removal, say) be read and published by another worker first, every
+    /// replica still applies the two in the phone's order (`sipcraft_ipc::tombs`).
     pub fn changed(&self) -> bool {
         self.changed.get()
     }
@@ -233,13 +239,27 @@ impl Registrar {
                         return ResponseBuilder::new(msg, 500, "Out of order CSeq").build();
                     }
                 }
-                updates.push(Update::BindingsCleared { aor: aor.clone() });
+                updates.push(Update::BindingsCleared {
+                    aor: aor.clone(),
+                    call_id: call_id.to_owned(),
+                    cseq: cseq.seq,
+                });
             }
             Contacts::List(list) => {
-                let existing: Vec<Binding> = read(replica)
-                    .bindings(&aor, now_ms)
-                    .map(Binding::from)
-                    .collect();
+                let (existing, removed_later) = {
+                    let r = read(replica);
+                    let existing: Vec<Binding> =
+                        r.bindings(&aor, now_ms).map(Binding::from).collect();
+                    // Keys this very REGISTER is older than a removal of (the replica would
+                    // ignore its change): answered as out of order, as for a live binding.
+                    let removed_later = list
+                        .iter()
+                        .any(|c| r.removed_later(&aor, &binding_key(c), call_id, cseq.seq));
+                    (existing, removed_later)
+                };
+                if removed_later {
+                    return ResponseBuilder::new(msg, 500, "Out of order CSeq").build();
+                }
                 let mut live = existing.len();
                 for contact in &list {
                     let expires = contact
@@ -265,6 +285,8 @@ impl Registrar {
                             updates.push(Update::BindingRemoved {
                                 aor: aor.clone(),
                                 key,
+                                call_id: call_id.to_owned(),
+                                cseq: cseq.seq,
                             });
                         }
                         continue;
@@ -310,6 +332,8 @@ impl Registrar {
                             updates.push(Update::BindingRemoved {
                                 aor: aor.clone(),
                                 key: b.key.clone(),
+                                call_id: call_id.to_owned(),
+                                cseq: cseq.seq,
                             });
                         }
                     }
@@ -324,8 +348,7 @@ impl Registrar {
         }
         // Renewals first: the outbox keeps order, so the urgent changes after them take
         // them along.
-        self.changed
-            .set(!renewals.is_empty() || !updates.is_empty());
+        self.changed.set(!updates.is_empty());
         let published = renewals.into_iter().all(|u| outbox.publish_lazy(u))
             & updates.into_iter().all(|u| outbox.publish(u));
         if !published {

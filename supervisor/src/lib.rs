@@ -63,9 +63,4 @@ mod sockets_error {
     pub struct BindError;
 }
 
-/// Milliseconds since the Unix epoch: the clock bindings expire by.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use sipcraft_ipc::state::now_ms;
