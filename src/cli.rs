@@ -149,6 +149,7 @@ pub fn run_worker(args: WorkerArgs) -> ExitCode {
         claims_fd: args.claims_fd,
         mailbox_fd: args.mailbox_fd,
         peers: args.peers,
+        give_back: crate::pages::give_back,
     };
     match child_runtime().block_on(sipcraft_sipworker::run(worker).instrument(span)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -49,6 +49,9 @@ pub struct Args {
     /// The other workers sharing the socket, and the descriptor that posts to each one's
     /// mailbox.
     pub peers: Vec<(String, i32)>,
+    /// Hands freed heap memory back to the system (the allocator is the executable's
+    /// choice): called on the health tick once a second has passed without work after some.
+    pub give_back: fn(),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,7 +147,11 @@ pub async fn run(args: Args) -> Result<(), Error> {
     // Why the loop ended, when it ended on an error: returned after the last flush, so what
     // this worker answered is still published.
     let mut failed = None;
+    // Whether anything but the health tick woke the loop since the last tick, and whether
+    // anything did since memory was last given back.
+    let (mut busy, mut worked) = (false, false);
     loop {
+        let mut ticked = false;
         let deadline = core.next_deadline().map(|d| tick_after(epoch, d));
         if deadline != armed {
             if let Some(d) = deadline {
@@ -185,6 +192,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
                 Vec::new()
             }
             _ = health_tick.tick() => {
+                ticked = true;
                 let health = Health {
                     transactions: core.txns.len() as u64,
                     connections: open_conns.load(Ordering::Relaxed) as u64,
@@ -195,6 +203,15 @@ pub async fn run(args: Args) -> Result<(), Error> {
                 };
                 link.outbox.send(FromChild::Health(health));
                 core.replica.write().unwrap_or_else(|p| p.into_inner()).purge_expired(now_ms());
+                // Quiet for a whole tick after work (Timer J's expiries included): what the
+                // work freed goes back to the system now rather than whenever this worker
+                // next allocates.
+                if !busy && worked {
+                    (args.give_back)();
+                    worked = false;
+                }
+                worked |= busy;
+                busy = false;
                 Vec::new()
             }
             ev = link.events.recv() => match ev {
@@ -229,6 +246,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
             },
             _ = &mut stop => break,
         };
+        busy |= !ticked;
         // Timers that fell due meanwhile run on this wake-up (the timer branch above only
         // wakes an idle loop).
         let now = Instant::now();
