@@ -79,7 +79,7 @@ struct Header {
 /// which serializes as the same sequence), so no owned `Binding` per entry is made while
 /// the file is written.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Cache<B = Vec<Binding>> {
+pub struct Cache<B = Vec<Binding>, E = Vec<Extension>> {
     pub format: String,
     pub version: u32,
     /// Milliseconds since the Unix epoch when written.
@@ -96,12 +96,25 @@ pub struct Cache<B = Vec<Binding>> {
     /// Binding changes were refused by a full journal: the registrations of this node must
     /// be rewritten from the bindings in full when the database is next reached.
     pub reconcile: bool,
-    pub extensions: Vec<Extension>,
+    pub extensions: E,
     pub bindings: B,
 }
 
-/// The cache as written from the dbagent's compact table.
-pub type CacheOut = Cache<BindingTable>;
+/// The cache as written from the dbagent's compact table, with the extensions as last
+/// listed (shared: they change rarely, and listing 100,000 of them for every write, as the
+/// bindings' churn makes one every few seconds under load, was a tenth of the dbagent's CPU).
+pub type CacheOut = Cache<BindingTable, SharedExtensions>;
+
+/// Extensions, sorted by number, shared between the dbagent and the cache writes that list
+/// them; written as a `Vec<Extension>` is.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SharedExtensions(pub std::sync::Arc<Vec<Extension>>);
+
+impl Serialize for SharedExtensions {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
 
 impl Cache {
     /// An empty cache of this build's format.
@@ -392,7 +405,7 @@ mod tests {
             state_seq: 2,
             db_applied_seq: 3,
             reconcile: true,
-            extensions: Vec::new(),
+            extensions: SharedExtensions::default(),
             bindings,
         };
         store(dir.path(), &out).unwrap();

@@ -105,7 +105,14 @@ pub struct Replica {
     bindings: BindingTable,
     bans: HashMap<IpAddr, Ban>,
     tombs: Tombs,
+    /// Changes whenever the extensions do: unique in the process (see
+    /// [`Replica::extensions_version`]).
+    extensions_version: u64,
 }
+
+/// The source of [`Replica::extensions_version`] values, shared by every replica of the
+/// process so that a replica rebuilt from a snapshot never repeats an older one's value.
+static EXTENSIONS_VERSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Extensions by number, the number kept once (in the extension itself, not again as a key:
 /// with 100,000 extensions in every process, that copy was ~5 MB each).
@@ -200,6 +207,14 @@ impl Replica {
     }
 
     fn reduce(&mut self, update: &Update) {
+        if matches!(
+            update,
+            Update::ExtensionsReplaced(_)
+                | Update::ExtensionUpserted(_)
+                | Update::ExtensionDeleted(_)
+        ) {
+            self.extensions_changed();
+        }
         match update {
             Update::ExtensionsReplaced(all) => {
                 self.extensions = ExtensionTable::default();
@@ -250,6 +265,18 @@ impl Replica {
                 }
             }
         }
+    }
+
+    fn extensions_changed(&mut self) {
+        self.extensions_version =
+            EXTENSIONS_VERSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    }
+
+    /// A number that changes whenever the extensions do, and is never the same for two
+    /// different extension sets in one process (0: none was ever added): what lets a
+    /// process reuse a list of them it made earlier.
+    pub fn extensions_version(&self) -> u64 {
+        self.extensions_version
     }
 
     fn bury(&mut self, aor: &str, key: Option<&str>, call_id: &str, cseq: u32) {
@@ -358,6 +385,7 @@ impl Replica {
     pub fn absorb(&mut self, part: &SnapshotPart) {
         match part {
             SnapshotPart::Extensions(list) => {
+                self.extensions_changed();
                 for e in list {
                     self.extensions.insert(e.clone());
                 }
@@ -545,6 +573,27 @@ mod tests {
         assert_eq!(copy.binding_count(), 0);
         copy.apply_local(&upsert("a", "c1", 5));
         assert_eq!(copy.binding_count(), 1);
+    }
+
+    #[test]
+    fn the_extensions_version_moves_with_the_extensions_only() {
+        let mut r = Replica::new();
+        assert_eq!(r.extensions_version(), 0);
+        r.apply_local(&Update::ExtensionUpserted(ext("1001")));
+        let v1 = r.extensions_version();
+        r.apply_local(&upsert("a", "c1", 1));
+        r.apply_local(&removal("a", "c1", 2));
+        assert_eq!(r.extensions_version(), v1, "bindings are not extensions");
+        r.apply_local(&Update::ExtensionDeleted("1001".into()));
+        assert_ne!(r.extensions_version(), v1);
+        let copy = Replica::from_snapshot(1, &r.snapshot());
+        let mut other = Replica::new();
+        other.apply_local(&Update::ExtensionUpserted(ext("1002")));
+        assert!(
+            ![v1, r.extensions_version(), copy.extensions_version()]
+                .contains(&other.extensions_version()),
+            "no two extension sets share a version"
+        );
     }
 
     #[test]

@@ -71,6 +71,9 @@ pub struct Agent {
     restoring_until: Option<Instant>,
     /// When the cache file is next due.
     cache_book: CacheBook,
+    /// The extensions as the last cache write listed them, with the replica's
+    /// `extensions_version` they were listed at.
+    listed_extensions: Option<(u64, crate::cache::SharedExtensions)>,
     pub cache_job: Option<JoinHandle<Result<CacheWritten, CacheError>>>,
     pub sync_job: Option<JoinHandle<std::io::Result<()>>>,
     journal_full: bool,
@@ -144,6 +147,7 @@ impl Agent {
             restoring: HashSet::new(),
             restoring_until: None,
             cache_book: CacheBook::new(Instant::now()),
+            listed_extensions: None,
             cache_job: None,
             sync_job: None,
             journal_full: false,

@@ -8,7 +8,7 @@ use sipcraft_config::Extension;
 use sipcraft_ipc::wire::FromChild;
 
 use super::{chain, Agent, DbState, JOURNAL_WARN_PERCENT};
-use crate::cache::{self, CacheError, CacheOut};
+use crate::cache::{self, CacheError, CacheOut, SharedExtensions};
 use crate::db::DbEvent;
 
 impl Agent {
@@ -36,9 +36,18 @@ impl Agent {
         (!parts.is_empty()).then(|| parts.join("; "))
     }
 
-    pub(super) fn snapshot_cache(&self) -> CacheOut {
-        let mut extensions: Vec<Extension> = self.replica().extensions().cloned().collect();
-        extensions.sort_by(|a, b| a.number.cmp(&b.number));
+    pub(super) fn snapshot_cache(&mut self) -> CacheOut {
+        let version = self.replica().extensions_version();
+        let extensions = match &self.listed_extensions {
+            Some((v, list)) if *v == version => list.clone(),
+            _ => {
+                let mut list: Vec<Extension> = self.replica().extensions().cloned().collect();
+                list.sort_by(|a, b| a.number.cmp(&b.number));
+                let list = SharedExtensions(std::sync::Arc::new(list));
+                self.listed_extensions = Some((version, list.clone()));
+                list
+            }
+        };
         CacheOut {
             format: cache::FORMAT.into(),
             version: cache::VERSION,
@@ -149,12 +158,14 @@ impl Agent {
     pub fn sync_journal(&mut self) {
         if self.sync_job.is_none() {
             match self.journal.take_sync() {
-                Some(job) => {
+                Ok(Some(job)) => {
                     self.bus_syncing = Some(self.bus_received);
                     self.sync_job = Some(tokio::task::spawn_blocking(move || job.run()));
                 }
                 // Everything appended so far is on disk.
-                None => self.bus_durable = self.bus_received,
+                Ok(None) => self.bus_durable = self.bus_received,
+                // Not acknowledged: the hub keeps those call records, as after a failed fsync.
+                Err(e) => tracing::error!(error = %chain(&e), "journal write failed"),
             }
         }
         self.acknowledge();
