@@ -102,6 +102,13 @@ impl Decoder {
         if self.start > 0 {
             self.buf.drain(..self.start);
             self.start = 0;
+            // A stream that never quite empties (part of a frame always pending) gives back
+            // a burst's room here rather than in `take`.
+            if self.buf.capacity() > KEEP_CAPACITY
+                && self.buf.len() + bytes.len() <= KEEP_CAPACITY / 2
+            {
+                self.buf.shrink_to(KEEP_CAPACITY);
+            }
         }
         self.buf.extend_from_slice(bytes);
         peek_len(&self.buf, self.max).map(|_| ())
@@ -238,6 +245,35 @@ mod tests {
         dec.push(&wire).unwrap();
         assert!(dec.buf.capacity() > KEEP_CAPACITY);
         assert_eq!(dec.take::<String>().unwrap(), Some(big));
+        assert!(
+            dec.buf.capacity() <= KEEP_CAPACITY,
+            "{}",
+            dec.buf.capacity()
+        );
+    }
+
+    #[test]
+    fn a_decoder_that_never_empties_hands_back_the_room_of_a_burst_too() {
+        let mut wire = Vec::new();
+        let big = "x".repeat(4 * KEEP_CAPACITY);
+        encode_into(&big, &mut wire, MAX_FRAME).unwrap();
+        let mut small = Vec::new();
+        encode_into(&"small", &mut small, MAX_FRAME).unwrap();
+        let mut dec = Decoder::new(MAX_FRAME);
+        // The burst and the first bytes of the next frame arrive together.
+        wire.extend_from_slice(&small[..3]);
+        dec.push(&wire).unwrap();
+        assert_eq!(dec.take::<String>().unwrap(), Some(big));
+        assert!(
+            dec.buf.capacity() > KEEP_CAPACITY,
+            "a frame is still pending"
+        );
+        // The rest arrives with the first bytes of yet another frame: never empty.
+        let mut rest = small[3..].to_vec();
+        rest.extend_from_slice(&small[..3]);
+        dec.push(&rest).unwrap();
+        assert_eq!(dec.take::<String>().unwrap().as_deref(), Some("small"));
+        assert_eq!(dec.pending(), 3);
         assert!(
             dec.buf.capacity() <= KEEP_CAPACITY,
             "{}",
