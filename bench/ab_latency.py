@@ -12,8 +12,10 @@ captured on loopback:
   KIND=register (default): 12,000 REGISTERs at 1,000/s over the first 20,000 users;
   KIND=call: 1,800 calls at 300/s (as `make bench`'s moderate step) to one callee SIPp
              registered with each server; every pair of bench/capture.py is printed.
-Prints p50/p90/p99/max per round and pooled. This is how the p99 changes in
-bench/PROFILE.md were measured: the drift of a shared 2-vCPU machine hits every build alike.
+Prints p50/p90/p99/max per round and pooled, and the server's CPU seconds per 1000
+registrations or calls (every server process, from /proc) per round and on average. This is
+how the p99 changes in bench/PROFILE.md were measured: the drift of a shared 2-vCPU machine
+hits every build alike.
 Loopback only, bounded (about 2 minutes per server at the defaults).
 """
 import os
@@ -71,11 +73,12 @@ def main():
             f.start()
             f.wait(n / 4000 + 60)
         time.sleep(12)  # the fill's transactions expire (Timer J, 5 s)
-        pooled = {}
+        pooled, cpus = {}, {}
         for r in range(rounds):
             k = r % len(servers)
             for s in servers[k:] + servers[:k]:
                 pcap = os.path.join(work, "c.pcap")
+                cpu0 = s.cpu_seconds()
                 with capture.Capture(pcap, s.port):
                     if kind == "call":
                         run = sipp.Sipp(work, "lat", "call.xml", s.port, calls, rate=CALL_RATE,
@@ -85,6 +88,10 @@ def main():
                                         count=COUNT, extra=["-recv_timeout", "4000"])
                     run.start()
                     run.wait(60)
+                done = max(run.stats()["successful"], 1)
+                cpu = (s.cpu_seconds() - cpu0) / done * 1000
+                cpus.setdefault(s.tag, []).append(cpu)
+                print(f"round {r} {s.tag}: server {cpu:.3f} CPU-s per 1000", flush=True)
                 for pair, got in capture.response_times_us(pcap, s.port).items():
                     vals = sorted(v for _, v in got)
                     if not vals:
@@ -93,6 +100,9 @@ def main():
                     print(f"round {r} {s.tag} {pair}: {summary(vals)}", flush=True)
         for (pair, tag), vals in sorted(pooled.items()):
             print(f"all {pair} {tag}: {summary(sorted(vals))}")
+        for tag, vals in cpus.items():
+            print(f"all {tag}: server {sum(vals) / len(vals):.3f} CPU-s per 1000 "
+                  f"(rounds {', '.join(f'{v:.3f}' for v in vals)})")
     finally:
         for c in callees:
             c.kill()
