@@ -45,7 +45,19 @@ pub fn take_socket(fd: RawFd, expect: Expect) -> io::Result<OwnedFd> {
     }
     // SAFETY: `fd` is an open socket of the expected type that the supervisor passed to this
     // process for it alone; nothing else in this process refers to it, so owning it is sound.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    close_on_exec(&owned)?;
+    Ok(owned)
+}
+
+/// Marks an inherited descriptor close-on-exec: it was left inheritable only to cross the
+/// supervisor's exec of this process, and nothing this process might start should get it.
+fn close_on_exec(fd: &OwnedFd) -> io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    use std::os::fd::AsRawFd;
+    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
+        .map(drop)
+        .map_err(io::Error::from)
 }
 
 /// Takes ownership of descriptor `fd`, after checking that it is an open memory file (the
@@ -68,5 +80,36 @@ pub fn take_memory(fd: RawFd) -> io::Result<OwnedFd> {
     }
     // SAFETY: fstat confirmed `fd` is an open regular file, which the supervisor passed to
     // this process for this use alone; nothing else in this process refers to it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    close_on_exec(&owned)?;
+    Ok(owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    use std::os::fd::{AsRawFd, IntoRawFd};
+
+    #[test]
+    fn a_taken_socket_is_checked_and_no_longer_inherited() {
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::Datagram,
+            None,
+            SockFlag::empty(),
+        )
+        .unwrap();
+        let flags = |fd: RawFd| FdFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFD).unwrap());
+        assert!(!flags(a.as_raw_fd()).contains(FdFlag::FD_CLOEXEC));
+        let wrong = take_socket(b.as_raw_fd(), Expect::Listener).unwrap_err();
+        assert!(wrong.to_string().contains("not Stream"), "{wrong}");
+        let taken = take_socket(a.into_raw_fd(), Expect::Datagram).unwrap();
+        assert!(flags(taken.as_raw_fd()).contains(FdFlag::FD_CLOEXEC));
+        assert!(
+            take_socket(1, Expect::Datagram).is_err(),
+            "stdout is never taken"
+        );
+    }
 }
