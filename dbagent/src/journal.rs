@@ -208,14 +208,16 @@ impl Journal {
             }
             self.open_segment(entry.seq)?;
         }
+        if self.pending.len() + len as usize > PENDING_MAX {
+            // Out before this one goes in: should the write fail, this entry is refused and
+            // the ones buffered stay for the next attempt.
+            self.write_pending()?;
+        }
         self.pending
             .extend_from_slice(&(body.len() as u32).to_le_bytes());
         self.pending
             .extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
         self.pending.extend_from_slice(&body);
-        if self.pending.len() >= PENDING_MAX {
-            self.write_pending()?;
-        }
         let seg = self.segments.last_mut().expect("a segment is open");
         seg.bytes += len;
         seg.last_seq = entry.seq;
@@ -225,8 +227,12 @@ impl Journal {
         Ok(Append::Written)
     }
 
-    /// Writes the buffered records to the open segment.
+    /// Writes the buffered records to the open segment. Should that fail (a full disk), the
+    /// segment is cut back to the records written before, so no torn record is left in the
+    /// middle of it, and the buffer is kept for the next attempt: nothing counts as written
+    /// (and no call record is acknowledged) until it is.
     fn write_pending(&mut self) -> Result<(), JournalError> {
+        use std::io::{Seek, SeekFrom};
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -235,15 +241,24 @@ impl Journal {
             self.pending.clear();
             return Ok(());
         };
-        let written = file.write_all(&self.pending);
+        let before = seg.bytes - self.pending.len() as u64;
+        if let Err(source) = file.write_all(&self.pending) {
+            let cut = file
+                .set_len(before)
+                .and_then(|()| file.seek(SeekFrom::Start(before)).map(drop));
+            if let Err(e) = cut {
+                tracing::error!(path = %seg.path.display(), error = %e, "cannot cut a journal segment back after a failed write");
+            }
+            return Err(JournalError::Append {
+                path: seg.path.clone(),
+                source,
+            });
+        }
         self.pending.clear();
         if self.pending.capacity() > 2 * PENDING_MAX {
             self.pending.shrink_to(PENDING_MAX);
         }
-        written.map_err(|source| JournalError::Append {
-            path: seg.path.clone(),
-            source,
-        })
+        Ok(())
     }
 
     fn open_segment(&mut self, first_seq: u64) -> Result<(), JournalError> {

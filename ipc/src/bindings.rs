@@ -312,9 +312,7 @@ impl BindingTable {
     }
 
     /// Inserts `binding`, or replaces the binding of its AOR with the same key (in place,
-    /// so the order of an AOR's bindings is the order they were first registered). A
-    /// binding from an older REGISTER of the same Call-ID (a lower CSeq) than the one it
-    /// would replace is ignored: it was published late (see `crate::tombs`).
+    /// so the order of an AOR's bindings is the order they were first registered).
     pub fn upsert(&mut self, binding: &Binding) {
         let owner = self.intern(&binding.owner);
         let new = Packed::new(binding, owner);
@@ -330,9 +328,6 @@ impl BindingTable {
                     let (_, entries) = unpack(slot);
                     let mut entries: Vec<Packed<'_>> = entries.collect();
                     let added = match entries.iter_mut().find(|e| e.key() == binding.key) {
-                        Some(e) if e.call_id == binding.call_id && e.cseq > binding.cseq => {
-                            return;
-                        }
                         Some(e) => {
                             *e = new;
                             false
@@ -541,22 +536,6 @@ mod tests {
         let keys: Vec<(&str, u32)> = t.get("100001").map(|b| (b.key, b.cseq)).collect();
         assert_eq!(keys, vec![("a", 9), ("b", 2)]);
         assert_eq!(t.len(), 2);
-        let mut late = sipp(1, Some("a"), 4_000);
-        late.cseq = 8;
-        t.upsert(&late);
-        let mut other_call = sipp(1, Some("b"), 4_000);
-        other_call.call_id = "another".into();
-        other_call.cseq = 1;
-        t.upsert(&other_call);
-        let keys: Vec<(&str, u32, u64)> = t
-            .get("100001")
-            .map(|b| (b.key, b.cseq, b.expires_at_ms))
-            .collect();
-        assert_eq!(
-            keys,
-            vec![("a", 9, 3_000), ("b", 1, 4_000)],
-            "an older CSeq of the same Call-ID is ignored, another Call-ID is not"
-        );
         t.remove("100001", "zz");
         assert_eq!(t.len(), 2);
         t.remove("100001", "a");

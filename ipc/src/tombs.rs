@@ -5,13 +5,20 @@
 //! reach the hub after the same phone's de-REGISTER published by the other. The phone's
 //! own order is in its requests (RFC 3261 §10.3: one Call-ID, rising CSeq), so a removal
 //! leaves a tombstone with the Call-ID and CSeq of the REGISTER that made it, and an upsert
-//! from an older REGISTER of the same Call-ID that arrives afterwards is ignored, in every
-//! replica alike. (An upsert older than the binding it would replace is ignored the same
-//! way, by the binding table.)
+//! from an older REGISTER of the same Call-ID that arrives afterwards is refused. (So is an
+//! upsert older than the live binding it would replace.) A removal by another registration
+//! (an eviction past `max_contacts_per_aor`, a `Contact: *` under another Call-ID) buries
+//! the removed binding's own next REGISTER, which may be in flight.
+//!
+//! The hub decides (`Replica::apply_local`, with its clock): it numbers and forwards only
+//! what it applied, and numbered updates apply everywhere unchecked, so every replica ends
+//! the same. A worker checks its own changes the same way before it applies them locally,
+//! and its registrar answers a buried REGISTER as out of order.
 //!
 //! Tombstones last [`TOMB_MS`], far longer than a lazily published change can lag, and at
-//! most [`MAX_TOMBS`] are kept (the oldest go first), so a flood of de-REGISTERs costs a
-//! bounded few megabytes.
+//! most [`MAX_TOMBS`] are kept (the oldest go first). A tombstone costs about 250 bytes
+//! (its strings, the table slot, the order entry), so a flood of de-REGISTERs costs at most
+//! some 16 MB per process while it lasts; the table is given back once they have expired.
 
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, RandomState};
@@ -115,6 +122,14 @@ impl Tombs {
             }
             entry.remove();
             self.order.pop_front();
+        }
+        if self.table.is_empty() && self.table.capacity() > 1024 {
+            // A flood is over: give its room back.
+            let hasher = &self.hasher;
+            self.table.shrink_to(0, |(_, t)| {
+                hasher.hash_one((t.aor.as_str(), t.key.as_deref()))
+            });
+            self.order = VecDeque::new();
         }
         if self.order.len() > 2 * MAX_TOMBS {
             // Only lays of the same few bindings over and over leave this many stale entries.

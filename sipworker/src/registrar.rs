@@ -251,10 +251,11 @@ impl Registrar {
                     let existing: Vec<Binding> =
                         r.bindings(&aor, now_ms).map(Binding::from).collect();
                     // Keys this very REGISTER is older than a removal of (the replica would
-                    // ignore its change): answered as out of order, as for a live binding.
-                    let removed_later = list
-                        .iter()
-                        .any(|c| r.removed_later(&aor, &binding_key(c), call_id, cseq.seq));
+                    // refuse its change): answered as out of order, as for a live binding.
+                    let removed_later = r.remembers_removals()
+                        && list
+                            .iter()
+                            .any(|c| r.removed_later(&aor, &binding_key(c), call_id, cseq.seq));
                     (existing, removed_later)
                 };
                 if removed_later {
