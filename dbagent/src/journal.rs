@@ -9,7 +9,8 @@
 //! entry (a fifth of the dbagent's CPU at 15,000 REGISTER/s went to those calls). What a
 //! killed dbagent had buffered is still in the supervisor's replica, which a restarted
 //! dbagent compares its own with; call records are acknowledged only after the fsync that
-//! covers them. A segment is deleted
+//! covers them. Killing every process at once loses at most the last batch, as a power cut
+//! loses at most the last unsynced one. A segment is deleted
 //! whole once every entry in it is both in the cache file and in PostgreSQL (without a
 //! database: in the cache file), so nothing is ever rewritten in place.
 //!

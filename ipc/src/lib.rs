@@ -4,7 +4,6 @@
 //! - [`wire`]: every message type, one enum per direction, in an envelope.
 //! - [`state`]: the replicated state and its reducer, the same code in every process.
 //! - [`bindings`]: the compact table every replica keeps its bindings in.
-//! - [`tombs`]: recent removals, so a phone's changes apply in the order it made them.
 //! - [`conn`]: framed connections over local sockets (Unix sockets, Windows named pipes).
 //! - [`mail`]: one handed-over SIP message per datagram, between UDP workers sharing a socket.
 //! - `claims` (Linux): which UDP worker holds a transaction, in memory the UDP workers share.
@@ -19,7 +18,6 @@ pub mod codec;
 pub mod conn;
 pub mod mail;
 pub mod state;
-pub mod tombs;
 pub mod wire;
 
 pub use interprocess::local_socket::tokio::Listener;

@@ -14,8 +14,6 @@ use serde::{Deserialize, Serialize};
 use sipcraft_config::{Extension, Transport};
 
 pub use crate::bindings::{BindingRef, BindingTable};
-pub use crate::tombs::Tomb;
-use crate::tombs::{Tombs, TOMB_MS};
 
 /// One registered contact of an extension (RFC 3261 §10).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,18 +54,13 @@ pub enum Update {
     ExtensionUpserted(Extension),
     ExtensionDeleted(String),
     BindingUpserted(Binding),
-    /// A binding removed by REGISTER `call_id` / `cseq` (see [`crate::tombs`]).
     BindingRemoved {
         aor: String,
         key: String,
-        call_id: String,
-        cseq: u32,
     },
-    /// Every binding of an AOR removed by REGISTER `call_id` / `cseq` (`Contact: *`).
+    /// Every binding of an AOR removed (`Contact: *`, or the extension was deleted).
     BindingsCleared {
         aor: String,
-        call_id: String,
-        cseq: u32,
     },
     /// A source banned by one worker, so every worker ignores it (a flood reaches every
     /// worker reading the shared UDP socket, or every worker of a reuseport group).
@@ -90,7 +83,6 @@ pub enum SnapshotPart {
     Extensions(Vec<Extension>),
     Bindings(Vec<Binding>),
     Bans(Vec<Ban>),
-    Tombs(Vec<Tomb>),
 }
 
 /// Items per snapshot part.
@@ -104,7 +96,6 @@ pub struct Replica {
     extensions: ExtensionTable,
     bindings: BindingTable,
     bans: HashMap<IpAddr, Ban>,
-    tombs: Tombs,
     /// Changes whenever the extensions do: unique in the process (see
     /// [`Replica::extensions_version`]).
     extensions_version: u64,
@@ -197,33 +188,8 @@ impl Replica {
 
     /// Applies an update without numbering: for the process that numbers them (the
     /// supervisor) and for a worker's own change before the numbered copy comes back.
-    ///
-    /// Unlike a numbered update, this one is checked first: a binding change from a REGISTER
-    /// older than the state it meets (a removal's tombstone, or the binding it would replace,
-    /// same Call-ID and a higher CSeq: see [`crate::tombs`]) is refused, and `false` is
-    /// returned. The hub numbers only what it applied, so whether a late change counts is
-    /// decided once, by the hub's replica and clock, and every other replica follows.
-    pub fn apply_local(&mut self, update: &Update) -> bool {
-        if let Update::BindingUpserted(b) = update {
-            let now = now_ms();
-            self.tombs.prune(now);
-            if self.is_older(b, now) {
-                return false;
-            }
-        }
+    pub fn apply_local(&mut self, update: &Update) {
         self.reduce(update);
-        true
-    }
-
-    /// Whether `b` comes from a REGISTER older than what this replica holds for its binding
-    /// at `now_ms`: a tombstone that buries it, or a live binding of the same Call-ID with a
-    /// higher CSeq (the registrar's own order check, RFC 3261 §10.3 step 7).
-    fn is_older(&self, b: &Binding, now_ms: u64) -> bool {
-        self.tombs
-            .buries(&b.aor, &b.key, &b.call_id, b.cseq, now_ms)
-            || self
-                .bindings(&b.aor, now_ms)
-                .any(|held| held.key == b.key && held.call_id == b.call_id && held.cseq > b.cseq)
     }
 
     /// Sets the generation after an unnumbered apply (the supervisor numbers updates).
@@ -257,36 +223,9 @@ impl Replica {
                 self.extensions.remove(number);
                 self.bindings.clear_aor(number);
             }
-            Update::BindingUpserted(b) => self.bindings.upsert(b),
-            Update::BindingRemoved {
-                aor,
-                key,
-                call_id,
-                cseq,
-            } => {
-                let held = self.bindings.get(aor).find(|b| b.key == key);
-                let tomb = tomb_for(aor, key, held, call_id, *cseq);
-                self.bindings.remove(aor, key);
-                self.lay(tomb);
-            }
-            Update::BindingsCleared { aor, call_id, cseq } => {
-                let tombs: Vec<Tomb> = self
-                    .bindings
-                    .get(aor)
-                    .map(|b| tomb_for(aor, b.key, Some(b), call_id, *cseq))
-                    .collect();
-                self.bindings.clear_aor(aor);
-                for tomb in tombs {
-                    self.lay(tomb);
-                }
-                self.lay(Tomb {
-                    aor: aor.clone(),
-                    key: None,
-                    call_id: call_id.clone(),
-                    cseq: *cseq,
-                    until_ms: 0,
-                });
-            }
+            Update::BindingUpserted(binding) => self.bindings.upsert(binding),
+            Update::BindingRemoved { aor, key } => self.bindings.remove(aor, key),
+            Update::BindingsCleared { aor } => self.bindings.clear_aor(aor),
             Update::SourceBanned(ban) => {
                 let longer = self
                     .bans
@@ -309,25 +248,6 @@ impl Replica {
     /// process reuse a list of them it made earlier.
     pub fn extensions_version(&self) -> u64 {
         self.extensions_version
-    }
-
-    /// Lays `tomb`, to last [`TOMB_MS`] from now.
-    fn lay(&mut self, mut tomb: Tomb) {
-        let now = now_ms();
-        tomb.until_ms = now + TOMB_MS;
-        self.tombs.lay(tomb, now);
-    }
-
-    /// Whether REGISTER `call_id` / `cseq` is older than a recent removal of binding `key`
-    /// of `aor` (or of all its bindings): the registrar answers it as out of order, as it
-    /// would were the binding still there.
-    pub fn removed_later(&self, aor: &str, key: &str, call_id: &str, cseq: u32) -> bool {
-        !self.tombs.is_empty() && self.tombs.buries(aor, key, call_id, cseq, now_ms())
-    }
-
-    /// Whether any removal is remembered (so [`Replica::removed_later`] can be true).
-    pub fn remembers_removals(&self) -> bool {
-        !self.tombs.is_empty()
     }
 
     pub fn extension(&self, number: &str) -> Option<&Extension> {
@@ -384,7 +304,6 @@ impl Replica {
     /// own; it changes nothing another process could observe, since lookups ignore them.
     pub fn purge_expired(&mut self, now_ms: u64) -> usize {
         self.bans.retain(|_, b| b.until_ms > now_ms);
-        self.tombs.prune(now_ms);
         self.bindings.purge_expired(now_ms)
     }
 
@@ -397,7 +316,6 @@ impl Replica {
         if !self.bans.is_empty() {
             parts.push(SnapshotPart::Bans(self.bans.values().cloned().collect()));
         }
-        parts.extend(chunked(self.tombs.iter().cloned()).map(SnapshotPart::Tombs));
         parts
     }
 
@@ -432,39 +350,12 @@ impl Replica {
                     self.reduce(&Update::SourceBanned(b.clone()));
                 }
             }
-            SnapshotPart::Tombs(list) => {
-                let now = now_ms();
-                for t in list {
-                    self.tombs.lay(t.clone(), now);
-                }
-            }
         }
     }
 }
 
-/// The tombstone a removal of binding `key` of `aor` by REGISTER `call_id` / `cseq` leaves,
-/// `held` being the binding it removes, if this replica has it. It buries the removed
-/// binding's own next REGISTER (its CSeq + 1), which may be in flight, published lazily by
-/// another worker, when the removal comes from another registration (an eviction past
-/// `max_contacts_per_aor`, a `Contact: *` under another Call-ID); and every REGISTER of the
-/// removing Call-ID up to its CSeq. Its time is set when it is laid.
-fn tomb_for(aor: &str, key: &str, held: Option<BindingRef<'_>>, call_id: &str, cseq: u32) -> Tomb {
-    let (call_id, cseq) = match held {
-        Some(b) if b.call_id != call_id => (b.call_id, b.cseq.saturating_add(1)),
-        Some(b) => (call_id, cseq.max(b.cseq.saturating_add(1))),
-        None => (call_id, cseq),
-    };
-    Tomb {
-        aor: aor.to_owned(),
-        key: Some(key.to_owned()),
-        call_id: call_id.to_owned(),
-        cseq,
-        until_ms: 0,
-    }
-}
-
-/// Milliseconds since the Unix epoch: the clock bindings, bans and tombstones expire by, in
-/// every process.
+/// Milliseconds since the Unix epoch: the clock bindings and bans expire by, in every
+/// process.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -541,120 +432,8 @@ mod tests {
         r.apply_local(&Update::BindingRemoved {
             aor: "1001".into(),
             key: "a".into(),
-            call_id: "c1".into(),
-            cseq: 2,
         });
         assert_eq!(r.binding_count(), 0);
-    }
-
-    fn removal(key: &str, call_id: &str, cseq: u32) -> Update {
-        Update::BindingRemoved {
-            aor: "1001".into(),
-            key: key.into(),
-            call_id: call_id.into(),
-            cseq,
-        }
-    }
-
-    fn upsert(key: &str, call_id: &str, cseq: u32) -> Update {
-        let mut b = binding("1001", key, u64::MAX);
-        b.call_id = call_id.into();
-        b.cseq = cseq;
-        Update::BindingUpserted(b)
-    }
-
-    /// The race of a lazily published refresh: a phone's refresh (CSeq 2) is read by one
-    /// worker, its de-REGISTER (CSeq 3) by the other, and the removal reaches the hub first.
-    /// The hub refuses the late refresh and never numbers it; a worker that applied the
-    /// refresh itself ends the same once the numbered removal comes.
-    #[test]
-    fn a_phone_s_changes_apply_in_its_cseq_order_whatever_order_they_arrive_in() {
-        let (first, refresh, gone) = (
-            upsert("a", "c1", 1),
-            upsert("a", "c1", 2),
-            removal("a", "c1", 3),
-        );
-        let mut hub = Replica::new();
-        assert!(hub.apply_local(&first));
-        assert!(hub.apply_local(&gone));
-        assert!(!hub.apply_local(&refresh), "the late refresh is refused");
-        assert_eq!(hub.binding_count(), 0);
-        assert!(hub.removed_later("1001", "a", "c1", 2));
-        assert!(!hub.removed_later("1001", "a", "c1", 4));
-        // The worker that made the refresh applied it first, then follows the hub's numbers.
-        let mut worker = Replica::new();
-        worker.apply(1, &first).unwrap();
-        assert!(worker.apply_local(&refresh));
-        worker.apply(2, &gone).unwrap();
-        assert_eq!(worker.binding_count(), 0);
-        // The phone registers again later in its Call-ID, or afresh with another one.
-        assert!(hub.apply_local(&upsert("a", "c1", 4)));
-        assert_eq!(hub.binding_count(), 1);
-        assert!(hub.apply_local(&removal("a", "c1", 5)));
-        assert!(hub.apply_local(&upsert("a", "rebooted", 1)));
-        assert_eq!(
-            hub.bindings("1001", 0).map(|b| b.cseq).collect::<Vec<_>>(),
-            vec![1]
-        );
-    }
-
-    #[test]
-    fn an_older_refresh_is_refused_while_the_newer_binding_lives() {
-        let mut hub = Replica::new();
-        assert!(hub.apply_local(&upsert("a", "c1", 3)));
-        assert!(!hub.apply_local(&upsert("a", "c1", 2)));
-        assert_eq!(
-            hub.bindings("1001", 0).map(|b| b.cseq).collect::<Vec<_>>(),
-            vec![3]
-        );
-        // Once it has expired, it no longer counts (as for the registrar).
-        let mut expired = binding("1001", "b", 1);
-        expired.cseq = 9;
-        assert!(hub.apply_local(&Update::BindingUpserted(expired)));
-        assert!(hub.apply_local(&upsert("b", "c1", 2)));
-        // Numbered updates are applied as they come: the hub decided.
-        let mut worker = Replica::new();
-        worker.apply(1, &upsert("a", "c1", 3)).unwrap();
-        worker.apply(2, &upsert("a", "c1", 2)).unwrap();
-        assert_eq!(
-            worker
-                .bindings("1001", 0)
-                .map(|b| b.cseq)
-                .collect::<Vec<_>>(),
-            vec![2]
-        );
-    }
-
-    /// A removal by another registration (an eviction, or `Contact: *` under another
-    /// Call-ID) buries the removed binding's own next REGISTER, which may be in flight.
-    #[test]
-    fn a_removal_by_another_registration_buries_the_removed_one_s_next_refresh() {
-        let mut hub = Replica::new();
-        assert!(hub.apply_local(&upsert("a", "phone-a", 5)));
-        assert!(hub.apply_local(&removal("a", "phone-b", 1)));
-        assert!(
-            !hub.apply_local(&upsert("a", "phone-a", 6)),
-            "in flight: buried"
-        );
-        assert!(
-            hub.apply_local(&upsert("a", "phone-a", 7)),
-            "registers again"
-        );
-        assert!(hub.apply_local(&upsert("b", "phone-b", 2)));
-        hub.apply_local(&Update::BindingsCleared {
-            aor: "1001".into(),
-            call_id: "admin".into(),
-            cseq: 1,
-        });
-        assert_eq!(hub.binding_count(), 0);
-        assert!(!hub.apply_local(&upsert("a", "phone-a", 8)));
-        assert!(!hub.apply_local(&upsert("b", "phone-b", 3)));
-        assert!(!hub.apply_local(&upsert("c", "admin", 1)));
-        assert!(hub.apply_local(&upsert("c", "admin", 2)));
-        // Tombstones travel in snapshots: a replica resynced meanwhile decides alike.
-        let mut copy = Replica::from_snapshot(9, &hub.snapshot());
-        assert!(!copy.apply_local(&upsert("b", "phone-b", 3)));
-        assert!(copy.apply_local(&upsert("b", "phone-b", 4)));
     }
 
     #[test]
@@ -663,8 +442,11 @@ mod tests {
         assert_eq!(r.extensions_version(), 0);
         r.apply_local(&Update::ExtensionUpserted(ext("1001")));
         let v1 = r.extensions_version();
-        r.apply_local(&upsert("a", "c1", 1));
-        r.apply_local(&removal("a", "c1", 2));
+        r.apply_local(&Update::BindingUpserted(binding("1001", "a", 1000)));
+        r.apply_local(&Update::BindingRemoved {
+            aor: "1001".into(),
+            key: "a".into(),
+        });
         assert_eq!(r.extensions_version(), v1, "bindings are not extensions");
         r.apply_local(&Update::ExtensionDeleted("1001".into()));
         assert_ne!(r.extensions_version(), v1);

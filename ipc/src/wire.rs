@@ -12,7 +12,7 @@ use sipcraft_config::{Config, Transport};
 use crate::state::{SnapshotPart, Update};
 
 /// Bumped on any incompatible change to the wire types.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// What a peer is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,19 +15,18 @@ fn hello_frame_is_pinned() {
     let hello = Envelope {
         id: 0,
         body: FromChild::Hello(Hello {
-            version: 3,
+            version: 2,
             role: Role::Worker,
             name: "udp-0".into(),
             pid: 300,
         }),
     };
     // 2: `Health` gained `handed_requests`.
-    // 3: binding removals carry the Call-ID and CSeq of their REGISTER.
-    assert_eq!(PROTOCOL_VERSION, 3);
-    // len=12 | id=0 | variant Hello=0 | version=3 | role Worker=1 | "udp-0" | pid=300 (varint ac 02)
+    assert_eq!(PROTOCOL_VERSION, 2);
+    // len=12 | id=0 | variant Hello=0 | version=2 | role Worker=1 | "udp-0" | pid=300 (varint ac 02)
     assert_eq!(
         frame(&hello),
-        [12, 0, 0, 0, 0, 0, 3, 1, 5, b'u', b'd', b'p', b'-', b'0', 0xac, 0x02]
+        [12, 0, 0, 0, 0, 0, 2, 1, 5, b'u', b'd', b'p', b'-', b'0', 0xac, 0x02]
     );
 }
 
@@ -49,20 +48,6 @@ fn lifecycle_and_update_frames_are_pinned() {
     assert_eq!(
         frame(&Envelope::new(update)),
         [9, 0, 0, 0, 0, 5, 5, 2, 4, b'1', b'0', b'0', b'1']
-    );
-    let removal = ToChild::Update {
-        seq: 6,
-        update: Update::BindingRemoved {
-            aor: "7".into(),
-            key: "k".into(),
-            call_id: "c".into(),
-            cseq: 300,
-        },
-    };
-    // len=12 | id=0 | variant Update=5 | seq=6 | BindingRemoved=4 | "7" | "k" | "c" | cseq=300 (varint ac 02)
-    assert_eq!(
-        frame(&Envelope::new(removal)),
-        [12, 0, 0, 0, 0, 5, 6, 4, 1, b'7', 1, b'k', 1, b'c', 0xac, 0x02]
     );
 }
 

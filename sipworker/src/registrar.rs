@@ -29,8 +29,7 @@ pub struct Registrar {
     auth: DigestAuth,
     realm: String,
     registrar: sipcraft_config::Registrar,
-    /// Whether the last [`Registrar::register`] changed the bindings urgently (see
-    /// [`Registrar::changed`]).
+    /// Whether the last [`Registrar::register`] changed a binding.
     changed: std::cell::Cell<bool>,
 }
 
@@ -188,12 +187,7 @@ impl Registrar {
         b.build()
     }
 
-    /// Whether the last REGISTER answered changed the bindings in a way the other workers
-    /// must see at once: a binding added or removed, or one renewed close to its expiry. A
-    /// renewal of a binding good for a while yet travels lazily and is not counted: a
-    /// worker still routing by the old expiry routes the same, and should the phone's next
-    /// REGISTER (a removal, say) be read and published by another worker first, every
-    /// replica still applies the two in the phone's order (`sipcraft_ipc::tombs`).
+    /// Whether the last REGISTER answered changed a binding (added, refreshed, removed).
     pub fn changed(&self) -> bool {
         self.changed.get()
     }
@@ -239,28 +233,13 @@ impl Registrar {
                         return ResponseBuilder::new(msg, 500, "Out of order CSeq").build();
                     }
                 }
-                updates.push(Update::BindingsCleared {
-                    aor: aor.clone(),
-                    call_id: call_id.to_owned(),
-                    cseq: cseq.seq,
-                });
+                updates.push(Update::BindingsCleared { aor: aor.clone() });
             }
             Contacts::List(list) => {
-                let (existing, removed_later) = {
-                    let r = read(replica);
-                    let existing: Vec<Binding> =
-                        r.bindings(&aor, now_ms).map(Binding::from).collect();
-                    // Keys this very REGISTER is older than a removal of (the replica would
-                    // refuse its change): answered as out of order, as for a live binding.
-                    let removed_later = r.remembers_removals()
-                        && list
-                            .iter()
-                            .any(|c| r.removed_later(&aor, &binding_key(c), call_id, cseq.seq));
-                    (existing, removed_later)
-                };
-                if removed_later {
-                    return ResponseBuilder::new(msg, 500, "Out of order CSeq").build();
-                }
+                let existing: Vec<Binding> = read(replica)
+                    .bindings(&aor, now_ms)
+                    .map(Binding::from)
+                    .collect();
                 let mut live = existing.len();
                 for contact in &list {
                     let expires = contact
@@ -286,8 +265,6 @@ impl Registrar {
                             updates.push(Update::BindingRemoved {
                                 aor: aor.clone(),
                                 key,
-                                call_id: call_id.to_owned(),
-                                cseq: cseq.seq,
                             });
                         }
                         continue;
@@ -333,8 +310,6 @@ impl Registrar {
                             updates.push(Update::BindingRemoved {
                                 aor: aor.clone(),
                                 key: b.key.clone(),
-                                call_id: call_id.to_owned(),
-                                cseq: cseq.seq,
                             });
                         }
                     }
@@ -349,7 +324,8 @@ impl Registrar {
         }
         // Renewals first: the outbox keeps order, so the urgent changes after them take
         // them along.
-        self.changed.set(!updates.is_empty());
+        self.changed
+            .set(!renewals.is_empty() || !updates.is_empty());
         let published = renewals.into_iter().all(|u| outbox.publish_lazy(u))
             & updates.into_iter().all(|u| outbox.publish(u));
         if !published {

@@ -9,16 +9,11 @@
 //!
 //! Registrations are kept together too. Each worker has its own replica of the bindings,
 //! and a change reaches the others over the bus a little later; so a worker whose REGISTER
-//! added or removed a binding (or renewed one about to expire) marks the address of record
-//! as its own for [`AOR_TTL_S`], and a REGISTER for that AOR read by another worker
-//! meanwhile goes to it. A phone's registration, a fetch right after it or a quick change of
-//! mind thus meet the state they follow, as with one process. A REGISTER for an AOR nobody
-//! marked is answered where it lands, and a plain refresh marks nothing: it only moves an
-//! expiry that is far off either way. (Marking refreshes too handed half of all REGISTERs
-//! between the workers when phones refresh within 2 s of each other, as the bench's do at
-//! 15,000 a second: a tenth of the CPU.) Should the refreshing phone's next REGISTER be read
-//! by the other worker and published before the lazily sent refresh, the replicas still
-//! apply the two in the phone's CSeq order (`sipcraft_ipc::tombs`).
+//! changed a binding marks the address of record as its own for [`AOR_TTL_S`], and a
+//! REGISTER for that AOR read by another worker meanwhile goes to it. A phone's registration, a
+//! fetch right after it or a quick change of mind thus meet the state they follow, as
+//! with one process. A REGISTER for an AOR nobody marked (a refresh, minutes after the
+//! last) is answered where it lands.
 
 use sipcraft_config::Transport;
 use sipcraft_ipc::wire::{Direct, FromChild, SipHandoff};

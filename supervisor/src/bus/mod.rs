@@ -211,8 +211,6 @@ impl Hub {
     }
 
     /// Numbers an update, applies it to the hub's replica and sends it to every child.
-    /// Returns the generation after it: unchanged when the update was refused, a binding
-    /// change from a REGISTER older than what the hub holds (see `sipcraft_ipc::tombs`).
     pub fn publish(&self, update: Update) -> u64 {
         self.publish_from(0, update)
     }
@@ -220,14 +218,8 @@ impl Hub {
     /// [`Hub::publish`] for an update that bus connection `origin` sent.
     fn publish_from(&self, origin: u64, update: Update) -> u64 {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if !st.replica.apply_local(&update) {
-            tracing::debug!(
-                ?update,
-                "a binding change older than the hub's state: not numbered"
-            );
-            return st.replica.seq();
-        }
         let seq = st.replica.seq() + 1;
+        st.replica.apply_local(&update);
         st.replica.set_seq(seq);
         if st.updates.receiver_count() > 0 {
             let frame = encode_update(seq, update);
