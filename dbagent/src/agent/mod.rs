@@ -220,7 +220,7 @@ impl Agent {
                 self.restoring.remove(&(b.aor.clone(), b.key.clone()));
                 self.sync_aor(&b.aor);
             }
-            Update::BindingRemoved { aor, .. } | Update::BindingsCleared { aor, .. } => {
+            Update::BindingRemoved { aor, .. } | Update::BindingsCleared { aor } => {
                 self.sync_aor(aor);
             }
             Update::ExtensionDeleted(number) => {
