@@ -106,15 +106,8 @@ pub struct Cache<B = Vec<Binding>, E = Vec<Extension>> {
 pub type CacheOut = Cache<BindingTable, SharedExtensions>;
 
 /// Extensions, sorted by number, shared between the dbagent and the cache writes that list
-/// them; written as a `Vec<Extension>` is.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct SharedExtensions(pub std::sync::Arc<Vec<Extension>>);
-
-impl Serialize for SharedExtensions {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(serializer)
-    }
-}
+/// them; written as a `Vec<Extension>` is (serde's `rc` feature).
+pub type SharedExtensions = std::sync::Arc<Vec<Extension>>;
 
 impl Cache {
     /// An empty cache of this build's format.

@@ -43,7 +43,7 @@ impl Agent {
             _ => {
                 let mut list: Vec<Extension> = self.replica().extensions().cloned().collect();
                 list.sort_by(|a, b| a.number.cmp(&b.number));
-                let list = SharedExtensions(std::sync::Arc::new(list));
+                let list = SharedExtensions::new(list);
                 self.listed_extensions = Some((version, list.clone()));
                 list
             }
