@@ -45,6 +45,8 @@ pub enum Error {
     Join(#[from] child::LinkError),
     #[error("could not open the write journal")]
     OpenJournal(#[from] journal::JournalError),
+    #[error("journal fsync failed; exiting so that a restarted dbagent rewrites what may be lost")]
+    JournalSync(#[source] std::io::Error),
     #[error("could not create the state directory {path}")]
     StateDir {
         path: PathBuf,
@@ -108,7 +110,10 @@ pub async fn run(args: Args) -> Result<(), Error> {
             },
             Some(ev) = agent::next_db_event(&mut agent.db) => agent.on_db(ev),
             done = agent::job_done(&mut agent.cache_job) => agent.on_cache_written(done),
-            done = agent::job_done(&mut agent.sync_job) => agent.on_synced(done),
+            done = agent::job_done(&mut agent.sync_job) => {
+                // Nothing more is acknowledged, and the journal is not trusted further.
+                agent.on_synced(done).map_err(Error::JournalSync)?;
+            }
             _ = &mut stop => break,
         }
     }

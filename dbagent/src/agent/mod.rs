@@ -77,6 +77,8 @@ pub struct Agent {
     pub cache_job: Option<JoinHandle<Result<CacheWritten, CacheError>>>,
     pub sync_job: Option<JoinHandle<std::io::Result<()>>>,
     journal_full: bool,
+    /// The last journal write failed (a full disk): logged once, and again on recovery.
+    pub journal_failing: bool,
     refused_bindings: u64,
     dropped_records: u64,
     ticks: u64,
@@ -151,6 +153,7 @@ impl Agent {
             cache_job: None,
             sync_job: None,
             journal_full: false,
+            journal_failing: false,
             refused_bindings: 0,
             dropped_records: 0,
             ticks: 0,
@@ -285,7 +288,7 @@ impl Agent {
         let appended = match self.journal.append(&entry) {
             Ok(a) => a,
             Err(e) => {
-                tracing::error!(error = %chain(&e), "journal write failed; treating the journal as full");
+                tracing::error!(error = %chain(&e), "cannot encode a journal entry; dropped");
                 Append::Full
             }
         };

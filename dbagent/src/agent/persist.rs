@@ -157,15 +157,24 @@ impl Agent {
     /// Starts an fsync of recent appends unless one is running.
     pub fn sync_journal(&mut self) {
         if self.sync_job.is_none() {
-            match self.journal.take_sync() {
+            let taken = self.journal.take_sync();
+            if taken.is_ok() && std::mem::take(&mut self.journal_failing) {
+                tracing::warn!("journal writes work again");
+            }
+            match taken {
                 Ok(Some(job)) => {
                     self.bus_syncing = Some(self.bus_received);
                     self.sync_job = Some(tokio::task::spawn_blocking(move || job.run()));
                 }
                 // Everything appended so far is on disk.
                 Ok(None) => self.bus_durable = self.bus_received,
-                // Not acknowledged: the hub keeps those call records, as after a failed fsync.
-                Err(e) => tracing::error!(error = %chain(&e), "journal write failed"),
+                // Kept buffered and retried at the next tick, up to the journal's size
+                // limit; not acknowledged meanwhile (the hub keeps those call records).
+                Err(e) => {
+                    if !std::mem::replace(&mut self.journal_failing, true) {
+                        tracing::error!(error = %chain(&e), "journal write failed; retrying, nothing acknowledged until it works");
+                    }
+                }
             }
         }
         self.acknowledge();
@@ -189,7 +198,16 @@ impl Agent {
         }
     }
 
-    pub fn on_synced(&mut self, done: Result<std::io::Result<()>, tokio::task::JoinError>) {
+    /// Takes a finished fsync's result. A failed fsync is fatal, as in PostgreSQL: the
+    /// kernel may already have dropped the pages it could not write and call them clean, so
+    /// a retry could succeed without them being on disk. The dbagent exits without
+    /// acknowledging anything more; the supervisor restarts it, the hub hands the
+    /// unacknowledged call records to the new one, and the new one journals whatever its
+    /// journal lacks of the supervisor's replica.
+    pub fn on_synced(
+        &mut self,
+        done: Result<std::io::Result<()>, tokio::task::JoinError>,
+    ) -> std::io::Result<()> {
         let covered = self.bus_syncing.take();
         match done {
             Ok(Ok(())) => {
@@ -197,11 +215,10 @@ impl Agent {
                     self.bus_durable = self.bus_durable.max(upto);
                     self.acknowledge();
                 }
+                Ok(())
             }
-            // Not acknowledged: the hub keeps those records (until a later fsync covers them,
-            // or for the next dbagent).
-            Ok(Err(e)) => tracing::error!(error = %e, "journal fsync failed"),
-            Err(e) => tracing::error!(error = %e, "journal fsync task failed"),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(std::io::Error::other(e)),
         }
     }
 
@@ -212,7 +229,10 @@ impl Agent {
         for _ in 0..2 {
             if let Some(job) = self.sync_job.take() {
                 let done = job.await;
-                self.on_synced(done);
+                if let Err(e) = self.on_synced(done) {
+                    tracing::error!(error = %e, "journal fsync failed at stop; nothing more acknowledged");
+                    return;
+                }
             }
             self.sync_journal();
         }

@@ -10,7 +10,9 @@
 //! killed dbagent had buffered is still in the supervisor's replica, which a restarted
 //! dbagent compares its own with; call records are acknowledged only after the fsync that
 //! covers them. Killing every process at once loses at most the last batch, as a power cut
-//! loses at most the last unsynced one. A segment is deleted
+//! loses at most the last unsynced one. A write that fails (a full disk) keeps the buffer
+//! for the next attempt, which writes it at the same place; a failed fsync ends the dbagent
+//! (see `Agent::on_synced`). A segment is deleted
 //! whole once every entry in it is both in the cache file and in PostgreSQL (without a
 //! database: in the cache file), so nothing is ever rewritten in place.
 //!
@@ -20,7 +22,7 @@
 //! in the middle of a write); the rest of that segment is cut off.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -125,8 +127,12 @@ pub struct Journal {
     dir: PathBuf,
     max_bytes: u64,
     segment_bytes: u64,
-    /// Oldest first; the last one is appended to when `current` is open.
+    /// Oldest first; the last one is appended to while `appending`.
     segments: Vec<Segment>,
+    /// The last segment takes appends. Its file is created with its first write, so a
+    /// failed creation is retried like a failed write.
+    appending: bool,
+    /// The last segment's file, once created.
     current: Option<File>,
     total: u64,
     /// Bytes appended since the journal was opened (trimming does not lower it).
@@ -136,8 +142,13 @@ pub struct Journal {
     /// The open segment was written since its last fsync.
     current_dirty: bool,
     dir_changed: bool,
-    /// Records appended to the open segment and not yet written to it.
+    /// The end of the last segment not yet written to it: records (and, for a new segment,
+    /// its header). Always the tail of that segment: a segment is finished only once its
+    /// buffer is written.
     pending: Vec<u8>,
+    /// Test hook: how many writes or creations fail next (a write after writing half).
+    #[cfg(test)]
+    fail_writes: u32,
 }
 
 /// Buffered records are written out once they pass this many bytes.
@@ -181,6 +192,7 @@ impl Journal {
             max_bytes,
             segment_bytes: (max_bytes / 8).clamp(4 << 10, 4 << 20),
             segments,
+            appending: false,
             current: None,
             total,
             appended: 0,
@@ -188,31 +200,41 @@ impl Journal {
             current_dirty: false,
             dir_changed: false,
             pending: Vec::new(),
+            #[cfg(test)]
+            fail_writes: 0,
         };
         Ok((journal, entries))
     }
 
-    /// Appends one entry unless that would pass the size limit.
+    /// Appends one entry unless that would pass the size limit. It is buffered, and
+    /// written by [`Journal::take_sync`] at the latest: a write that fails (a full disk)
+    /// keeps it buffered for the next attempt, so an append fails only on the size limit
+    /// (`Full`), which also bounds the buffer, or if the entry cannot be encoded.
     pub fn append(&mut self, entry: &Entry) -> Result<Append, JournalError> {
         let body = postcard::to_allocvec(entry).map_err(JournalError::Encode)?;
         let len = 8 + body.len() as u64;
         if self.total + len > self.max_bytes {
             return Ok(Append::Full);
         }
-        let rotate = match (&self.current, self.segments.last()) {
-            (Some(_), Some(seg)) => seg.bytes + len > self.segment_bytes,
+        let rotate = match self.segments.last() {
+            Some(seg) if self.appending => {
+                // A segment is finished only once its buffer is written; until a write
+                // works, it grows past its size instead.
+                seg.bytes + len > self.segment_bytes && self.write_pending().is_ok()
+            }
             _ => true,
         };
         if rotate {
             if self.total + len + HEADER.len() as u64 > self.max_bytes {
                 return Ok(Append::Full);
             }
-            self.open_segment(entry.seq)?;
+            self.start_segment(entry.seq);
         }
         if self.pending.len() + len as usize > PENDING_MAX {
-            // Out before this one goes in: should the write fail, this entry is refused and
-            // the ones buffered stay for the next attempt.
-            self.write_pending()?;
+            // A failure leaves the buffer as it is; the sync reports it.
+            if let Err(e) = self.write_pending() {
+                tracing::debug!(error = %e, "journal write failed; kept buffered");
+            }
         }
         self.pending
             .extend_from_slice(&(body.len() as u32).to_le_bytes());
@@ -228,33 +250,66 @@ impl Journal {
         Ok(Append::Written)
     }
 
-    /// Writes the buffered records to the open segment. Should that fail (a full disk), the
-    /// segment is cut back to the records written before, so no torn record is left in the
-    /// middle of it, and the buffer is kept for the next attempt: nothing counts as written
-    /// (and no call record is acknowledged) until it is.
+    /// Finishes the last segment (its buffer is written) and starts a new one, created with
+    /// its first write.
+    fn start_segment(&mut self, first_seq: u64) {
+        if let Some(old) = self.current.take() {
+            if std::mem::take(&mut self.current_dirty) {
+                // The finished segment still needs its fsync.
+                self.unsynced.push(old);
+            }
+        }
+        self.pending.extend_from_slice(HEADER);
+        self.total += HEADER.len() as u64;
+        self.segments.push(Segment {
+            path: self.dir.join(format!("journal-{first_seq:020}.log")),
+            last_seq: first_seq,
+            bytes: HEADER.len() as u64,
+        });
+        self.appending = true;
+    }
+
+    /// Writes the buffer to the end of the last segment, creating its file first if need
+    /// be. The write is positioned (where the buffer starts in the segment), so one that
+    /// fails halfway leaves bytes the next attempt writes over: the buffer is kept and
+    /// nothing counts as written (no call record is acknowledged) until a write succeeds.
     fn write_pending(&mut self) -> Result<(), JournalError> {
-        use std::io::{Seek, SeekFrom};
         if self.pending.is_empty() {
             return Ok(());
         }
-        let (Some(file), Some(seg)) = (self.current.as_mut(), self.segments.last()) else {
-            // The open segment was trimmed away with everything in it.
-            self.pending.clear();
-            return Ok(());
-        };
-        let before = seg.bytes - self.pending.len() as u64;
-        if let Err(source) = file.write_all(&self.pending) {
-            let cut = file
-                .set_len(before)
-                .and_then(|()| file.seek(SeekFrom::Start(before)).map(drop));
-            if let Err(e) = cut {
-                tracing::error!(path = %seg.path.display(), error = %e, "cannot cut a journal segment back after a failed write");
-            }
-            return Err(JournalError::Append {
-                path: seg.path.clone(),
+        if self.current.is_none() {
+            let fail = self.injected_failure();
+            let path = &self
+                .segments
+                .last()
+                .expect("buffers belong to a segment")
+                .path;
+            let created = if fail {
+                Err(std::io::Error::other("injected failure"))
+            } else {
+                create_private(path)
+            };
+            let file = created.map_err(|source| JournalError::CreateSegment {
+                path: path.clone(),
                 source,
-            });
+            })?;
+            self.current = Some(file);
+            self.dir_changed = true;
         }
+        let half = self.injected_failure();
+        let seg = self.segments.last().expect("buffers belong to a segment");
+        let file = self.current.as_ref().expect("created above");
+        let at = seg.bytes - self.pending.len() as u64;
+        let written = if half {
+            write_at(file, &self.pending[..self.pending.len() / 2], at)
+                .and_then(|()| Err(std::io::Error::other("injected failure after half")))
+        } else {
+            write_at(file, &self.pending, at)
+        };
+        written.map_err(|source| JournalError::Append {
+            path: seg.path.clone(),
+            source,
+        })?;
         self.pending.clear();
         if self.pending.capacity() > 2 * PENDING_MAX {
             self.pending.shrink_to(PENDING_MAX);
@@ -262,30 +317,18 @@ impl Journal {
         Ok(())
     }
 
-    fn open_segment(&mut self, first_seq: u64) -> Result<(), JournalError> {
-        self.write_pending()?;
-        if let Some(old) = self.current.take() {
-            if std::mem::take(&mut self.current_dirty) {
-                // The finished segment still needs its fsync.
-                self.unsynced.push(old);
-            }
-        }
-        let path = self.dir.join(format!("journal-{first_seq:020}.log"));
-        let err = |source| JournalError::CreateSegment {
-            path: path.clone(),
-            source,
-        };
-        let mut file = create_private(&path).map_err(err)?;
-        file.write_all(HEADER).map_err(err)?;
-        self.total += HEADER.len() as u64;
-        self.segments.push(Segment {
-            path,
-            last_seq: first_seq,
-            bytes: HEADER.len() as u64,
-        });
-        self.current = Some(file);
-        self.dir_changed = true;
-        Ok(())
+    /// Test hook: whether the next creation fails, or the next write fails after writing
+    /// half its bytes.
+    #[cfg(test)]
+    fn injected_failure(&mut self) -> bool {
+        let fail = self.fail_writes > 0;
+        self.fail_writes = self.fail_writes.saturating_sub(1);
+        fail
+    }
+
+    #[cfg(not(test))]
+    fn injected_failure(&mut self) -> bool {
+        false
     }
 
     /// Deletes every segment whose entries all have `seq <= upto`; returns how many.
@@ -295,14 +338,19 @@ impl Journal {
             if seg.last_seq > upto {
                 break;
             }
-            let is_current = self.segments.len() == 1 && self.current.is_some();
-            if is_current {
+            if self.segments.len() == 1 && self.appending {
+                self.appending = false;
                 self.current = None;
                 self.current_dirty = false;
                 self.pending.clear();
             }
-            if let Err(e) = fs::remove_file(&seg.path) {
-                tracing::warn!(path = %seg.path.display(), error = %e, "cannot delete a journal segment");
+            match fs::remove_file(&seg.path) {
+                Ok(()) => {}
+                // A segment whose first write has not happened yet.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = %seg.path.display(), error = %e, "cannot delete a journal segment")
+                }
             }
             self.total -= seg.bytes;
             self.segments.remove(0);
@@ -313,7 +361,8 @@ impl Journal {
     }
 
     /// Writes out what is buffered and returns what must be fsynced now, if anything; the
-    /// journal counts it as synced.
+    /// journal counts it as synced. An error means nothing new is on disk (the buffer is
+    /// kept for the next call).
     pub fn take_sync(&mut self) -> Result<Option<SyncJob>, JournalError> {
         self.write_pending()?;
         if self.unsynced.is_empty() && !self.current_dirty && !self.dir_changed {
@@ -329,7 +378,7 @@ impl Journal {
         Ok(Some(SyncJob { files, dir }))
     }
 
-    /// Bytes on disk.
+    /// Bytes on disk, or buffered for it.
     pub fn bytes(&self) -> u64 {
         self.total
     }
@@ -426,6 +475,29 @@ pub fn create_private(path: &Path) -> std::io::Result<File> {
     options.open(path)
 }
 
+/// Writes all of `buf` at `offset`, wherever the file's cursor is.
+fn write_at(file: &File, buf: &[u8], offset: u64) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileExt;
+        file.write_all_at(buf, offset)
+    }
+    #[cfg(windows)]
+    {
+        use std::os::windows::fs::FileExt;
+        let mut done = 0;
+        while done < buf.len() {
+            match file.seek_write(&buf[done..], offset + done as u64) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
 /// fsyncs a directory, so a file created, renamed or deleted in it stays so after a crash.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
@@ -440,110 +512,4 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn entry(seq: u64) -> Entry {
-        Entry {
-            seq,
-            op: Op::BindingRemoved {
-                aor: "1001".into(),
-                key: format!("k{seq}"),
-            },
-        }
-    }
-
-    #[test]
-    fn appends_survive_reopen_and_trim_drops_whole_segments() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut j, found) = Journal::open(dir.path(), 64 << 10).unwrap();
-        assert!(found.is_empty());
-        for seq in 1..=2000 {
-            assert_eq!(j.append(&entry(seq)).unwrap(), Append::Written);
-        }
-        j.take_sync().unwrap().unwrap().run().unwrap();
-        let before = j.bytes();
-        // Growth counts the records, not the segment headers.
-        assert!(j.appended() < before && j.appended() > before / 2);
-        drop(j);
-        let (mut j, found) = Journal::open(dir.path(), 64 << 10).unwrap();
-        assert_eq!(found.len(), 2000);
-        assert_eq!(found[1999], entry(2000));
-        assert_eq!(j.bytes(), before);
-        assert!(j.trim(1000) >= 1);
-        assert!(j.bytes() < before);
-        assert_eq!(
-            j.appended(),
-            0,
-            "what was there at open, or trimmed, is not growth"
-        );
-        let (_, found) = Journal::open(dir.path(), 64 << 10).unwrap();
-        assert!(found.first().unwrap().seq <= 1001);
-        assert_eq!(found.last().unwrap().seq, 2000);
-    }
-
-    /// Appends are written to the file in batches: at the sync, or when the buffer fills.
-    #[test]
-    fn appends_reach_the_file_at_the_sync_or_when_the_buffer_fills() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut j, _) = Journal::open(dir.path(), 64 << 20).unwrap();
-        let on_disk = |dir: &Path| -> u64 {
-            fs::read_dir(dir)
-                .unwrap()
-                .flatten()
-                .map(|f| f.metadata().unwrap().len())
-                .sum()
-        };
-        for seq in 1..=3 {
-            j.append(&entry(seq)).unwrap();
-        }
-        assert_eq!(on_disk(dir.path()), HEADER.len() as u64, "buffered");
-        j.take_sync().unwrap().unwrap().run().unwrap();
-        assert_eq!(on_disk(dir.path()), j.bytes(), "written at the sync");
-        let mut seq = 3;
-        while on_disk(dir.path()) == j.bytes() {
-            seq += 1;
-            j.append(&entry(seq)).unwrap();
-        }
-        assert!(
-            on_disk(dir.path()) + PENDING_MAX as u64 >= j.bytes(),
-            "a full buffer is written without waiting for the sync"
-        );
-        let (_, found) = Journal::open(dir.path(), 64 << 20).unwrap();
-        assert!(found.len() as u64 >= seq - 1 && found.len() as u64 <= seq);
-    }
-
-    #[test]
-    fn refuses_past_the_limit_and_recovers_after_trim() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut j, _) = Journal::open(dir.path(), 16 << 10).unwrap();
-        let mut seq = 0;
-        while j.append(&entry(seq + 1)).unwrap() == Append::Written {
-            seq += 1;
-        }
-        assert!(j.bytes() <= 16 << 10);
-        assert!(seq > 100);
-        j.trim(seq);
-        assert_eq!(j.append(&entry(seq + 1)).unwrap(), Append::Written);
-    }
-
-    #[test]
-    fn a_torn_tail_is_cut_off() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut j, _) = Journal::open(dir.path(), 1 << 20).unwrap();
-        for seq in 1..=3 {
-            j.append(&entry(seq)).unwrap();
-        }
-        drop(j);
-        let seg = fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap();
-        let mut f = OpenOptions::new().append(true).open(seg.path()).unwrap();
-        f.write_all(&[40, 0, 0, 0, 1, 2, 3]).unwrap();
-        drop(f);
-        let (mut j, found) = Journal::open(dir.path(), 1 << 20).unwrap();
-        assert_eq!(found.len(), 3);
-        j.append(&entry(4)).unwrap();
-        drop(j);
-        let (_, found) = Journal::open(dir.path(), 1 << 20).unwrap();
-        assert_eq!(found.len(), 4);
-    }
-}
+mod tests;
