@@ -117,7 +117,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
             _ = &mut stop => break,
         }
     }
-    agent.finish().await;
+    agent.finish().await.map_err(Error::JournalSync)?;
     // The last acknowledgement (and health) must leave before the process does.
     if !agent
         .link

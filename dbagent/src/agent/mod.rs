@@ -288,8 +288,15 @@ impl Agent {
         let appended = match self.journal.append(&entry) {
             Ok(a) => a,
             Err(e) => {
+                // Cannot happen with these types (postcard into a Vec); not the full-journal
+                // policy, but counted with what it drops.
                 tracing::error!(error = %chain(&e), "cannot encode a journal entry; dropped");
-                Append::Full
+                if is_binding {
+                    self.cache_book.refused = true;
+                } else {
+                    self.dropped_records += 1;
+                }
+                return;
             }
         };
         match appended {

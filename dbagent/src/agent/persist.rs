@@ -20,6 +20,13 @@ impl Agent {
                 "database unreachable ({reason}); serving cached extensions, journaling writes"
             ));
         }
+        if self.journal_failing {
+            parts.push(
+                "journal writes FAILING (full disk or I/O error in state_dir); retried every \
+                 50 ms, call records held by the supervisor meanwhile"
+                    .to_string(),
+            );
+        }
         let (bytes, max) = (self.journal.bytes(), self.journal.max_bytes());
         if self.journal_full {
             parts.push(format!(
@@ -223,16 +230,13 @@ impl Agent {
     }
 
     /// At stop: fsync the journal, give the database a moment to take what is queued,
-    /// write the cache.
-    pub async fn finish(&mut self) {
+    /// write the cache. A failed fsync ends it at once (see [`Agent::on_synced`]).
+    pub async fn finish(&mut self) -> std::io::Result<()> {
         // The fsync running now, then one for what it did not cover.
         for _ in 0..2 {
             if let Some(job) = self.sync_job.take() {
                 let done = job.await;
-                if let Err(e) = self.on_synced(done) {
-                    tracing::error!(error = %e, "journal fsync failed at stop; nothing more acknowledged");
-                    return;
-                }
+                self.on_synced(done)?;
             }
             self.sync_journal();
         }
@@ -249,6 +253,7 @@ impl Agent {
             }
         }
         self.write_cache_now().await;
+        Ok(())
     }
 }
 

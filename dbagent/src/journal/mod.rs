@@ -24,6 +24,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sipcraft_ipc::state::Binding;
@@ -96,6 +97,9 @@ pub enum Append {
 
 #[derive(Debug)]
 struct Segment {
+    /// The number in its name: its first seq, or one past the segment before (names only
+    /// have to sort in order, and must never repeat).
+    name_seq: u64,
     path: PathBuf,
     last_seq: u64,
     bytes: u64,
@@ -104,7 +108,7 @@ struct Segment {
 /// Files to fsync, taken from the journal and synced on a blocking thread.
 #[derive(Debug)]
 pub struct SyncJob {
-    files: Vec<File>,
+    files: Vec<Arc<File>>,
     dir: Option<PathBuf>,
 }
 
@@ -132,13 +136,14 @@ pub struct Journal {
     /// The last segment takes appends. Its file is created with its first write, so a
     /// failed creation is retried like a failed write.
     appending: bool,
-    /// The last segment's file, once created.
-    current: Option<File>,
+    /// The last segment's file, once created. Shared with the sync job (no `dup` that
+    /// could fail when the process is out of descriptors).
+    current: Option<Arc<File>>,
     total: u64,
     /// Bytes appended since the journal was opened (trimming does not lower it).
     appended: u64,
     /// Finished segments written since their last fsync.
-    unsynced: Vec<File>,
+    unsynced: Vec<Arc<File>>,
     /// The open segment was written since its last fsync.
     current_dirty: bool,
     dir_changed: bool,
@@ -146,6 +151,9 @@ pub struct Journal {
     /// its header). Always the tail of that segment: a segment is finished only once its
     /// buffer is written.
     pending: Vec<u8>,
+    /// The last write failed: appends leave the buffer to the next sync, rather than retry
+    /// a write of up to `max_bytes` on every append while the disk is full.
+    write_failed: bool,
     /// Test hook: how many writes or creations fail next (a write after writing half).
     #[cfg(test)]
     fail_writes: u32,
@@ -176,12 +184,13 @@ impl Journal {
         let mut entries = Vec::new();
         let mut segments = Vec::new();
         let mut total = 0;
-        for (_, path) in names {
+        for (name_seq, path) in names {
             let (mut found, bytes) = read_segment(&path)?;
             let last_seq = found.last().map_or(0, |e: &Entry| e.seq);
             total += bytes;
             entries.append(&mut found);
             segments.push(Segment {
+                name_seq,
                 path,
                 last_seq,
                 bytes,
@@ -200,6 +209,7 @@ impl Journal {
             current_dirty: false,
             dir_changed: false,
             pending: Vec::new(),
+            write_failed: false,
             #[cfg(test)]
             fail_writes: 0,
         };
@@ -220,7 +230,9 @@ impl Journal {
             Some(seg) if self.appending => {
                 // A segment is finished only once its buffer is written; until a write
                 // works, it grows past its size instead.
-                seg.bytes + len > self.segment_bytes && self.write_pending().is_ok()
+                seg.bytes + len > self.segment_bytes
+                    && !self.write_failed
+                    && self.write_pending().is_ok()
             }
             _ => true,
         };
@@ -230,7 +242,7 @@ impl Journal {
             }
             self.start_segment(entry.seq);
         }
-        if self.pending.len() + len as usize > PENDING_MAX {
+        if self.pending.len() + len as usize > PENDING_MAX && !self.write_failed {
             // A failure leaves the buffer as it is; the sync reports it.
             if let Err(e) = self.write_pending() {
                 tracing::debug!(error = %e, "journal write failed; kept buffered");
@@ -261,8 +273,14 @@ impl Journal {
         }
         self.pending.extend_from_slice(HEADER);
         self.total += HEADER.len() as u64;
+        let name_seq = match self.segments.last() {
+            // A clock stepped back can give a first seq at or below an older name.
+            Some(seg) => first_seq.max(seg.name_seq + 1),
+            None => first_seq,
+        };
         self.segments.push(Segment {
-            path: self.dir.join(format!("journal-{first_seq:020}.log")),
+            name_seq,
+            path: self.dir.join(format!("journal-{name_seq:020}.log")),
             last_seq: first_seq,
             bytes: HEADER.len() as u64,
         });
@@ -277,6 +295,7 @@ impl Journal {
         if self.pending.is_empty() {
             return Ok(());
         }
+        self.write_failed = true;
         if self.current.is_none() {
             let fail = self.injected_failure();
             let path = &self
@@ -293,7 +312,7 @@ impl Journal {
                 path: path.clone(),
                 source,
             })?;
-            self.current = Some(file);
+            self.current = Some(Arc::new(file));
             self.dir_changed = true;
         }
         let half = self.injected_failure();
@@ -311,6 +330,7 @@ impl Journal {
             source,
         })?;
         self.pending.clear();
+        self.write_failed = false;
         if self.pending.capacity() > 2 * PENDING_MAX {
             self.pending.shrink_to(PENDING_MAX);
         }
@@ -343,6 +363,7 @@ impl Journal {
                 self.current = None;
                 self.current_dirty = false;
                 self.pending.clear();
+                self.write_failed = false;
             }
             match fs::remove_file(&seg.path) {
                 Ok(()) => {}
@@ -370,8 +391,8 @@ impl Journal {
         }
         let mut files = std::mem::take(&mut self.unsynced);
         if std::mem::take(&mut self.current_dirty) {
-            if let Some(f) = self.current.as_ref().and_then(|f| f.try_clone().ok()) {
-                files.push(f);
+            if let Some(f) = &self.current {
+                files.push(Arc::clone(f));
             }
         }
         let dir = std::mem::take(&mut self.dir_changed).then(|| self.dir.clone());
