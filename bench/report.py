@@ -203,7 +203,11 @@ def markdown(res):
       "message, 4 s receive timeout) and SIPp really offered at least 95 % of the rate. A "
       "registration is one SIPp call of two REGISTER transactions.")
     w("- **Response times** come from a loopback capture (tcpdump, kernel timestamps in µs) "
-      "of the server's port during two runs per server at the moderate rate, pooled; SIPp "
+      "of the server's port during "
+      + (f"{p['lat_rounds']['register']} runs per server at the moderate registration rate "
+         f"and {p['lat_rounds']['call']} at the moderate call rate"
+         if "lat_rounds" in p else "two runs per server at the moderate rate")
+      + ", pooled, the servers alternating run by run; SIPp "
       "itself times only in whole milliseconds. REGISTER → 200, INVITE in → INVITE "
       "forwarded and the callee's 180 in → 180 to the caller are the server alone; INVITE → "
       "180 (authorized INVITE in, 180 out to the caller) also contains the callee SIPp's "
