@@ -199,7 +199,9 @@ fn load_v1(dir: &Path) -> Result<Option<Cache>, CacheError> {
 }
 
 /// Passes bytes on and keeps the CRC-32 of what went through, and the write error if one
-/// happened (postcard reports any failed write only as a full buffer).
+/// happened: postcard reports any failed write or flush, and a short write too (a disk
+/// filling up takes part of a write before it refuses), only as a full buffer, so every
+/// write here is whole or an error.
 struct Checksummed<W> {
     inner: W,
     crc: crc32fast::Hasher,
@@ -208,10 +210,10 @@ struct Checksummed<W> {
 
 impl<W: Write> Write for Checksummed<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self.inner.write(buf) {
-            Ok(n) => {
-                self.crc.update(&buf[..n]);
-                Ok(n)
+        match self.inner.write_all(buf) {
+            Ok(()) => {
+                self.crc.update(buf);
+                Ok(buf.len())
             }
             Err(e) => {
                 let kept = std::io::Error::new(e.kind(), e.to_string());
@@ -222,7 +224,9 @@ impl<W: Write> Write for Checksummed<W> {
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
+        self.inner.flush().inspect_err(|e| {
+            self.error = Some(std::io::Error::new(e.kind(), e.to_string()));
+        })
     }
 }
 

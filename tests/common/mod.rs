@@ -1,6 +1,7 @@
 //! Test harness: runs the real `sipcraft` binary on loopback ports picked at run time.
 #![allow(dead_code)]
 
+pub mod attempt;
 pub mod postgres;
 pub mod sip;
 pub mod sipp;

@@ -1,0 +1,164 @@
+//! A full disk under the state directory loses no call record. The state directory is a
+//! small tmpfs in a mount namespace of the server's own (so nothing stays mounted if the test
+//! dies), filled up from outside through `/proc/<pid>/root`. Needs root, as CI runs.
+//!
+//! With PostgreSQL away as well, the records of calls made while the disk is full live only
+//! in the dbagent's buffer and in the supervisor's unacknowledged queue: the dbagent is
+//! killed meanwhile, its successor gets them again, and once the disk and the database are
+//! back every one of them is in PostgreSQL, once.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::attempt::call;
+use common::postgres::{dbagent_alarm, log_tail, setup_with, wait_or_report, Postgres};
+use common::{wait_for, Server};
+
+/// Runs the supervisor in a mount namespace of its own with a 512 KiB tmpfs on its state
+/// directory.
+fn in_small_tmpfs(cmd: Command) -> Command {
+    let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+    let config = PathBuf::from(&args[2]);
+    let dir = config.parent().unwrap();
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.join("sipcraft.log"))
+        .unwrap();
+    let mut wrapped = Command::new("unshare");
+    wrapped
+        .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg("mkdir -p \"$0\" && mount -t tmpfs -o size=512k,mode=0700 tmpfs \"$0\" && exec \"$@\"")
+        .arg(dir.join("state"))
+        .arg(cmd.get_program())
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .stderr(log);
+    wrapped
+}
+
+/// Fills the server's state directory (seen through its mount namespace) until the disk
+/// refuses more; returns the filler's path.
+fn fill_disk(server: &Server) -> PathBuf {
+    let state = server.dir.path().join("state");
+    let inside = Path::new("/proc")
+        .join(server.supervisor_pid().to_string())
+        .join("root")
+        .join(state.strip_prefix("/").unwrap());
+    let path = inside.join("filler");
+    let mut f = std::fs::File::create(&path).expect("the state directory, through /proc");
+    let chunk = vec![0u8; 16 << 10];
+    let err = loop {
+        if let Err(e) = f.write_all(&chunk).and_then(|()| f.sync_all()) {
+            break e;
+        }
+    };
+    assert_eq!(
+        err.kind(),
+        std::io::ErrorKind::StorageFull,
+        "filled to the brim: {err}"
+    );
+    path
+}
+
+#[test]
+fn call_records_survive_a_full_disk_a_killed_dbagent_and_a_dead_database() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test mounts a tmpfs (run it as root, as CI does)"
+    );
+    let mut pg = Postgres::start();
+    let mut setup = setup_with(&pg);
+    // Segments of 8 KiB: the calls below pass one while the disk is full.
+    setup.extra += "[dbagent]\njournal_max_bytes = 65536\n\n";
+    let server = Server::spawn_with(setup, in_small_tmpfs);
+    server.wait_all_ready();
+    pg.wait_schema();
+    pg.psql("INSERT INTO extensions (number, password) VALUES ('3601', 'caller'), ('3602', 'x')");
+    wait_for("extensions published", Duration::from_secs(5), || {
+        (server.status()["extensions"] == 2u64).then_some(())
+    });
+    let report = || log_tail(&server, 40);
+    let records = |pg: &Postgres| pg.count("SELECT count(*) FROM call_records");
+    let mut n = 0;
+    for _ in 0..2 {
+        n += 1;
+        call(&server, "3601", "caller", "3602", n);
+    }
+    wait_or_report("records while up", Duration::from_secs(5), report, || {
+        (records(&pg) == 2).then_some(())
+    });
+
+    pg.kill();
+    wait_for("database alarm", Duration::from_secs(10), || {
+        dbagent_alarm(&server).filter(|a| a.contains("database unreachable"))
+    });
+    let filler = fill_disk(&server);
+    for _ in 0..60 {
+        n += 1;
+        call(&server, "3601", "caller", "3602", n);
+    }
+    wait_or_report(
+        "journal writes failing",
+        Duration::from_secs(5),
+        report,
+        || dbagent_alarm(&server).filter(|a| a.contains("journal writes FAILING")),
+    );
+
+    // The records are in no file yet: a new dbagent gets them from the supervisor again.
+    let old = server.pid_of("dbagent");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_or_report(
+        "a new dbagent, failing too",
+        Duration::from_secs(15),
+        report,
+        || {
+            let alarm = dbagent_alarm(&server)?;
+            let pid = server
+                .child_pids()
+                .into_iter()
+                .find(|(name, _)| name == "dbagent")?
+                .1;
+            (pid != 0 && pid != old && alarm.contains("journal writes FAILING")).then_some(())
+        },
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    wait_or_report(
+        "journal writes again",
+        Duration::from_secs(5),
+        report,
+        || {
+            let alarm = dbagent_alarm(&server).unwrap_or_default();
+            (!alarm.contains("FAILING")).then_some(())
+        },
+    );
+    pg.start_again();
+    wait_or_report(
+        "every record in PostgreSQL",
+        Duration::from_secs(20),
+        report,
+        || (records(&pg) == 62).then_some(()),
+    );
+    let summary = pg.psql(
+        "SELECT count(*), count(DISTINCT id), count(DISTINCT call_id), min(callee), \
+         max(callee) FROM call_records",
+    );
+    assert_eq!(summary, "62|62|62|3602|3602", "{}", report());
+    let log = server.log();
+    for wrong in ["CALL RECORDS DROPPED", "JOURNAL FULL", "cannot encode"] {
+        assert!(!log.contains(wrong), "{wrong}:\n{}", report());
+    }
+    assert!(
+        log.contains("No space left on device"),
+        "the disk was full:\n{}",
+        report()
+    );
+}
