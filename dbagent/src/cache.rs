@@ -234,13 +234,22 @@ impl<W: Write> Write for Checksummed<W> {
 /// off the async thread), and removes a version 1 file. Encoded straight into the file, never
 /// as one body in memory. Returns the file's size.
 pub fn store(dir: &Path, cache: &impl Serialize) -> Result<u64, CacheError> {
-    let path = dir.join(FILE);
     let tmp = dir.join(format!("{FILE}.tmp"));
+    let stored = store_via(dir, &tmp, cache);
+    if stored.is_err() {
+        // A half-written file would hold on to the room a full disk gets back.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    stored
+}
+
+fn store_via(dir: &Path, tmp: &Path, cache: &impl Serialize) -> Result<u64, CacheError> {
+    let path = dir.join(FILE);
     let err = |source| CacheError::Write {
         path: path.clone(),
         source,
     };
-    let file = create_private(&tmp).map_err(err)?;
+    let file = create_private(tmp).map_err(err)?;
     let mut out = std::io::BufWriter::with_capacity(1 << 16, file);
     out.write_all(MAGIC).map_err(err)?;
     out.write_all(&VERSION.to_le_bytes()).map_err(err)?;
@@ -263,7 +272,7 @@ pub fn store(dir: &Path, cache: &impl Serialize) -> Result<u64, CacheError> {
     file.sync_all().map_err(err)?;
     let bytes = file.metadata().map_err(err)?.len();
     drop(file);
-    std::fs::rename(&tmp, &path).map_err(err)?;
+    std::fs::rename(tmp, &path).map_err(err)?;
     sync_dir(dir).map_err(err)?;
     // Only once the new file is durably in place: a crash between the two must not leave
     // neither. (`load` prefers whichever covers more, should the removal not last.)

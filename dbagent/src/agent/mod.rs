@@ -89,6 +89,11 @@ pub struct Agent {
     bus_syncing: Option<u64>,
     bus_durable: u64,
     bus_acked: u64,
+    /// The last call record handled went into the journal (set by `record`, taken by
+    /// `received`), and the number of the last one that did: while journal writes fail,
+    /// records after it (only logged, or dropped by the policy) need not wait.
+    call_journaled: bool,
+    bus_last_journaled: u64,
 }
 
 impl Agent {
@@ -160,6 +165,8 @@ impl Agent {
             bus_received: 0,
             bus_syncing: None,
             bus_durable: 0,
+            call_journaled: false,
+            bus_last_journaled: 0,
             bus_acked: 0,
         };
         let database = agent.link.config.database.clone();
@@ -306,6 +313,7 @@ impl Agent {
                 }
                 self.journal_full = false;
                 self.cache_book.journaled |= is_binding;
+                self.call_journaled |= !is_binding;
                 if let Some(db) = &self.db {
                     let _ = db.items.send(Item::Write(Box::new(entry)));
                 }

@@ -178,6 +178,11 @@ impl Agent {
                 // Kept buffered and retried at the next tick, up to the journal's size
                 // limit; not acknowledged meanwhile (the hub keeps those call records).
                 Err(e) => {
+                    // Records since the last one journaled were disposed of by the policy
+                    // (no database: logged): they do not wait for the disk.
+                    if self.bus_last_journaled <= self.bus_durable {
+                        self.bus_durable = self.bus_received;
+                    }
                     if !std::mem::replace(&mut self.journal_failing, true) {
                         tracing::error!(error = %chain(&e), "journal write failed; retrying, nothing acknowledged until it works");
                     }
@@ -192,6 +197,9 @@ impl Agent {
     /// full: dropped).
     pub fn received(&mut self, num: u64) {
         self.bus_received = self.bus_received.max(num);
+        if std::mem::take(&mut self.call_journaled) {
+            self.bus_last_journaled = num;
+        }
     }
 
     /// Tells the hub which call records are on disk, when that moved on.
@@ -224,8 +232,14 @@ impl Agent {
                 }
                 Ok(())
             }
-            Ok(Err(e)) => Err(e),
-            Err(e) => Err(std::io::Error::other(e)),
+            Ok(Err(e)) => {
+                self.journal.abandon();
+                Err(e)
+            }
+            Err(e) => {
+                self.journal.abandon();
+                Err(std::io::Error::other(e))
+            }
         }
     }
 

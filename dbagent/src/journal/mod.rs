@@ -10,9 +10,10 @@
 //! killed dbagent had buffered is still in the supervisor's replica, which a restarted
 //! dbagent compares its own with; call records are acknowledged only after the fsync that
 //! covers them. Killing every process at once loses at most the last batch, as a power cut
-//! loses at most the last unsynced one. A write that fails (a full disk) keeps the buffer
-//! for the next attempt, which writes it at the same place; a failed fsync ends the dbagent
-//! (see `Agent::on_synced`). A segment is deleted
+//! loses at most the last unsynced one, as long as writes succeed. A write that fails (a full
+//! disk) keeps the buffer for the next attempt, which writes it at the same place; what it
+//! holds then is only in memory (and, for call records, in the supervisor's queue). A
+//! failed fsync ends the dbagent (see `Agent::on_synced`). A segment is deleted
 //! whole once every entry in it is both in the cache file and in PostgreSQL (without a
 //! database: in the cache file), so nothing is ever rewritten in place.
 //!
@@ -397,6 +398,15 @@ impl Journal {
         }
         let dir = std::mem::take(&mut self.dir_changed).then(|| self.dir.clone());
         Ok(Some(SyncJob { files, dir }))
+    }
+
+    /// Forgets what is buffered and writes nothing more, not even at drop: after a failed
+    /// fsync nothing the journal holds can be trusted, and a successor must not read
+    /// unsynced records as if they were on disk (see `Agent::on_synced`).
+    pub fn abandon(&mut self) {
+        self.pending.clear();
+        self.appending = false;
+        self.current = None;
     }
 
     /// Bytes on disk, or buffered for it.
