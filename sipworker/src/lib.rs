@@ -164,7 +164,8 @@ pub async fn run(args: Args) -> Result<(), Error> {
                 Ok((n, peer)) => {
                     let now = Instant::now();
                     let out = core.on_message(&buf[..n], Target::udp(peer), now);
-                    failed = read_one(&mut wake, udp.as_ref(), now).err();
+                    let response = buf[..n].starts_with(b"SIP/2.0 ");
+                    failed = read_one(&mut wake, udp.as_ref(), now, response).err();
                     out
                 }
                 Err(e) => {
@@ -330,12 +331,13 @@ fn read_one(
     wake: &mut Option<transport::exclusive::Wake>,
     udp: Option<&tokio::net::UdpSocket>,
     now: Instant,
+    response: bool,
 ) -> Result<(), Error> {
     use transport::exclusive::NotExclusive;
     let (Some(w), Some(socket)) = (wake.as_mut(), udp) else {
         return Ok(());
     };
-    match w.read(socket, now) {
+    match w.read(socket, now, response) {
         Ok(()) => Ok(()),
         Err(NotExclusive::Lost(e)) => Err(Error::Socket(e)),
         Err(e) => {
@@ -351,6 +353,7 @@ fn read_one(
     _wake: &mut Option<()>,
     _udp: Option<&tokio::net::UdpSocket>,
     _now: Instant,
+    _response: bool,
 ) -> Result<(), Error> {
     Ok(())
 }
