@@ -193,8 +193,9 @@ pub struct Limits {
     pub udp_linger_ms: u64,
     /// For UDP workers sharing a socket (Linux): below this many datagrams a second (all the
     /// UDP workers that share sockets, together) a datagram wakes every idle worker and the first to get a CPU
-    /// takes it, the lowest latency; above it, one idle worker, the least CPU. 0 always
-    /// wakes one. The herd costs each idle worker a wake-up per datagram, about 1 % of a
+    /// takes it, the lowest latency; above it, one idle worker, the least CPU. A worker also
+    /// wakes one while a tenth of what it reads are responses (calls, whose messages belong
+    /// to the worker holding them). 0 always wakes one. The herd costs each idle worker a wake-up per datagram, about 1 % of a
     /// core per other worker at the default.
     pub udp_wake_all_below: u64,
 }
