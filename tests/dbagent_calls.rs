@@ -6,41 +6,26 @@ mod common;
 
 use std::time::Duration;
 
-use common::attempt::call;
-use common::postgres::{dbagent_alarm, log_tail, setup_with, wait_or_report, Postgres};
+use common::attempt::{records, Attempts};
+use common::postgres::{
+    dbagent_alarm, log_tail, setup_with, wait_database_unreachable, wait_or_report, Postgres,
+};
 use common::{wait_for, Server};
-
-fn records(pg: &Postgres) -> i64 {
-    pg.count("SELECT count(*) FROM call_records")
-}
 
 #[test]
 fn call_records_made_during_outages_reach_postgres_exactly_once() {
     let mut pg = Postgres::start();
     let server = Server::start(setup_with(&pg));
-    pg.wait_schema();
-    pg.psql("INSERT INTO extensions (number, password) VALUES ('3501', 'caller'), ('3502', 'x')");
-    wait_for("extensions published", Duration::from_secs(5), || {
-        (server.status()["extensions"] == 2u64).then_some(())
-    });
+    let mut calls = Attempts::publish(&server, &pg, "3501", "3502");
     let report = || log_tail(&server, 40);
-    let mut n = 0;
-    for _ in 0..2 {
-        n += 1;
-        call(&server, "3501", "caller", "3502", n);
-    }
+    calls.make(2);
     wait_or_report("records while up", Duration::from_secs(5), report, || {
         (records(&pg) == 2).then_some(())
     });
 
     pg.kill();
-    wait_for("database alarm", Duration::from_secs(10), || {
-        dbagent_alarm(&server).filter(|a| a.contains("database unreachable"))
-    });
-    for _ in 0..10 {
-        n += 1;
-        call(&server, "3501", "caller", "3502", n);
-    }
+    wait_database_unreachable(&server, "database alarm");
+    calls.make(10);
     pg.start_again();
     wait_or_report(
         "records after the kill",
@@ -53,13 +38,8 @@ fn call_records_made_during_outages_reach_postgres_exactly_once() {
         dbagent_alarm(&server).is_none().then_some(())
     });
     pg.pause();
-    wait_for("database alarm while hung", Duration::from_secs(10), || {
-        dbagent_alarm(&server).filter(|a| a.contains("database unreachable"))
-    });
-    for _ in 0..10 {
-        n += 1;
-        call(&server, "3501", "caller", "3502", n);
-    }
+    wait_database_unreachable(&server, "database alarm while hung");
+    calls.make(10);
     pg.resume();
     wait_or_report(
         "records after the hang",

@@ -14,9 +14,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::attempt::call;
-use common::postgres::{dbagent_alarm, log_tail, setup_with, wait_or_report, Postgres};
-use common::{wait_for, Server};
+use common::attempt::{records, Attempts};
+use common::postgres::{
+    dbagent_alarm, log_tail, setup_with, wait_database_unreachable, wait_or_report, Postgres,
+};
+use common::Server;
 
 /// Runs the supervisor in a mount namespace of its own with a 512 KiB tmpfs on its state
 /// directory.
@@ -81,31 +83,17 @@ fn call_records_survive_a_full_disk_a_killed_dbagent_and_a_dead_database() {
     setup.extra += "[dbagent]\njournal_max_bytes = 65536\n\n";
     let server = Server::spawn_with(setup, in_small_tmpfs);
     server.wait_all_ready();
-    pg.wait_schema();
-    pg.psql("INSERT INTO extensions (number, password) VALUES ('3601', 'caller'), ('3602', 'x')");
-    wait_for("extensions published", Duration::from_secs(5), || {
-        (server.status()["extensions"] == 2u64).then_some(())
-    });
+    let mut calls = Attempts::publish(&server, &pg, "3601", "3602");
     let report = || log_tail(&server, 40);
-    let records = |pg: &Postgres| pg.count("SELECT count(*) FROM call_records");
-    let mut n = 0;
-    for _ in 0..2 {
-        n += 1;
-        call(&server, "3601", "caller", "3602", n);
-    }
+    calls.make(2);
     wait_or_report("records while up", Duration::from_secs(5), report, || {
         (records(&pg) == 2).then_some(())
     });
 
     pg.kill();
-    wait_for("database alarm", Duration::from_secs(10), || {
-        dbagent_alarm(&server).filter(|a| a.contains("database unreachable"))
-    });
+    wait_database_unreachable(&server, "database alarm");
     let filler = fill_disk(&server);
-    for _ in 0..60 {
-        n += 1;
-        call(&server, "3601", "caller", "3602", n);
-    }
+    calls.make(60);
     wait_or_report(
         "journal writes failing",
         Duration::from_secs(5),

@@ -215,18 +215,20 @@ impl<W: Write> Write for Checksummed<W> {
                 self.crc.update(buf);
                 Ok(buf.len())
             }
-            Err(e) => {
-                let kept = std::io::Error::new(e.kind(), e.to_string());
-                self.error = Some(kept);
-                Err(e)
-            }
+            Err(e) => Err(self.keep(e)),
         }
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush().inspect_err(|e| {
-            self.error = Some(std::io::Error::new(e.kind(), e.to_string()));
-        })
+        self.inner.flush().map_err(|e| self.keep(e))
+    }
+}
+
+impl<W> Checksummed<W> {
+    /// Keeps a copy of `e` for `store`, which gets only postcard's "buffer full".
+    fn keep(&mut self, e: std::io::Error) -> std::io::Error {
+        self.error = Some(std::io::Error::new(e.kind(), e.to_string()));
+        e
     }
 }
 

@@ -90,12 +90,15 @@ pub async fn run(args: Args) -> Result<(), Error> {
                     agent.on_call_record(record);
                 }
                 Some(LinkEvent::DeliverNumbered { num, msg, from }) => {
-                    match msg {
+                    let journaled = match msg {
                         Direct::CallRecord(record) => agent.on_call_record(record),
-                        Direct::Sip(_) => tracing::debug!(%from, "message for the dbagent ignored"),
-                    }
+                        Direct::Sip(_) => {
+                            tracing::debug!(%from, "message for the dbagent ignored");
+                            false
+                        }
+                    };
                     // Acknowledged once it is on disk (the next journal fsync).
-                    agent.received(num);
+                    agent.received(num, journaled);
                 }
                 Some(LinkEvent::Deliver { from, .. }) => {
                     tracing::debug!(%from, "message for the dbagent ignored");

@@ -4,8 +4,52 @@
 
 use std::time::Duration;
 
+use super::postgres::Postgres;
 use super::sip::{Phone, Response};
-use super::Server;
+use super::{wait_for, Server};
+
+/// Call attempts from one caller (password `caller`) to one extension nobody registers,
+/// both in PostgreSQL, numbered across a test.
+pub struct Attempts<'a> {
+    server: &'a Server,
+    caller: &'a str,
+    callee: &'a str,
+    made: u32,
+}
+
+impl<'a> Attempts<'a> {
+    /// Puts both extensions in PostgreSQL (once its schema is there) and waits until the
+    /// server publishes them.
+    pub fn publish(server: &'a Server, pg: &Postgres, caller: &'a str, callee: &'a str) -> Self {
+        pg.wait_schema();
+        pg.psql(&format!(
+            "INSERT INTO extensions (number, password) VALUES ('{caller}', 'caller'), \
+             ('{callee}', 'x')"
+        ));
+        wait_for("extensions published", Duration::from_secs(5), || {
+            (server.status()["extensions"] == 2u64).then_some(())
+        });
+        Attempts {
+            server,
+            caller,
+            callee,
+            made: 0,
+        }
+    }
+
+    /// Makes `count` more attempts, one after the other.
+    pub fn make(&mut self, count: u32) {
+        for _ in 0..count {
+            self.made += 1;
+            call(self.server, self.caller, "caller", self.callee, self.made);
+        }
+    }
+}
+
+/// The call records in PostgreSQL.
+pub fn records(pg: &Postgres) -> i64 {
+    pg.count("SELECT count(*) FROM call_records")
+}
 
 /// The next final response.
 fn final_response(phone: &mut Phone) -> Response {

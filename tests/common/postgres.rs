@@ -364,6 +364,13 @@ pub fn dbagent_alarm(server: &Server) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Waits until the dbagent reports the database unreachable (`what` names the moment).
+pub fn wait_database_unreachable(server: &Server, what: &str) {
+    wait_for(what, Duration::from_secs(10), || {
+        dbagent_alarm(server).filter(|a| a.contains("database unreachable"))
+    });
+}
+
 /// SIPp REGISTERing users (each once, MD5 digest, over UDP) at a steady rate, in the
 /// background; [`RegisterLoad::wait`] says whether every REGISTER got its 200.
 pub struct RegisterLoad {

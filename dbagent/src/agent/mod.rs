@@ -78,7 +78,7 @@ pub struct Agent {
     pub sync_job: Option<JoinHandle<std::io::Result<()>>>,
     journal_full: bool,
     /// The last journal write failed (a full disk): logged once, and again on recovery.
-    pub journal_failing: bool,
+    journal_failing: bool,
     refused_bindings: u64,
     dropped_records: u64,
     ticks: u64,
@@ -89,10 +89,8 @@ pub struct Agent {
     bus_syncing: Option<u64>,
     bus_durable: u64,
     bus_acked: u64,
-    /// The last call record handled went into the journal (set by `record`, taken by
-    /// `received`), and the number of the last one that did: while journal writes fail,
-    /// records after it (only logged, or dropped by the policy) need not wait.
-    call_journaled: bool,
+    /// The number of the last call record that went into the journal: while journal writes
+    /// fail, records after it (only logged, or dropped by the policy) need not wait.
     bus_last_journaled: u64,
 }
 
@@ -165,7 +163,6 @@ impl Agent {
             bus_received: 0,
             bus_syncing: None,
             bus_durable: 0,
-            call_journaled: false,
             bus_last_journaled: 0,
             bus_acked: 0,
         };
@@ -269,8 +266,8 @@ impl Agent {
         }
     }
 
-    /// A call record from a worker.
-    pub fn on_call_record(&mut self, record: CallRecord) {
+    /// A call record from a worker; whether it went into the journal.
+    pub fn on_call_record(&mut self, record: CallRecord) -> bool {
         if self.db.is_none() {
             tracing::info!(
                 target: "sipcraft::cdr",
@@ -281,13 +278,13 @@ impl Agent {
                 status = record.final_status,
                 "call record (no database configured)"
             );
-            return;
+            return false;
         }
-        self.record(Op::CallRecord(record));
+        self.record(Op::CallRecord(record))
     }
 
-    /// Numbers, journals and forwards one operation.
-    fn record(&mut self, op: Op) {
+    /// Numbers, journals and forwards one operation; whether it went into the journal.
+    fn record(&mut self, op: Op) -> bool {
         let seq = self.next_seq;
         self.next_seq += 1;
         let is_binding = !matches!(op, Op::CallRecord(_));
@@ -303,7 +300,7 @@ impl Agent {
                 } else {
                     self.dropped_records += 1;
                 }
-                return;
+                return false;
             }
         };
         match appended {
@@ -313,10 +310,10 @@ impl Agent {
                 }
                 self.journal_full = false;
                 self.cache_book.journaled |= is_binding;
-                self.call_journaled |= !is_binding;
                 if let Some(db) = &self.db {
                     let _ = db.items.send(Item::Write(Box::new(entry)));
                 }
+                true
             }
             Append::Full => {
                 if !self.journal_full {
@@ -340,6 +337,7 @@ impl Agent {
                 } else {
                     self.dropped_records += 1;
                 }
+                false
             }
         }
     }

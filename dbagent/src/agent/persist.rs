@@ -195,9 +195,9 @@ impl Agent {
     /// Call record `num` from the hub was handled: journaled (acknowledged after the fsync
     /// that follows) or disposed of by the documented policy (no database: logged; journal
     /// full: dropped).
-    pub fn received(&mut self, num: u64) {
+    pub fn received(&mut self, num: u64, journaled: bool) {
         self.bus_received = self.bus_received.max(num);
-        if std::mem::take(&mut self.call_journaled) {
+        if journaled {
             self.bus_last_journaled = num;
         }
     }

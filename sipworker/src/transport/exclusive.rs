@@ -205,20 +205,14 @@ impl Wake {
         self.tally = tally;
         self.since = now;
         let exclusive = self.registration.is_exclusive();
-        // 0 turns the choice off: always one.
-        let calls = self.wake_all_below == 0 || {
-            if exclusive {
-                responses * 20 >= read
-            } else {
-                responses * 10 >= read
-            }
+        // Leaving a mode takes a margin: a quarter below the rate, half the share.
+        let (busy, calls) = if exclusive {
+            (per_s * 4 >= self.wake_all_below * 3, responses * 20 >= read)
+        } else {
+            (per_s > self.wake_all_below, responses * 10 >= read)
         };
-        let want = calls
-            || if exclusive {
-                per_s * 4 >= self.wake_all_below * 3
-            } else {
-                per_s > self.wake_all_below
-            };
+        // 0 turns the choice off: always one.
+        let want = self.wake_all_below == 0 || busy || calls;
         if want != exclusive {
             tracing::debug!(
                 datagrams_per_s = per_s,
@@ -344,16 +338,22 @@ mod tests {
         still_receives(&socket).await;
     }
 
-    #[tokio::test]
-    async fn the_rate_of_all_the_workers_chooses_the_wake_up() {
+    /// A socket and a claim table to count on, with a [`Wake`] for the socket.
+    async fn wake_with_table() -> (tokio::net::UdpSocket, std::os::fd::OwnedFd, Wake) {
         let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let fd = sipcraft_ipc::claims::create(64, 64, 64).expect("memfd");
-        let mine = std::sync::Arc::new(sipcraft_ipc::claims::Claims::open(&fd).expect("map"));
+        let table = std::sync::Arc::new(sipcraft_ipc::claims::Claims::open(&fd).expect("map"));
+        let wake = Wake::new(&socket, table, 1_000).expect("wake");
+        (socket, fd, wake)
+    }
+
+    #[tokio::test]
+    async fn the_rate_of_all_the_workers_chooses_the_wake_up() {
+        let (socket, fd, mut wake) = wake_with_table().await;
         let other = sipcraft_ipc::claims::Claims::open(&fd).expect("map");
         let ms = std::time::Duration::from_millis;
-        let mut wake = Wake::new(&socket, mine, 1_000).expect("wake");
         assert_eq!(
             events_of(&socket) & EXCLUSIVE,
             0,
@@ -393,13 +393,8 @@ mod tests {
 
     #[tokio::test]
     async fn responses_among_the_datagrams_wake_one_worker_at_any_rate() {
-        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let fd = sipcraft_ipc::claims::create(64, 64, 64).expect("memfd");
-        let table = std::sync::Arc::new(sipcraft_ipc::claims::Claims::open(&fd).expect("map"));
+        let (socket, _fd, mut wake) = wake_with_table().await;
         let ms = std::time::Duration::from_millis;
-        let mut wake = Wake::new(&socket, table, 1_000).expect("wake");
         let t0 = std::time::Instant::now();
         // A window of 20 datagrams (80 a second), 2 of them responses: calls.
         let window = |wake: &mut Wake, end: u64, responses: usize| {
