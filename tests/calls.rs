@@ -412,6 +412,27 @@ impl Endpoint {
         self.expect(&format!("a {method}"), |m| m.method() == Some(method))
     }
 
+    /// The ACK for this endpoint's 2xx to `inv` and the BYE that ends the call, the BYE
+    /// answered 200; returns the ACK. The caller sends them back to back over UDP, and two
+    /// workers reading the shared socket may forward them in either order (as UDP may
+    /// deliver them), so either may come first.
+    fn take_ack_and_bye(&mut self, inv: &Msg) -> Msg {
+        let first = self.expect("the ACK or the BYE", |m| {
+            matches!(m.method(), Some("ACK" | "BYE"))
+        });
+        assert_eq!(first.call_id(), inv.call_id(), "{}", self.dump());
+        let ack = if first.method() == Some("ACK") {
+            let bye = self.expect_request("BYE");
+            self.reply(&bye, 200, "OK", None);
+            first
+        } else {
+            self.reply(&first, 200, "OK", None);
+            self.expect_request("ACK")
+        };
+        assert_eq!(ack.call_id(), inv.call_id(), "{}", self.dump());
+        ack
+    }
+
     // --- as a callee -------------------------------------------------------------------
 
     /// REGISTER this endpoint's contact for `expires` seconds, answering the 401 with MD5.
@@ -851,10 +872,7 @@ fn forked_call_rings_both_first_answer_wins() {
                 .recv_timeout(WAIT)
                 .expect("the caller saw both branches ring");
             a.reply(&inv, 200, "OK", Some("tag-a"));
-            let ack = a.expect_request("ACK");
-            assert_eq!(ack.call_id(), inv.call_id(), "{}", a.dump());
-            let bye = a.expect_request("BYE");
-            a.reply(&bye, 200, "OK", None);
+            a.take_ack_and_bye(&inv);
             a
         });
         let callee_b = s.spawn(move || {
@@ -946,24 +964,7 @@ fn in_dialog_requests_reach_a_tcp_callee(same_contact: bool) {
             let inv = callee.expect_request("INVITE");
             callee.reply(&inv, 180, "Ringing", Some("tag-t"));
             callee.reply(&inv, 200, "OK", Some("tag-t"));
-            // The caller sends the ACK and the BYE back to back over UDP, and two workers
-            // reading the shared socket may forward them in either order (as UDP may
-            // deliver them): the callee takes both, whichever comes first.
-            let first = callee.expect("the ACK or the BYE", |m| {
-                matches!(m.method(), Some("ACK" | "BYE"))
-            });
-            assert_eq!(first.call_id(), inv.call_id(), "{}", callee.dump());
-            let acked_first = first.method() == Some("ACK");
-            let bye = if acked_first {
-                callee.expect_request("BYE")
-            } else {
-                first
-            };
-            callee.reply(&bye, 200, "OK", None);
-            if !acked_first {
-                let ack = callee.expect_request("ACK");
-                assert_eq!(ack.call_id(), inv.call_id(), "{}", callee.dump());
-            }
+            callee.take_ack_and_bye(&inv);
         });
         let inv = caller.call("1002");
         let ok = caller.final_response(&inv, WAIT);
