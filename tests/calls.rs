@@ -726,7 +726,8 @@ impl Endpoint {
 
 /// The checks every INVITE forwarded by sipcraft passes (RFC 3261 §16.6): Max-Forwards
 /// decremented, a Record-Route added, sipcraft's own Via on top with an RFC 3261 branch,
-/// the caller's Via below it.
+/// the caller's Via below it, and the caller's credentials for sipcraft's realm consumed
+/// (§22.3: the callee never sees them).
 fn assert_forwarded(callee: &Endpoint, inv: &Msg, caller_port: u16) {
     let report = || format!("{}: forwarded INVITE:\n{}", callee.name, inv.text);
     assert_eq!(
@@ -736,6 +737,11 @@ fn assert_forwarded(callee: &Endpoint, inv: &Msg, caller_port: u16) {
         report()
     );
     assert!(!inv.values("Record-Route").is_empty(), "{}", report());
+    assert!(
+        inv.header("Proxy-Authorization").is_none(),
+        "the caller's digest for our realm is consumed\n{}",
+        report()
+    );
     let vias = inv.values("Via");
     assert!(vias.len() >= 2, "{}", report());
     assert!(inv.branch().starts_with("z9hG4bK"), "{}", report());

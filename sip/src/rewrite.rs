@@ -187,6 +187,31 @@ impl<'m, 'a> Rewriter<'m, 'a> {
         self.remove_first_value(HeaderName::Route)
     }
 
+    /// Removes the Proxy-Authorization lines whose digest credentials are for `realm`: a
+    /// proxy that checked them consumes them (RFC 3261 §20.28, §22.3), so the callee never
+    /// sees the caller's digest. Lines for other realms, and lines that do not parse, are
+    /// left for the proxies they belong to. Returns how many were removed.
+    pub fn consume_credentials(&mut self, realm: &str) -> usize {
+        let ours: Vec<usize> = self
+            .msg
+            .headers
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.name == HeaderName::ProxyAuthorization)
+            .filter(|(_, h)| {
+                crate::header::DigestCredentials::parse(h.value)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|d| d.realm.as_deref() == Some(realm))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        for &i in &ours {
+            self.set(i, None);
+        }
+        ours.len()
+    }
+
     /// Adds a header line at the end of the header section.
     pub fn add_header(&mut self, name: &str, value: &str) -> &mut Self {
         let at = self.msg.headers.len();
@@ -326,6 +351,30 @@ mod tests {
         let m = parse(out, &Limits::default())
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(out)));
         f(&m);
+    }
+
+    #[test]
+    fn consumes_only_our_realms_credentials() {
+        let raw = b"INVITE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP a.example.com;branch=z9hG4bK1\r\n\
+            Proxy-Authorization: Digest username=\"a\",realm=\"other.example\",nonce=\"n\",uri=\"sip:x\",response=\"r\"\r\n\
+            From: <sip:a@example.com>;tag=9\r\n\
+            Proxy-Authorization: Digest username=\"a\",realm=\"example.com\",nonce=\"n\",uri=\"sip:x\",response=\"r\"\r\n\
+            To: <sip:bob@example.com>\r\nCall-ID: abc\r\nCSeq: 7 INVITE\r\nContent-Length: 0\r\n\r\n";
+        let req = parse(raw, &Limits::default()).unwrap();
+        let mut w = Rewriter::new(&req);
+        assert_eq!(w.consume_credentials("example.com"), 1);
+        let out = w.finish();
+        reparse(&out, |m| {
+            let realms: Vec<_> = m
+                .digest_credentials(true)
+                .map(|d| d.unwrap().unwrap().realm.unwrap().into_owned())
+                .collect();
+            assert_eq!(realms, ["other.example"]);
+            assert_eq!(m.call_id(), Ok("abc"));
+        });
+        let mut w = Rewriter::new(&req);
+        assert_eq!(w.consume_credentials("elsewhere.example"), 0);
+        assert_eq!(w.finish(), raw.to_vec());
     }
 
     #[test]

@@ -49,6 +49,11 @@ impl Registrar {
         }
     }
 
+    /// The realm every challenge names: the SIP domain.
+    pub fn realm(&self) -> &str {
+        &self.realm
+    }
+
     pub fn reload(&mut self, config: &Config) {
         self.registrar = config.registrar.clone();
         self.auth.reconfigure(&config.registrar);

@@ -287,7 +287,8 @@ impl Core {
 
     /// The request as sent on a branch: received/rport in the top Via when `received` gives
     /// the source (RFC 3581), new Request-URI (initial requests), our Via, Max-Forwards
-    /// decremented, our Route entries popped, Record-Route added.
+    /// decremented, our Route entries popped, our realm's Proxy-Authorization consumed
+    /// (initial requests), Record-Route added.
     pub(super) fn rewrite(
         &self,
         msg: &Message<'_>,
@@ -315,6 +316,10 @@ impl Core {
                     _ => break,
                 }
             }
+        }
+        if initial {
+            // Credentials for our realm were checked here; they go no further (§22.3).
+            w.consume_credentials(self.registrar.realm());
         }
         if initial && creates_dialog(method) {
             let mut flows = String::new();
