@@ -404,6 +404,22 @@ impl Endpoint {
         }
     }
 
+    /// Whether a `100 Trying` to the INVITE `call_id` / `cseq` has been received so far.
+    fn got_trying(&self, call_id: &str, cseq: u32) -> bool {
+        self.trace
+            .iter()
+            .filter_map(|t| t.strip_prefix("<<< "))
+            .filter_map(|t| t.split_once('\n'))
+            .map(|(_, text)| Msg {
+                text: text.to_owned(),
+            })
+            .any(|m| {
+                m.status() == Some(100)
+                    && m.call_id() == call_id
+                    && m.cseq() == (cseq, "INVITE".to_owned())
+            })
+    }
+
     fn expect(&mut self, what: &str, want: impl Fn(&Msg) -> bool) -> Msg {
         self.expect_within(WAIT, what, want)
     }
@@ -935,6 +951,11 @@ fn forked_call_rings_both_first_answer_wins() {
             "the answer arrives intact\n{}",
             caller.dump()
         );
+        assert!(
+            caller.got_trying(&inv.call_id, inv.cseq) && !caller.got_trying(&inv.call_id, 1),
+            "a 100 Trying to the forwarded INVITE, none to the challenged one\n{}",
+            caller.dump()
+        );
         let dialog = caller.ack_2xx(&inv, &ok);
         let bye = caller.bye(&dialog, inv.cseq + 1);
         assert_eq!(bye.status(), Some(200), "{}", caller.dump());
@@ -1061,6 +1082,12 @@ fn unknown_extension_gets_404() {
     let inv = caller.call("4999");
     let resp = caller.final_response(&inv, WAIT);
     assert_eq!(resp.status(), Some(404), "{}", caller.dump());
+    // Answered at once, both times: a 100 would have come before the final response.
+    assert!(
+        !caller.got_trying(&inv.call_id, 1) && !caller.got_trying(&inv.call_id, 2),
+        "no 100 Trying to an INVITE answered at once (407, 404)\n{}",
+        caller.dump()
+    );
     caller.ack_non2xx(&inv, &resp);
     sipp::wait_idle(&server, IDLE_UDP);
 }

@@ -72,14 +72,6 @@ impl Core {
             return self.answer(msg, key, from, r, now);
         }
         let mut out = Vec::new();
-        if method == "INVITE" {
-            // Stop the caller's retransmissions at once (§16.2).
-            let trying = ResponseBuilder::new(msg, 100, "Trying").build();
-            let o = self.reply_to(msg, from, trying);
-            if let Ok(actions) = self.txns.respond(key, 100, o, now) {
-                out.extend(self.run(None, actions, now));
-            }
-        }
         // The caller must be one of ours, proven with a digest (407).
         let caller = match msg.from().ok().and_then(|f| aor_user(&f)) {
             Some(u) => u,
@@ -174,6 +166,16 @@ impl Core {
         self.proxy.forks.insert(key.clone(), fork);
         // The first group goes out from the message in hand; later ones from the stored copy.
         out.extend(self.next_group(key, Some((msg, from)), now));
+        if method == "INVITE" {
+            // Stop the caller's retransmissions at once (§16.2). After the forwarded INVITE,
+            // which is on the way to the answer, and only for a request that waits for one:
+            // a request answered at once (407, 404, 480) needs no 100.
+            let trying = ResponseBuilder::new(msg, 100, "Trying").build();
+            let o = self.reply_to(msg, from, trying);
+            if let Ok(actions) = self.txns.respond(key, 100, o, now) {
+                out.extend(self.run(None, actions, now));
+            }
+        }
         out
     }
 
