@@ -66,8 +66,8 @@ fn fill_disk(server: &Server) -> PathBuf {
     path
 }
 
-#[test]
-fn call_records_survive_a_full_disk_a_killed_dbagent_and_a_dead_database() {
+/// These tests mount a tmpfs in a mount namespace: root with CAP_SYS_ADMIN, as CI has.
+fn require_mount() {
     let can_mount = Command::new("unshare")
         .args(["--mount", "--", "true"])
         .status()
@@ -77,6 +77,21 @@ fn call_records_survive_a_full_disk_a_killed_dbagent_and_a_dead_database() {
         "this test mounts a tmpfs in a mount namespace: run it as root with CAP_SYS_ADMIN, \
          as CI does"
     );
+}
+
+/// The call records the supervisor holds for the dbagent, unacknowledged.
+fn held_for_dbagent(server: &Server) -> Option<u64> {
+    let status = server.try_status()?;
+    status["children"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == "dbagent")?["held_records"]
+        .as_u64()
+}
+
+#[test]
+fn call_records_survive_a_full_disk_a_killed_dbagent_and_a_dead_database() {
+    require_mount();
     let mut pg = Postgres::start();
     let mut setup = setup_with(&pg);
     // Segments of 8 KiB: the calls below pass one while the disk is full.
@@ -155,4 +170,64 @@ fn call_records_survive_a_full_disk_a_killed_dbagent_and_a_dead_database() {
         "the disk was full:\n{}",
         report()
     );
+}
+
+/// With PostgreSQL up, a full disk holds back no call record the database has: the
+/// supervisor stops holding the records of calls made while journal writes fail once
+/// PostgreSQL took them. (It held them until the disk had room again, and past 10,000 it
+/// dropped new ones although the database had every one.)
+#[test]
+fn a_full_disk_holds_back_no_call_record_the_database_has() {
+    require_mount();
+    let pg = Postgres::start();
+    let server = Server::spawn_with(setup_with(&pg), in_small_tmpfs);
+    server.wait_all_ready();
+    let mut calls = Attempts::publish(&server, &pg, "3611", "3612");
+    let report = || log_tail(&server, 40);
+    let filler = fill_disk(&server);
+    calls.make(30);
+    wait_or_report(
+        "journal writes failing",
+        Duration::from_secs(5),
+        report,
+        || dbagent_alarm(&server).filter(|a| a.contains("journal writes FAILING")),
+    );
+    wait_or_report(
+        "every record in PostgreSQL",
+        Duration::from_secs(10),
+        report,
+        || (records(&pg) == 30).then_some(()),
+    );
+    wait_or_report(
+        "nothing held for the dbagent",
+        Duration::from_secs(5),
+        || format!("held: {:?}\n{}", held_for_dbagent(&server), report()),
+        || (held_for_dbagent(&server) == Some(0)).then_some(()),
+    );
+    // The disk still refuses writes: the database let them go, not the journal.
+    assert!(
+        dbagent_alarm(&server).is_some_and(|a| a.contains("journal writes FAILING")),
+        "{}",
+        report()
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    wait_or_report(
+        "journal writes again",
+        Duration::from_secs(5),
+        report,
+        || {
+            let alarm = dbagent_alarm(&server).unwrap_or_default();
+            (!alarm.contains("FAILING")).then_some(())
+        },
+    );
+    calls.make(1);
+    wait_or_report(
+        "the record made after",
+        Duration::from_secs(10),
+        report,
+        || (records(&pg) == 31 && held_for_dbagent(&server) == Some(0)).then_some(()),
+    );
+    let summary = pg.psql("SELECT count(*), count(DISTINCT id) FROM call_records");
+    assert_eq!(summary, "31|31", "{}", report());
 }

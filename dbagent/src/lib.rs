@@ -94,10 +94,11 @@ pub async fn run(args: Args) -> Result<(), Error> {
                         Direct::CallRecord(record) => agent.on_call_record(record),
                         Direct::Sip(_) => {
                             tracing::debug!(%from, "message for the dbagent ignored");
-                            false
+                            None
                         }
                     };
-                    // Acknowledged once it is on disk (the next journal fsync).
+                    // Acknowledged once it is on disk (the next journal fsync) or in
+                    // PostgreSQL, whichever comes first.
                     agent.received(num, journaled);
                 }
                 Some(LinkEvent::Deliver { from, .. }) => {

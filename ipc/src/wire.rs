@@ -279,6 +279,9 @@ pub struct ChildStatus {
     pub restarts: u32,
     pub last_exit: Option<String>,
     pub health: Health,
+    /// Call records the supervisor holds for this child, not yet acknowledged (on its disk
+    /// or in the database); it hands them to a successor if the child dies.
+    pub held_records: u64,
 }
 
 /// Lifecycle state of a child.

@@ -88,6 +88,7 @@ impl Child {
             restarts: self.restarts,
             last_exit: self.last_exit.clone(),
             health: self.health.clone(),
+            held_records: 0,
         }
     }
 }

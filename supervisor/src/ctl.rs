@@ -104,6 +104,13 @@ pub fn status_table(status: &Status) -> String {
         if let Some(alarm) = &c.health.alarm {
             let _ = writeln!(out, "  ALARM {}: {alarm}", c.name);
         }
+        if c.held_records > 0 {
+            let _ = writeln!(
+                out,
+                "  HELD {}: {} call records not yet on its disk or in the database",
+                c.name, c.held_records
+            );
+        }
     }
     for ban in &status.bans {
         let _ = writeln!(out, "BANNED {ban}");

@@ -89,9 +89,12 @@ pub struct Agent {
     bus_syncing: Option<u64>,
     bus_durable: u64,
     bus_acked: u64,
-    /// The number of the last call record that went into the journal: while journal writes
-    /// fail, records after it (only logged, or dropped by the policy) need not wait.
-    bus_last_journaled: u64,
+    /// Call records the hub numbered that went into the journal and are not safe yet:
+    /// (number, journal sequence number), oldest first. One is safe once the journal is on
+    /// disk past it, or once PostgreSQL has it: a disk that refuses writes does not hold
+    /// back what the database took. Records the policy disposed of (no database: logged;
+    /// journal full: dropped) are never here and never wait.
+    bus_pending: VecDeque<(u64, u64)>,
 }
 
 impl Agent {
@@ -163,7 +166,7 @@ impl Agent {
             bus_received: 0,
             bus_syncing: None,
             bus_durable: 0,
-            bus_last_journaled: 0,
+            bus_pending: VecDeque::new(),
             bus_acked: 0,
         };
         let database = agent.link.config.database.clone();
@@ -266,8 +269,9 @@ impl Agent {
         }
     }
 
-    /// A call record from a worker; whether it went into the journal.
-    pub fn on_call_record(&mut self, record: CallRecord) -> bool {
+    /// A call record from a worker; its journal sequence number when it went into the
+    /// journal.
+    pub fn on_call_record(&mut self, record: CallRecord) -> Option<u64> {
         if self.db.is_none() {
             tracing::info!(
                 target: "sipcraft::cdr",
@@ -278,13 +282,14 @@ impl Agent {
                 status = record.final_status,
                 "call record (no database configured)"
             );
-            return false;
+            return None;
         }
         self.record(Op::CallRecord(record))
     }
 
-    /// Numbers, journals and forwards one operation; whether it went into the journal.
-    fn record(&mut self, op: Op) -> bool {
+    /// Numbers, journals and forwards one operation; its sequence number when it went into
+    /// the journal.
+    fn record(&mut self, op: Op) -> Option<u64> {
         let seq = self.next_seq;
         self.next_seq += 1;
         let is_binding = !matches!(op, Op::CallRecord(_));
@@ -300,7 +305,7 @@ impl Agent {
                 } else {
                     self.dropped_records += 1;
                 }
-                return false;
+                return None;
             }
         };
         match appended {
@@ -313,7 +318,7 @@ impl Agent {
                 if let Some(db) = &self.db {
                     let _ = db.items.send(Item::Write(Box::new(entry)));
                 }
-                true
+                Some(seq)
             }
             Append::Full => {
                 if !self.journal_full {
@@ -337,7 +342,7 @@ impl Agent {
                 } else {
                     self.dropped_records += 1;
                 }
-                false
+                None
             }
         }
     }
@@ -384,6 +389,8 @@ impl Agent {
             } => {
                 self.db_applied = self.db_applied.max(seq);
                 tracing::debug!(seq, written, skipped, "journal entries in the database");
+                self.settle();
+                self.acknowledge();
                 if self.reconcile_sent.is_some_and(|r| r <= seq) {
                     tracing::info!("registrations rewritten in full after the journal overflowed");
                     self.reconcile_sent = None;

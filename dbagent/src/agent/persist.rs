@@ -176,34 +176,49 @@ impl Agent {
                 // Everything appended so far is on disk.
                 Ok(None) => self.bus_durable = self.bus_received,
                 // Kept buffered and retried at the next tick, up to the journal's size
-                // limit; not acknowledged meanwhile (the hub keeps those call records).
+                // limit; what is only in the buffer is not acknowledged meanwhile (the hub
+                // keeps those call records) unless PostgreSQL has it.
                 Err(e) => {
-                    // Records since the last one journaled were disposed of by the policy
-                    // (no database: logged): they do not wait for the disk.
-                    if self.bus_last_journaled <= self.bus_durable {
-                        self.bus_durable = self.bus_received;
-                    }
                     if !std::mem::replace(&mut self.journal_failing, true) {
                         tracing::error!(error = %chain(&e), "journal write failed; retrying, nothing acknowledged until it works");
                     }
                 }
             }
         }
+        self.settle();
         self.acknowledge();
     }
 
-    /// Call record `num` from the hub was handled: journaled (acknowledged after the fsync
-    /// that follows) or disposed of by the documented policy (no database: logged; journal
-    /// full: dropped).
-    pub fn received(&mut self, num: u64, journaled: bool) {
+    /// Call record `num` from the hub was handled: journaled as `journaled` (acknowledged
+    /// after the fsync that follows, or once PostgreSQL has it) or disposed of by the
+    /// documented policy (no database: logged; journal full: dropped).
+    pub fn received(&mut self, num: u64, journaled: Option<u64>) {
         self.bus_received = self.bus_received.max(num);
-        if journaled {
-            self.bus_last_journaled = num;
+        if let Some(seq) = journaled {
+            self.bus_pending.push_back((num, seq));
         }
     }
 
-    /// Tells the hub which call records are on disk, when that moved on.
-    fn acknowledge(&mut self) {
+    /// Moves `bus_durable` up to the last call record that is safe with every one before
+    /// it: on disk (`bus_durable` as the fsyncs left it), in PostgreSQL (`db_applied`), or
+    /// never journaled. Acknowledgements are cumulative, so the oldest unsafe record stops
+    /// them.
+    pub(super) fn settle(&mut self) {
+        while let Some(&(num, seq)) = self.bus_pending.front() {
+            if num > self.bus_durable && seq > self.db_applied {
+                break;
+            }
+            self.bus_pending.pop_front();
+        }
+        let safe = match self.bus_pending.front() {
+            Some(&(num, _)) => num - 1,
+            None => self.bus_received,
+        };
+        self.bus_durable = self.bus_durable.max(safe);
+    }
+
+    /// Tells the hub which call records are safe, when that moved on.
+    pub(super) fn acknowledge(&mut self) {
         if self.bus_durable > self.bus_acked
             && self.link.outbox.send(FromChild::Persisted {
                 upto: self.bus_durable,
@@ -228,6 +243,7 @@ impl Agent {
             Ok(Ok(())) => {
                 if let Some(upto) = covered {
                     self.bus_durable = self.bus_durable.max(upto);
+                    self.settle();
                     self.acknowledge();
                 }
                 Ok(())

@@ -328,6 +328,12 @@ impl Hub {
         }
     }
 
+    /// Call records held for `name`, not yet acknowledged.
+    pub fn held_records(&self, name: &str) -> u64 {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.get(name).map_or(0, |m| m.queue.len() as u64)
+    }
+
     /// Call records dropped for `name` because too many were held, if any (for the alarm).
     pub fn dropped_records(&self, name: &str) -> u64 {
         let held = self.held.lock().unwrap_or_else(|p| p.into_inner());

@@ -59,6 +59,7 @@ impl Supervisor {
                 .iter()
                 .map(|c| {
                     let mut status = c.status(now);
+                    status.held_records = self.hub.held_records(&c.name);
                     let dropped = self.hub.dropped_records(&c.name);
                     if dropped > 0 {
                         let alarm = format!(
