@@ -228,6 +228,9 @@ struct Endpoint {
 
 /// An INVITE client transaction of a caller (the authenticated INVITE).
 struct Invite {
+    /// The Proxy-Authorization line it carried (with CRLF), repeated on its ACK for a 2xx
+    /// (§13.2.2.4); empty when it had none.
+    auth: String,
     number: String,
     call_id: String,
     from_tag: String,
@@ -587,6 +590,7 @@ impl Endpoint {
             self.name
         );
         let first_invite = Invite {
+            auth: String::new(),
             number: number.to_owned(),
             call_id: call_id.clone(),
             from_tag: from_tag.clone(),
@@ -605,15 +609,13 @@ impl Endpoint {
             1,
         );
         let branch = self.new_branch();
+        let auth = format!("Proxy-Authorization: {auth}\r\n");
         let text = self
             .invite_text(number, &call_id, &from_tag, 2, &branch)
-            .replacen(
-                "Content-Type:",
-                &format!("Proxy-Authorization: {auth}\r\nContent-Type:"),
-                1,
-            );
+            .replacen("Content-Type:", &format!("{auth}Content-Type:"), 1);
         self.send(&text);
         Invite {
+            auth,
             number: number.to_owned(),
             call_id,
             from_tag,
@@ -703,7 +705,12 @@ impl Endpoint {
             routes,
         };
         let branch = self.new_branch();
-        let text = self.in_dialog("ACK", &dialog, inv.cseq, &branch);
+        // With the INVITE's credentials, as §13.2.2.4 has it.
+        let text = self.in_dialog("ACK", &dialog, inv.cseq, &branch).replacen(
+            "Content-Length:",
+            &format!("{}Content-Length:", inv.auth),
+            1,
+        );
         self.send(&text);
         dialog
     }
@@ -894,7 +901,12 @@ fn forked_call_rings_both_first_answer_wins() {
                 .recv_timeout(WAIT)
                 .expect("the caller saw both branches ring");
             a.reply(&inv, 200, "OK", Some("tag-a"));
-            a.take_ack_and_bye(&inv);
+            let ack = a.take_ack_and_bye(&inv);
+            assert!(
+                ack.header("Proxy-Authorization").is_none(),
+                "the caller's digest on the ACK is consumed too\n{}",
+                a.dump()
+            );
             a
         });
         let callee_b = s.spawn(move || {
@@ -1090,6 +1102,36 @@ fn unknown_extension_gets_404() {
     );
     caller.ack_non2xx(&inv, &resp);
     sipp::wait_idle(&server, IDLE_UDP);
+}
+
+/// No branch of a call can start (the worker's transaction table is full): the caller gets
+/// 503 at once, not a 408 after the ring timeout. One UDP worker with room for two
+/// transactions: the challenged INVITE's and the authorized one's; the callee registers over
+/// TCP, so its REGISTERs are the TCP worker's.
+#[test]
+fn a_call_no_branch_can_start_gets_503_at_once() {
+    let server = Server::start(Setup {
+        udp_workers: 1,
+        ..setup("[limits]\nmax_transactions = 2\n")
+    });
+    let mut callee = Endpoint::tcp("callee", server.udp_addr(), "1002");
+    assert_eq!(
+        callee.register(3600).status(),
+        Some(200),
+        "{}",
+        callee.dump()
+    );
+    sipp::wait_bindings(&server, 1);
+    let mut caller = Endpoint::udp("caller", server.udp_addr(), "1001");
+    let inv = caller.call("1002");
+    let resp = caller.final_response(&inv, WAIT);
+    assert_eq!(resp.status(), Some(503), "{}", caller.dump());
+    caller.ack_non2xx(&inv, &resp);
+    assert!(
+        callee.recv(Duration::from_millis(200)).is_none(),
+        "no INVITE reached the callee\n{}",
+        callee.dump()
+    );
 }
 
 /// An extension that registered and then removed its only binding: 480.

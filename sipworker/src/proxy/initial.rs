@@ -216,14 +216,19 @@ impl Core {
             for hop in group {
                 out.extend(self.forward_branch(msg, Some(from), key, hop, now));
             }
-            return out;
+        } else {
+            let request = fork.request.clone();
+            let Ok(msg) = sipcraft_sip::parse(&request, &self.limits) else {
+                return self.finish_fork(key, now);
+            };
+            for hop in group {
+                out.extend(self.forward_branch(&msg, None, key, hop, now));
+            }
         }
-        let request = fork.request.clone();
-        let Ok(msg) = sipcraft_sip::parse(&request, &self.limits) else {
-            return Vec::new();
-        };
-        for hop in group {
-            out.extend(self.forward_branch(&msg, None, key, hop, now));
+        // No branch of the group could start (nothing to wait for): on to the next group,
+        // or the answer, now rather than at Timer C (or never, for a non-INVITE).
+        if self.proxy.forks.get(key).is_some_and(|f| f.all_done()) {
+            out.extend(self.next_group(key, None, now));
         }
         out
     }
@@ -289,8 +294,8 @@ impl Core {
 
     /// The request as sent on a branch: received/rport in the top Via when `received` gives
     /// the source (RFC 3581), new Request-URI (initial requests), our Via, Max-Forwards
-    /// decremented, our Route entries popped, our realm's Proxy-Authorization consumed
-    /// (initial requests), Record-Route added.
+    /// decremented, our Route entries popped, our realm's Proxy-Authorization consumed,
+    /// Record-Route added.
     pub(super) fn rewrite(
         &self,
         msg: &Message<'_>,
@@ -319,10 +324,9 @@ impl Core {
                 }
             }
         }
-        if initial {
-            // Credentials for our realm were checked here; they go no further (§22.3).
-            w.consume_credentials(self.registrar.realm());
-        }
+        // Credentials for our realm go no further (§20.28, §22.3): checked here on an initial
+        // request, and repeated on its ACK (§13.2.2.4) and on in-dialog requests.
+        w.consume_credentials(self.registrar.realm());
         if initial && creates_dialog(method) {
             let mut flows = String::new();
             if let Some(t) = &hop.caller_flow {

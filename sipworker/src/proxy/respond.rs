@@ -187,6 +187,17 @@ impl Core {
         let caller = fork.caller.clone();
         let request = fork.request.clone();
         let (status, bytes) = match fork.best.take() {
+            // Ours (no branch could start: the transaction table is full): said as it is.
+            Some((s, b)) if b.is_empty() => {
+                let Ok(req) = parse(&request, &self.limits) else {
+                    return Vec::new();
+                };
+                (
+                    s,
+                    local_response(&req, s, "Service Unavailable", &self.server_header),
+                )
+            }
+            // A callee's 503 is not passed on as one (§16.7 step 6).
             Some((503, _)) | None => {
                 let Ok(req) = parse(&request, &self.limits) else {
                     return Vec::new();
@@ -197,15 +208,6 @@ impl Core {
                     (500, "Server Internal Error")
                 };
                 (s, local_response(&req, s, reason, &self.server_header))
-            }
-            Some((s, b)) if b.is_empty() => {
-                let Ok(req) = parse(&request, &self.limits) else {
-                    return Vec::new();
-                };
-                (
-                    s,
-                    local_response(&req, s, "Service Unavailable", &self.server_header),
-                )
             }
             Some(best) => best,
         };
