@@ -299,11 +299,15 @@ class Bench:
         st = {s.name: {"lo": None, "hi": None, "next": start, "steps": 0, "done": False,
                        "best": None} for s in self.servers}
         k = 0
+        last = None
         while not all(v["done"] for v in st.values()):
             for srv in self.order(k):
                 v = st[srv.name]
                 if v["done"]:
                     continue
+                if last == srv.name:
+                    time.sleep(0.7)  # no other server's step in between: a second of rest
+                last = srv.name
                 rate = v["next"]
                 r = self.run(srv, kind, rate, self.step_s)
                 v["steps"] += 1
@@ -322,7 +326,7 @@ class Bench:
                 v["done"] = v["done"] or v["steps"] >= max_steps or nxt in (v["lo"], v["hi"])
                 v["next"] = nxt
                 # Let a failed step's backlog drain; after a pass the other server's step
-                # gives this one its rest.
+                # (or the wait above) gives this one its rest.
                 time.sleep(0.3 if r["ok"] else 3)
             k += 1
         self.results["max"][kind] = {

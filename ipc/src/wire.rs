@@ -12,7 +12,7 @@ use sipcraft_config::{Config, Transport};
 use crate::state::{SnapshotPart, Update};
 
 /// Bumped on any incompatible change to the wire types.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// What a peer is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,7 +162,7 @@ pub enum FromChild {
     /// A gap was seen: send a fresh snapshot.
     Resync,
     /// Every [`ToChild::DeliverNumbered`] up to `upto` is safe with this child (in its
-    /// journal, on disk): the hub may forget them.
+    /// journal on disk, or in the database): the hub may forget them.
     Persisted {
         upto: u64,
     },

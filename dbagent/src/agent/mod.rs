@@ -82,19 +82,30 @@ pub struct Agent {
     refused_bindings: u64,
     dropped_records: u64,
     ticks: u64,
-    /// Call records the hub numbered: the highest handled (journaled, or disposed of by the
-    /// policy), the highest the running fsync covers, the highest on disk, the highest
-    /// acknowledged to the hub (which keeps the rest and sends them to our successor).
+    /// Call records the hub numbered: the highest handled (journaled, sent to the database,
+    /// or disposed of by the policy), the highest the running fsync covers, the highest
+    /// whose journal entry (if it has one) is on disk, the highest safe with every one
+    /// before it, the highest acknowledged to the hub (which keeps the rest and sends them
+    /// to our successor).
     bus_received: u64,
     bus_syncing: Option<u64>,
     bus_durable: u64,
+    bus_safe: u64,
     bus_acked: u64,
-    /// Call records the hub numbered that went into the journal and are not safe yet:
-    /// (number, journal sequence number), oldest first. One is safe once the journal is on
-    /// disk past it, or once PostgreSQL has it: a disk that refuses writes does not hold
-    /// back what the database took. Records the policy disposed of (no database: logged;
-    /// journal full: dropped) are never here and never wait.
-    bus_pending: VecDeque<(u64, u64)>,
+    /// Call records the hub numbered that are kept and not safe yet, oldest first. One is
+    /// safe once PostgreSQL has it, or, if it went into the journal, once the journal is on
+    /// disk past it: a disk that refuses writes does not hold back what the database took.
+    /// Records the policy disposed of (no database: logged; journal full with the database
+    /// away: dropped) are never here and never wait.
+    bus_pending: VecDeque<(u64, Kept)>,
+}
+
+/// Where a call record is kept until it is safe: its journal sequence number, and whether
+/// it went into the journal (it is in the database's queue either way).
+#[derive(Debug, Clone, Copy)]
+pub struct Kept {
+    pub seq: u64,
+    pub journaled: bool,
 }
 
 impl Agent {
@@ -166,6 +177,7 @@ impl Agent {
             bus_received: 0,
             bus_syncing: None,
             bus_durable: 0,
+            bus_safe: 0,
             bus_pending: VecDeque::new(),
             bus_acked: 0,
         };
@@ -269,9 +281,8 @@ impl Agent {
         }
     }
 
-    /// A call record from a worker; its journal sequence number when it went into the
-    /// journal.
-    pub fn on_call_record(&mut self, record: CallRecord) -> Option<u64> {
+    /// A call record from a worker; where it is kept, unless the policy disposed of it.
+    pub fn on_call_record(&mut self, record: CallRecord) -> Option<Kept> {
         if self.db.is_none() {
             tracing::info!(
                 target: "sipcraft::cdr",
@@ -287,9 +298,9 @@ impl Agent {
         self.record(Op::CallRecord(record))
     }
 
-    /// Numbers, journals and forwards one operation; its sequence number when it went into
-    /// the journal.
-    fn record(&mut self, op: Op) -> Option<u64> {
+    /// Numbers, journals and forwards one operation; where it is kept, unless the policy
+    /// disposed of it.
+    fn record(&mut self, op: Op) -> Option<Kept> {
         let seq = self.next_seq;
         self.next_seq += 1;
         let is_binding = !matches!(op, Op::CallRecord(_));
@@ -318,16 +329,19 @@ impl Agent {
                 if let Some(db) = &self.db {
                     let _ = db.items.send(Item::Write(Box::new(entry)));
                 }
-                Some(seq)
+                Some(Kept {
+                    seq,
+                    journaled: true,
+                })
             }
             Append::Full => {
                 if !self.journal_full {
                     tracing::error!(
                         bytes = self.journal.bytes(),
                         limit = self.journal.max_bytes(),
-                        "JOURNAL FULL: call records are dropped until the database catches \
-                         up; registrations are kept in the cache file and rewritten in full \
-                         when it returns"
+                        "JOURNAL FULL: call records go to the database only, and are dropped \
+                         while it is away, until the journal has room; registrations are kept \
+                         in the cache file and rewritten in full when the database returns"
                     );
                 }
                 // A full journal is past half full: the next tick writes the cache file if
@@ -339,6 +353,14 @@ impl Agent {
                     if self.db.is_some() {
                         self.reconcile_needed = true;
                     }
+                } else if let (Some(db), DbState::Up) = (&self.db, &self.db_state) {
+                    // The database takes it: acknowledged once it has (the hub keeps it
+                    // until then, and hands it to a successor).
+                    let _ = db.items.send(Item::Write(Box::new(entry)));
+                    return Some(Kept {
+                        seq,
+                        journaled: false,
+                    });
                 } else {
                     self.dropped_records += 1;
                 }

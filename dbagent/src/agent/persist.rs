@@ -7,7 +7,7 @@ use sipcraft_config::Extension;
 
 use sipcraft_ipc::wire::FromChild;
 
-use super::{chain, Agent, DbState, JOURNAL_WARN_PERCENT};
+use super::{chain, Agent, DbState, Kept, JOURNAL_WARN_PERCENT};
 use crate::cache::{self, CacheError, CacheOut, SharedExtensions};
 use crate::db::DbEvent;
 
@@ -23,7 +23,8 @@ impl Agent {
         if self.journal_failing {
             parts.push(
                 "journal writes FAILING (full disk or I/O error in state_dir); retried every \
-                 50 ms, call records held by the supervisor meanwhile"
+                 50 ms, call records held by the supervisor until they are on disk or in the \
+                 database"
                     .to_string(),
             );
         }
@@ -180,7 +181,7 @@ impl Agent {
                 // keeps those call records) unless PostgreSQL has it.
                 Err(e) => {
                     if !std::mem::replace(&mut self.journal_failing, true) {
-                        tracing::error!(error = %chain(&e), "journal write failed; retrying, nothing acknowledged until it works");
+                        tracing::error!(error = %chain(&e), "journal write failed; retrying; call records wait until the disk or the database has them");
                     }
                 }
             }
@@ -189,23 +190,24 @@ impl Agent {
         self.acknowledge();
     }
 
-    /// Call record `num` from the hub was handled: journaled as `journaled` (acknowledged
-    /// after the fsync that follows, or once PostgreSQL has it) or disposed of by the
-    /// documented policy (no database: logged; journal full: dropped).
-    pub fn received(&mut self, num: u64, journaled: Option<u64>) {
+    /// Call record `num` from the hub was handled: `kept` (acknowledged once PostgreSQL has
+    /// it or, if journaled, after the fsync that follows) or disposed of by the documented
+    /// policy (no database: logged; journal full with the database away: dropped).
+    pub fn received(&mut self, num: u64, kept: Option<Kept>) {
         self.bus_received = self.bus_received.max(num);
-        if let Some(seq) = journaled {
-            self.bus_pending.push_back((num, seq));
+        if let Some(kept) = kept {
+            self.bus_pending.push_back((num, kept));
         }
     }
 
-    /// Moves `bus_durable` up to the last call record that is safe with every one before
-    /// it: on disk (`bus_durable` as the fsyncs left it), in PostgreSQL (`db_applied`), or
-    /// never journaled. Acknowledgements are cumulative, so the oldest unsafe record stops
-    /// them.
+    /// Moves `bus_safe` up to the last call record that is safe with every one before it:
+    /// in PostgreSQL (`db_applied`), journaled and on disk (`bus_durable`, as the fsyncs
+    /// left it), or never kept. Acknowledgements are cumulative, so the oldest unsafe record
+    /// stops them.
     pub(super) fn settle(&mut self) {
-        while let Some(&(num, seq)) = self.bus_pending.front() {
-            if num > self.bus_durable && seq > self.db_applied {
+        while let Some(&(num, kept)) = self.bus_pending.front() {
+            let on_disk = kept.journaled && num <= self.bus_durable;
+            if !on_disk && kept.seq > self.db_applied {
                 break;
             }
             self.bus_pending.pop_front();
@@ -214,17 +216,17 @@ impl Agent {
             Some(&(num, _)) => num - 1,
             None => self.bus_received,
         };
-        self.bus_durable = self.bus_durable.max(safe);
+        self.bus_safe = self.bus_safe.max(safe);
     }
 
     /// Tells the hub which call records are safe, when that moved on.
     pub(super) fn acknowledge(&mut self) {
-        if self.bus_durable > self.bus_acked
+        if self.bus_safe > self.bus_acked
             && self.link.outbox.send(FromChild::Persisted {
-                upto: self.bus_durable,
+                upto: self.bus_safe,
             })
         {
-            self.bus_acked = self.bus_durable;
+            self.bus_acked = self.bus_safe;
         }
     }
 

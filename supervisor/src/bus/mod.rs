@@ -7,7 +7,8 @@
 //! whose queue is full are dropped (SIP retransmits).
 //!
 //! Call records are the exception: the hub numbers each one and keeps it (bounded) until the
-//! dbagent acknowledges that number once the record is in its journal on disk. A record the
+//! dbagent acknowledges that number once the record is in its journal on disk or in
+//! PostgreSQL, whichever comes first. A record the
 //! dbagent had not acknowledged when it died, and every record made while it was away, goes
 //! to its successor in order. The dbagent stores records idempotently (by record id), so one
 //! sent twice does no harm.
@@ -317,7 +318,8 @@ impl Hub {
         true
     }
 
-    /// `connection` of child `name` has every call record up to `upto` on disk.
+    /// `connection` of child `name` has every call record up to `upto` safe (on its disk or
+    /// in the database).
     fn acknowledge(&self, name: &str, connection: u64, upto: u64) {
         let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
