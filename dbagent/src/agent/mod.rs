@@ -339,9 +339,10 @@ impl Agent {
                     tracing::error!(
                         bytes = self.journal.bytes(),
                         limit = self.journal.max_bytes(),
-                        "JOURNAL FULL: call records go to the database only, and are dropped \
-                         while it is away, until the journal has room; registrations are kept \
-                         in the cache file and rewritten in full when the database returns"
+                        "JOURNAL FULL: call records go to the database's queue only, held \
+                         by the supervisor until it takes them, until the journal has room; \
+                         registrations are kept in the cache file and rewritten in full when \
+                         the database returns"
                     );
                 }
                 // A full journal is past half full: the next tick writes the cache file if
@@ -353,9 +354,10 @@ impl Agent {
                     if self.db.is_some() {
                         self.reconcile_needed = true;
                     }
-                } else if let (Some(db), DbState::Up) = (&self.db, &self.db_state) {
-                    // The database takes it: acknowledged once it has (the hub keeps it
-                    // until then, and hands it to a successor).
+                } else if let Some(db) = &self.db {
+                    // Queued for the database, which keeps its queue across sessions:
+                    // acknowledged once it has it. The hub keeps it until then (and hands it
+                    // to a successor), which bounds this queue to its 10,000.
                     let _ = db.items.send(Item::Write(Box::new(entry)));
                     return Some(Kept {
                         seq,
