@@ -454,6 +454,11 @@ impl Endpoint {
 
     // --- as a callee -------------------------------------------------------------------
 
+    /// REGISTER for an hour, which must succeed.
+    fn register_ok(&mut self) {
+        assert_eq!(self.register(3600).status(), Some(200), "{}", self.dump());
+    }
+
     /// REGISTER this endpoint's contact for `expires` seconds, answering the 401 with MD5.
     fn register(&mut self, expires: u32) -> Msg {
         let call_id = format!("reg-{}-{}", self.name, self.local.port());
@@ -883,8 +888,8 @@ fn forked_call_rings_both_first_answer_wins() {
     let server = Server::start(setup(""));
     let mut a = Endpoint::udp("callee-a", server.udp_addr(), "1002");
     let mut b = Endpoint::tcp("callee-b", server.udp_addr(), "1002");
-    assert_eq!(a.register(3600).status(), Some(200), "{}", a.dump());
-    assert_eq!(b.register(3600).status(), Some(200), "{}", b.dump());
+    a.register_ok();
+    b.register_ok();
     sipp::wait_bindings(&server, 2);
     let mut caller = Endpoint::udp("caller", server.udp_addr(), "1001");
     let caller_port = caller.local.port();
@@ -990,12 +995,7 @@ fn in_dialog_requests_reach_a_tcp_callee(same_contact: bool) {
     if !same_contact {
         callee.dialog_contact = Some(format!("<sip:{};transport=TCP>", callee.local));
     }
-    assert_eq!(
-        callee.register(3600).status(),
-        Some(200),
-        "{}",
-        callee.dump()
-    );
+    callee.register_ok();
     sipp::wait_bindings(&server, 1);
     let mut caller = Endpoint::udp("caller", server.udp_addr(), "1001");
     std::thread::scope(|s| {
@@ -1033,8 +1033,8 @@ fn cancel_reaches_every_branch_of_a_forked_call() {
     let server = Server::start(setup(""));
     let mut a = Endpoint::udp("callee-a", server.udp_addr(), "1002");
     let mut b = Endpoint::tcp("callee-b", server.udp_addr(), "1002");
-    assert_eq!(a.register(3600).status(), Some(200), "{}", a.dump());
-    assert_eq!(b.register(3600).status(), Some(200), "{}", b.dump());
+    a.register_ok();
+    b.register_ok();
     sipp::wait_bindings(&server, 2);
     let mut caller = Endpoint::udp("caller", server.udp_addr(), "1001");
 
@@ -1115,12 +1115,7 @@ fn a_call_no_branch_can_start_gets_503_at_once() {
         ..setup("[limits]\nmax_transactions = 2\n")
     });
     let mut callee = Endpoint::tcp("callee", server.udp_addr(), "1002");
-    assert_eq!(
-        callee.register(3600).status(),
-        Some(200),
-        "{}",
-        callee.dump()
-    );
+    callee.register_ok();
     sipp::wait_bindings(&server, 1);
     let mut caller = Endpoint::udp("caller", server.udp_addr(), "1001");
     let inv = caller.call("1002");
@@ -1139,12 +1134,7 @@ fn a_call_no_branch_can_start_gets_503_at_once() {
 fn extension_without_binding_gets_480() {
     let server = Server::start(setup(""));
     let mut callee = Endpoint::udp("callee", server.udp_addr(), "1003");
-    assert_eq!(
-        callee.register(3600).status(),
-        Some(200),
-        "{}",
-        callee.dump()
-    );
+    callee.register_ok();
     sipp::wait_bindings(&server, 1);
     assert_eq!(callee.register(0).status(), Some(200), "{}", callee.dump());
     sipp::wait_bindings(&server, 0);
@@ -1164,12 +1154,7 @@ fn no_answer_gets_408_after_the_ring_timeout() {
     const RING: Duration = Duration::from_secs(5);
     let server = Server::start(setup("[proxy]\nring_timeout_s = 5\n"));
     let mut callee = Endpoint::udp("callee", server.udp_addr(), "1002");
-    assert_eq!(
-        callee.register(3600).status(),
-        Some(200),
-        "{}",
-        callee.dump()
-    );
+    callee.register_ok();
     sipp::wait_bindings(&server, 1);
     let mut caller = Endpoint::udp("caller", server.udp_addr(), "1001");
 
@@ -1208,12 +1193,7 @@ fn no_answer_gets_408_after_the_ring_timeout() {
 fn decline_is_passed_through() {
     let server = Server::start(setup(""));
     let mut callee = Endpoint::udp("callee", server.udp_addr(), "1002");
-    assert_eq!(
-        callee.register(3600).status(),
-        Some(200),
-        "{}",
-        callee.dump()
-    );
+    callee.register_ok();
     sipp::wait_bindings(&server, 1);
     let mut caller = Endpoint::tcp("caller", server.udp_addr(), "1001");
     std::thread::scope(|s| {

@@ -79,6 +79,30 @@ fn require_mount() {
     );
 }
 
+/// Waits until the dbagent reports its journal writes failing.
+fn wait_journal_failing(server: &Server) {
+    wait_or_report(
+        "journal writes failing",
+        Duration::from_secs(5),
+        || log_tail(server, 40),
+        || dbagent_alarm(server).filter(|a| a.contains("journal writes FAILING")),
+    );
+}
+
+/// Removes the filler and waits until the dbagent's journal writes work again.
+fn free_disk(server: &Server, filler: &Path) {
+    std::fs::remove_file(filler).unwrap();
+    wait_or_report(
+        "journal writes again",
+        Duration::from_secs(5),
+        || log_tail(server, 40),
+        || {
+            let alarm = dbagent_alarm(server).unwrap_or_default();
+            (!alarm.contains("FAILING")).then_some(())
+        },
+    );
+}
+
 /// The call records the supervisor holds for the dbagent, unacknowledged.
 fn held_for_dbagent(server: &Server) -> Option<u64> {
     let status = server.try_status()?;
@@ -109,12 +133,7 @@ fn call_records_survive_a_full_disk_a_killed_dbagent_and_a_dead_database() {
     wait_database_unreachable(&server, "database alarm");
     let filler = fill_disk(&server);
     calls.make(60);
-    wait_or_report(
-        "journal writes failing",
-        Duration::from_secs(5),
-        report,
-        || dbagent_alarm(&server).filter(|a| a.contains("journal writes FAILING")),
-    );
+    wait_journal_failing(&server);
 
     // The records are in no file yet: a new dbagent gets them from the supervisor again.
     let old = server.pid_of("dbagent");
@@ -139,16 +158,7 @@ fn call_records_survive_a_full_disk_a_killed_dbagent_and_a_dead_database() {
         },
     );
 
-    std::fs::remove_file(&filler).unwrap();
-    wait_or_report(
-        "journal writes again",
-        Duration::from_secs(5),
-        report,
-        || {
-            let alarm = dbagent_alarm(&server).unwrap_or_default();
-            (!alarm.contains("FAILING")).then_some(())
-        },
-    );
+    free_disk(&server, &filler);
     pg.start_again();
     wait_or_report(
         "every record in PostgreSQL",
@@ -187,12 +197,7 @@ fn a_full_disk_holds_back_no_call_record_the_database_has() {
     let filler = fill_disk(&server);
     let mut made = 30;
     calls.make(made);
-    wait_or_report(
-        "journal writes failing",
-        Duration::from_secs(5),
-        report,
-        || dbagent_alarm(&server).filter(|a| a.contains("journal writes FAILING")),
-    );
+    wait_journal_failing(&server);
     wait_or_report(
         "every record in PostgreSQL",
         Duration::from_secs(10),
@@ -212,16 +217,7 @@ fn a_full_disk_holds_back_no_call_record_the_database_has() {
         report()
     );
 
-    std::fs::remove_file(&filler).unwrap();
-    wait_or_report(
-        "journal writes again",
-        Duration::from_secs(5),
-        report,
-        || {
-            let alarm = dbagent_alarm(&server).unwrap_or_default();
-            (!alarm.contains("FAILING")).then_some(())
-        },
-    );
+    free_disk(&server, &filler);
     calls.make(1);
     made += 1;
     wait_or_report(

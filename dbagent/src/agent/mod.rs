@@ -414,7 +414,6 @@ impl Agent {
                 self.db_applied = self.db_applied.max(seq);
                 tracing::debug!(seq, written, skipped, "journal entries in the database");
                 self.settle();
-                self.acknowledge();
                 if self.reconcile_sent.is_some_and(|r| r <= seq) {
                     tracing::info!("registrations rewritten in full after the journal overflowed");
                     self.reconcile_sent = None;

@@ -187,7 +187,6 @@ impl Agent {
             }
         }
         self.settle();
-        self.acknowledge();
     }
 
     /// Call record `num` from the hub was handled: `kept` (acknowledged once PostgreSQL has
@@ -202,8 +201,8 @@ impl Agent {
 
     /// Moves `bus_safe` up to the last call record that is safe with every one before it:
     /// in PostgreSQL (`db_applied`), journaled and on disk (`bus_durable`, as the fsyncs
-    /// left it), or never kept. Acknowledgements are cumulative, so the oldest unsafe record
-    /// stops them.
+    /// left it), or never kept, and tells the hub. Acknowledgements are cumulative, so the
+    /// oldest unsafe record stops them.
     pub(super) fn settle(&mut self) {
         while let Some(&(num, kept)) = self.bus_pending.front() {
             let on_disk = kept.journaled && num <= self.bus_durable;
@@ -217,10 +216,11 @@ impl Agent {
             None => self.bus_received,
         };
         self.bus_safe = self.bus_safe.max(safe);
+        self.acknowledge();
     }
 
     /// Tells the hub which call records are safe, when that moved on.
-    pub(super) fn acknowledge(&mut self) {
+    fn acknowledge(&mut self) {
         if self.bus_safe > self.bus_acked
             && self.link.outbox.send(FromChild::Persisted {
                 upto: self.bus_safe,
@@ -246,7 +246,6 @@ impl Agent {
                 if let Some(upto) = covered {
                     self.bus_durable = self.bus_durable.max(upto);
                     self.settle();
-                    self.acknowledge();
                 }
                 Ok(())
             }
