@@ -211,12 +211,21 @@ pub struct TransactionTable<M = Arc<[u8]>> {
     /// Their Timer J deadlines, earliest first. An entry whose key is no longer lingering,
     /// or lingers with another deadline, is stale and skipped.
     expiry: VecDeque<(Instant, ServerKey)>,
+    /// The last poll left due ones for the next ([`EXPIRY_BATCH`]).
+    expiry_backlog: bool,
 }
 
 /// How late Timer J may fire (see [`TransactionTable::next_deadline`]). Under a steady load of
 /// UDP requests a completed transaction falls due every few hundred microseconds; waking for
 /// each 10 ms batch of them cost a worker 100 wake-ups a second (issue 7).
 pub const TIMER_J_SLACK: Duration = Duration::from_millis(100);
+
+/// How many lingering transactions one [`poll_timers`](TransactionTable::poll_timers) frees
+/// at most. After a burst of requests (phones registering again after an outage) thousands
+/// fall due in one slack window; freed at once they held the worker for a millisecond or
+/// more while calls waited. The rest stay due (see `next_deadline`), so the worker frees
+/// the next batch as soon as it has looked at its sockets again.
+pub const EXPIRY_BATCH: usize = 32;
 
 impl<M: Clone> TransactionTable<M> {
     /// An empty table holding at most `max` live transactions.
@@ -233,6 +242,7 @@ impl<M: Clone> TransactionTable<M> {
             counts: Counts::default(),
             lingering: HashMap::default(),
             expiry: VecDeque::new(),
+            expiry_backlog: false,
         }
     }
 
@@ -270,10 +280,16 @@ impl<M: Clone> TransactionTable<M> {
 
     /// The earliest instant at which [`poll_timers`](Self::poll_timers) has work to do that
     /// should not wait. Timer J only frees a completed transaction, so it may fire up to
-    /// [`TIMER_J_SLACK`] late, and the ones due within that window go together.
+    /// [`TIMER_J_SLACK`] late, and the ones due within that window go together, in batches
+    /// of [`EXPIRY_BATCH`]: after a full batch the next is due at once.
     pub fn next_deadline(&self) -> Option<Instant> {
         let heap = self.timers.peek().map(|Reverse((at, _, _))| *at);
-        let queue = self.expiry.front().map(|(at, _)| *at + TIMER_J_SLACK);
+        let slack = if self.expiry_backlog {
+            Duration::ZERO
+        } else {
+            TIMER_J_SLACK
+        };
+        let queue = self.expiry.front().map(|(at, _)| *at + slack);
         match (heap, queue) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -425,6 +441,8 @@ impl<M: Clone> TransactionTable<M> {
     /// with its transaction's key.
     pub fn poll_timers(&mut self, now: Instant) -> Vec<(TransactionKey, Action<M>)> {
         let mut fired = Vec::new();
+        let mut freed = 0;
+        self.expiry_backlog = false;
         loop {
             self.tidy_expiry();
             let heap = self.timers.peek().map(|&Reverse(entry)| entry);
@@ -433,6 +451,11 @@ impl<M: Clone> TransactionTable<M> {
                 (Some(entry), q) if entry.0 <= now && q.is_none_or(|q| entry.0 <= q) => entry,
                 (_, Some(q)) if q <= now => {
                     // Timer J of a completed non-INVITE server transaction.
+                    if freed == EXPIRY_BATCH {
+                        self.expiry_backlog = true;
+                        break;
+                    }
+                    freed += 1;
                     if let Some((_, key)) = self.expiry.pop_front() {
                         if self.lingering.remove(&key).is_some() {
                             self.counts.server_non_invite -= 1;

@@ -335,3 +335,40 @@ async fn completed_non_invite_lingers_compactly_in_timer_j_order() {
     assert_eq!(d.table.on_request(&key, "REGISTER", "R", now()), None);
     assert!(d.table.remove(&key.into()).is_none());
 }
+
+#[tokio::test(start_paused = true)]
+async fn lingering_transactions_are_freed_a_batch_at_a_time() {
+    use crate::transaction::table::{EXPIRY_BATCH, TIMER_J_SLACK};
+    let mut d = Driver::new(1000);
+    let n = 2 * EXPIRY_BATCH + 5;
+    for i in 0..n {
+        let key = server_key(i, "REGISTER");
+        d.table
+            .start_server(key.clone(), Reliability::Unreliable, "R", now())
+            .unwrap();
+        d.table.respond(&key, 200, "200", now()).unwrap();
+    }
+    // All fall due together; each poll frees one batch, and while some are left over the
+    // next poll is due at once, not a slack window later.
+    let due = d.table.next_deadline().expect("Timer J");
+    tokio::time::sleep_until(due.into()).await;
+    let mut batches = Vec::new();
+    loop {
+        let fired = d.table.poll_timers(now());
+        assert!(fired.iter().all(|(_, a)| *a == Action::Terminated));
+        batches.push(fired.len());
+        match d.table.next_deadline() {
+            Some(at) => assert!(at <= now(), "left over, but due only in {:?}", at - now()),
+            None => break,
+        }
+    }
+    assert_eq!(batches, [EXPIRY_BATCH, EXPIRY_BATCH, 5]);
+    assert!(d.table.is_empty());
+    // A new one lingers with the slack again.
+    let key = server_key(n, "REGISTER");
+    d.table
+        .start_server(key.clone(), Reliability::Unreliable, "R", now())
+        .unwrap();
+    d.table.respond(&key, 200, "200", now()).unwrap();
+    assert!(d.table.next_deadline().expect("Timer J") >= now() + TIMER_J_SLACK);
+}
