@@ -272,6 +272,10 @@ class Bench:
                     times = capture.response_times_us(r["pcap"], srv.port)
                     for name, vals in times.items():
                         o["latency"].setdefault(name, []).extend(v for _, v in vals)
+                    per_round = {n: summarize([v for _, v in vals]) for n, vals in times.items() if vals}
+                    r["latency"] = per_round
+                    log(f"  {srv.name} round {k}: " + "; ".join(
+                        f"{n} p50 {v['p50']} p99 {v['p99']}" for n, v in per_round.items()))
                     os.unlink(r["pcap"])
                 if k < 2:
                     o["cpu_runs"].append(self.run(srv, kind, rate, self.moderate_s, tag="-cpu"))
