@@ -354,3 +354,83 @@ fn a_response_read_by_the_other_worker_is_handed_over_without_the_supervisor() {
     bob.cancelled(&forwarded);
     alice.cancel_done(&inv);
 }
+
+/// The next response `ua` gets, 100 Trying left out.
+fn next_response(ua: &mut Ua) -> common::ua::Msg {
+    loop {
+        let m = ua
+            .recv(WAIT)
+            .unwrap_or_else(|| panic!("no response\n{}", ua.dump()));
+        if m.status() != Some(100) {
+            return m;
+        }
+    }
+}
+
+/// A 180 read by the worker that does not hold the call goes to the caller from there at
+/// once (the holder only keeps it), and only until the call is answered (RFC 3261 §16.7
+/// step 5). The holder is stopped while the callee's responses arrive, so only the other
+/// worker reads them.
+#[test]
+fn ringing_read_by_the_other_worker_is_relayed_at_once_until_the_answer() {
+    let server = Server::start(Setup::default());
+    let (mut alice, mut bob, inv) = alice_calls_bob(&server);
+    let forwarded = bob.expect_request("INVITE");
+    let top_via = forwarded.values("Via").into_iter().next().expect("a Via");
+    let branch = common::ua::header_param(&top_via, "branch").expect("a branch");
+    let holder = branch.split('.').nth(1).expect("worker in the branch");
+    let holder_pid = server.pid_of(holder);
+    let mut paused = Paused(Vec::new());
+
+    paused.pause(holder_pid);
+    bob.respond(&forwarded, 180, "Ringing", Some("ttbob"));
+    let ringing = next_response(&mut alice);
+    assert_eq!(
+        (ringing.status(), ringing.cseq()),
+        (Some(180), (inv.cseq, "INVITE".to_owned())),
+        "{}",
+        alice.dump()
+    );
+    assert!(stopped(holder_pid), "the holder ran meanwhile");
+    assert!(
+        !ringing.values("Via").iter().any(|v| v.contains(&branch)),
+        "our Via left in the relayed 180: {}",
+        ringing.text
+    );
+    paused.resume(holder_pid);
+
+    // The holder got the 180 too and does not send it again: the caller's next response
+    // is the 200.
+    bob.respond(&forwarded, 200, "OK", Some("ttbob"));
+    let ok = next_response(&mut alice);
+    assert_eq!(ok.status(), Some(200), "{}", alice.dump());
+
+    // Answered: a late 180 is not relayed, wherever it is read. The other worker reads it
+    // and then a copy of the 200; only the holder sends anything, once it runs again, and
+    // that is the 200 (2xx copies are always passed on).
+    paused.pause(holder_pid);
+    bob.respond(&forwarded, 180, "Ringing", Some("ttbob"));
+    bob.respond(&forwarded, 200, "OK", Some("ttbob"));
+    common::wait_for(
+        "the late 180 and the 200 read by the other worker",
+        WAIT,
+        || (udp_rx_queue(server.udp_addr().port())? == 0).then_some(()),
+    );
+    paused.resume(holder_pid);
+    let again = next_response(&mut alice);
+    assert_eq!(
+        (again.status(), again.cseq()),
+        (Some(200), (inv.cseq, "INVITE".to_owned())),
+        "a response after the answer other than the 200's copy\n{}",
+        alice.dump()
+    );
+    drop(paused);
+
+    // One more copy, for the caller to take as its answer and ACK.
+    bob.respond(&forwarded, 200, "OK", Some("ttbob"));
+    let mut dialog = alice.answered(&inv);
+    bob.expect_request("ACK");
+    alice.bye(&mut dialog);
+    bob.take_bye();
+    assert_eq!(alice.bye_done().status(), Some(200));
+}

@@ -199,7 +199,10 @@ impl Core {
             }];
         }
         tracing::trace!(from = from_worker, "handed-off message");
-        self.on_admitted(&h.bytes, target, true, now)
+        self.proxy.relayed_upstream = h.relayed;
+        let out = self.on_admitted(&h.bytes, target, true, now);
+        self.proxy.relayed_upstream = false;
+        out
     }
 
     /// Answers without a transaction (for requests that cannot start one).
@@ -232,7 +235,7 @@ impl Core {
         };
         if let Some(owner) = self.claimed_elsewhere(msg, &key, method, &from, handed) {
             self.counters.handed_requests += 1;
-            self.hand_over(owner, msg, &from);
+            self.hand_over(owner, msg, &from, false);
             return Vec::new();
         }
         let reliability = if from.is_reliable() {
@@ -364,8 +367,9 @@ impl Core {
         };
         if let Some(owner) = branch_owner(branch) {
             if owner != self.name {
-                self.hand_over(owner.to_owned(), msg, &from);
-                return Vec::new();
+                let relayed = self.relay_early(msg, &from, owner);
+                self.hand_over(owner.to_owned(), msg, &from, relayed.is_some());
+                return relayed.into_iter().collect();
             }
         }
         let (Ok(cseq), Some(status)) = (msg.cseq(), msg.status()) else {
@@ -486,7 +490,9 @@ impl Core {
                 TransactionKey::Client(ck) => Some(ck.clone()),
                 TransactionKey::Server(sk) => {
                     if matches!(action, Action::Terminated) {
+                        // Most of what expires (Timer J): nothing to do but drop the claim.
                         self.unclaim(sk);
+                        continue;
                     }
                     None
                 }
@@ -499,7 +505,11 @@ impl Core {
 }
 
 fn server_key(msg: &Message<'_>, method: &str) -> Option<ServerKey> {
-    let via = msg.top_via().ok()?;
+    server_key_of(&msg.top_via().ok()?, method)
+}
+
+/// The key of the server transaction a request with top Via `via` starts.
+fn server_key_of(via: &sipcraft_sip::header::Via<'_>, method: &str) -> Option<ServerKey> {
     let branch = via.branch()?;
     match via.host {
         sipcraft_sip::Host::Domain(host) => ServerKey::from_parts(branch, host, via.port, method),

@@ -164,18 +164,19 @@ impl Core {
         }
         fork.record = record;
         self.proxy.forks.insert(key.clone(), fork);
-        // The first group goes out from the message in hand; later ones from the stored copy.
-        out.extend(self.next_group(key, Some((msg, from)), now));
         if method == "INVITE" {
-            // Stop the caller's retransmissions at once (§16.2). After the forwarded INVITE,
-            // which is on the way to the answer, and only for a request that waits for one:
-            // a request answered at once (407, 404, 480) needs no 100.
+            // Stop the caller's retransmissions at once (§16.2), only for a request that
+            // waits for an answer (one answered at once, 407, 404, 480, needs no 100). It
+            // goes before the forwarded INVITE: the other worker may relay the callee's 180
+            // the moment it arrives (`Core::relay_early`), and that must not overtake it.
             let trying = ResponseBuilder::new(msg, 100, "Trying").build();
             let o = self.reply_to(msg, from, trying);
             if let Ok(actions) = self.txns.respond(key, 100, o, now) {
                 out.extend(self.run(None, actions, now));
             }
         }
+        // The first group goes out from the message in hand; later ones from the stored copy.
+        out.extend(self.next_group(key, Some((msg, from)), now));
         out
     }
 

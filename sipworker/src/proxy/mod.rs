@@ -38,6 +38,9 @@ pub struct Proxy {
     /// When the forks are next swept for Timer C and cleanup: no earlier than the earliest
     /// deadline, at most `respond::SWEEP` after it.
     pub(crate) next_due: Option<Instant>,
+    /// The response being handled was already relayed to the caller by the worker that
+    /// read it (`Core::relay_early`): kept, not sent again.
+    pub(crate) relayed_upstream: bool,
 }
 
 impl Proxy {
@@ -50,6 +53,7 @@ impl Proxy {
             ring_timeout: Duration::from_secs(config.proxy.ring_timeout_s),
             records: 0,
             next_due: None,
+            relayed_upstream: false,
         }
     }
 

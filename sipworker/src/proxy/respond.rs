@@ -73,7 +73,10 @@ impl Core {
                 }
                 if !fork.finished {
                     let caller = fork.caller.clone();
-                    out.extend(self.send_to_caller(&key, status, relayed, caller, now));
+                    let sent = self.send_to_caller(&key, status, relayed, caller, now);
+                    if !self.proxy.relayed_upstream {
+                        out.extend(sent);
+                    }
                 }
             }
             200..=299 => {
@@ -237,6 +240,9 @@ impl Core {
             target: caller,
             bytes: Arc::from(bytes),
         };
+        if status >= 200 {
+            self.answered(key);
+        }
         match self.txns.respond(key, status, o, now) {
             Ok(actions) => self.run(None, actions, now),
             Err(_) => Vec::new(),
