@@ -1121,6 +1121,11 @@ fn a_call_no_branch_can_start_gets_503_at_once() {
     let inv = caller.call("1002");
     let resp = caller.final_response(&inv, WAIT);
     assert_eq!(resp.status(), Some(503), "{}", caller.dump());
+    assert!(
+        !caller.got_trying(&inv.call_id, inv.cseq),
+        "a 100 before the 503\n{}",
+        caller.dump()
+    );
     caller.ack_non2xx(&inv, &resp);
     assert!(
         callee.recv(Duration::from_millis(200)).is_none(),

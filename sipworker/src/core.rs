@@ -93,7 +93,7 @@ impl Core {
         let txns = TransactionTable::new(timers, config.limits.max_transactions as usize);
         Core {
             registrar: Registrar::new(secret, &config),
-            proxy: Proxy::new(&config),
+            proxy: Proxy::new(&config, secret),
             guard: Guard::new(&config.security),
             server_header: format!("sipcraft/{} ({name})", env!("CARGO_PKG_VERSION")),
             name,

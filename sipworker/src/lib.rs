@@ -152,14 +152,21 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let (mut busy, mut worked) = (false, false);
     loop {
         let mut ticked = false;
-        let deadline = core.next_deadline().map(|d| tick_after(epoch, d));
+        // A deadline already past (a backlog of work left for the next turn) is not rounded.
+        let deadline = core.next_deadline().map(|d| {
+            if d <= Instant::now() {
+                d
+            } else {
+                tick_after(epoch, d)
+            }
+        });
         if deadline != armed {
             if let Some(d) = deadline {
                 timer.as_mut().reset(tokio::time::Instant::from_std(d));
             }
             armed = deadline;
         }
-        let mut out = tokio::select! {
+        let out = tokio::select! {
             r = recv(udp.as_ref().filter(|_| receives_udp), &mut buf) => match r {
                 Ok((n, peer)) => {
                     let now = Instant::now();
@@ -248,14 +255,16 @@ pub async fn run(args: Args) -> Result<(), Error> {
             _ = &mut stop => break,
         };
         busy |= !ticked;
-        // Timers that fell due meanwhile run on this wake-up (the timer branch above only
-        // wakes an idle loop).
-        let now = Instant::now();
-        if core.next_deadline().is_some_and(|d| d <= now) {
-            out.extend(core.poll_timers(now));
-        }
+        // What this wake-up's message made goes out first; then the timers that fell due
+        // meanwhile run (the timer branch above only wakes an idle loop).
         for msg in out {
             send(&core, udp_out.as_ref(), msg);
+        }
+        let now = Instant::now();
+        if core.next_deadline().is_some_and(|d| d <= now) {
+            for msg in core.poll_timers(now) {
+                send(&core, udp_out.as_ref(), msg);
+            }
         }
         if failed.is_some() {
             break;

@@ -438,23 +438,25 @@ impl<M: Clone> TransactionTable<M> {
     }
 
     /// Fires every timer due at `now`, in deadline order, and returns what to do, each action
-    /// with its transaction's key.
+    /// with its transaction's key. Of the lingering transactions due, at most
+    /// [`EXPIRY_BATCH`] are freed; the others are left for the next call.
     pub fn poll_timers(&mut self, now: Instant) -> Vec<(TransactionKey, Action<M>)> {
         let mut fired = Vec::new();
         let mut freed = 0;
         self.expiry_backlog = false;
         loop {
-            self.tidy_expiry();
+            // Once a batch is freed, the rest of the queue waits; due timers still fire.
+            let queue = if freed < EXPIRY_BATCH {
+                self.tidy_expiry();
+                self.expiry.front().map(|(at, _)| *at)
+            } else {
+                None
+            };
             let heap = self.timers.peek().map(|&Reverse(entry)| entry);
-            let queue = self.expiry.front().map(|(at, _)| *at);
             let (at, generation, idx) = match (heap, queue) {
                 (Some(entry), q) if entry.0 <= now && q.is_none_or(|q| entry.0 <= q) => entry,
                 (_, Some(q)) if q <= now => {
                     // Timer J of a completed non-INVITE server transaction.
-                    if freed == EXPIRY_BATCH {
-                        self.expiry_backlog = true;
-                        break;
-                    }
                     freed += 1;
                     if let Some((_, key)) = self.expiry.pop_front() {
                         if self.lingering.remove(&key).is_some() {
@@ -480,6 +482,10 @@ impl<M: Clone> TransactionTable<M> {
                 fired.extend(actions.into_iter().map(|a| (key.clone(), a)));
             }
             self.settle(idx);
+        }
+        if freed == EXPIRY_BATCH {
+            self.tidy_expiry();
+            self.expiry_backlog = self.expiry.front().is_some_and(|(at, _)| *at <= now);
         }
         self.tidy();
         fired

@@ -110,10 +110,10 @@ impl Core {
     /// INVITE's server transaction on this socket and has not sent its final response
     /// (RFC 3261 §16.7 step 5). It saves the hand-over's wake-up from the ringing's path.
     /// The owner still gets the response, marked relayed, and keeps it for retransmitted
-    /// INVITEs. The caller's address is its Via's (received/rport were recorded in it when
-    /// the INVITE was forwarded, §18.2.2), as a stateless relay would use it; the owner's
-    /// claim on that Via's branch must exist, so only the callee of that very call can
-    /// send one this way.
+    /// INVITEs. The caller's address is read from its Via (received/rport were recorded in
+    /// it when the INVITE was forwarded, §18.2.2) and must be the one the branch's tag was
+    /// made for (`proxy::RelayKey`): the owner's own `fork.caller`. A forged response, or
+    /// a callee that rewrote the Via, is handed over as before and relayed from nowhere.
     pub(super) fn relay_early(
         &mut self,
         msg: &Message<'_>,
@@ -147,10 +147,15 @@ impl Core {
             .rport()
             .flatten()
             .unwrap_or_else(|| caller.port_or_default());
+        let caller_addr = SocketAddr::new(ip, port);
+        let branch = msg.top_via().ok()?.branch()?;
+        if !self.proxy.relay_key.verify(branch, caller_addr) {
+            return None;
+        }
         let mut w = Rewriter::new(msg);
         w.remove_top_via().ok()?;
         Some(Out {
-            target: Target::udp(SocketAddr::new(ip, port)),
+            target: Target::udp(caller_addr),
             bytes: Arc::from(w.finish()),
         })
     }

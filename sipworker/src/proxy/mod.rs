@@ -8,6 +8,7 @@
 mod dialog;
 mod fork;
 mod initial;
+mod relay;
 pub use respond::ack_for;
 mod respond;
 pub mod route;
@@ -24,6 +25,7 @@ use crate::registrar::aor_user;
 use crate::transport::Target;
 
 pub use fork::{branch_id, branch_owner, Branch, BranchState, Fork};
+pub use relay::RelayKey;
 pub use route::Local;
 
 /// Proxy state of one worker.
@@ -41,10 +43,13 @@ pub struct Proxy {
     /// The response being handled was already relayed to the caller by the worker that
     /// read it (`Core::relay_early`): kept, not sent again.
     pub(crate) relayed_upstream: bool,
+    /// Tags the branches of forwarded INVITEs with their caller's address.
+    pub relay_key: RelayKey,
 }
 
 impl Proxy {
-    pub fn new(config: &sipcraft_config::Config) -> Self {
+    /// `secret` is the instance secret every worker shares (see [`RelayKey`]).
+    pub fn new(config: &sipcraft_config::Config, secret: &[u8]) -> Self {
         Proxy {
             local: Local::new(config),
             forks: HashMap::default(),
@@ -54,6 +59,7 @@ impl Proxy {
             records: 0,
             next_due: None,
             relayed_upstream: false,
+            relay_key: RelayKey::new(secret),
         }
     }
 

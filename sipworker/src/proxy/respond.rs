@@ -179,12 +179,14 @@ impl Core {
     /// No branch is left: the best final response goes to the caller (a 503 becomes 500,
     /// §16.7 step 6; no response at all becomes 408).
     pub(crate) fn finish_fork(&mut self, key: &ServerKey, now: Instant) -> Vec<Out> {
+        if self.proxy.forks.get(key).is_none_or(|f| f.finished) {
+            return Vec::new();
+        }
+        // Finished: no other worker relays ringing for it any more, answer or not.
+        self.answered(key);
         let Some(fork) = self.proxy.forks.get_mut(key) else {
             return Vec::new();
         };
-        if fork.finished {
-            return Vec::new();
-        }
         fork.finished = true;
         fork.timer_c = None;
         let caller = fork.caller.clone();

@@ -372,3 +372,35 @@ async fn lingering_transactions_are_freed_a_batch_at_a_time() {
     d.table.respond(&key, 200, "200", now()).unwrap();
     assert!(d.table.next_deadline().expect("Timer J") >= now() + TIMER_J_SLACK);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_timer_due_behind_a_full_batch_still_fires() {
+    use crate::transaction::table::EXPIRY_BATCH;
+    let mut d = Driver::new(1000);
+    for i in 0..2 * EXPIRY_BATCH {
+        let key = server_key(i, "REGISTER");
+        d.table
+            .start_server(key.clone(), Reliability::Unreliable, "R", now())
+            .unwrap();
+        d.table.respond(&key, 200, "200", now()).unwrap();
+    }
+    // A request sent over TCP 1 ms later: its Timer F falls due just after their Timer J.
+    d.run_until(1).await;
+    let options = client_key(1, "OPTIONS");
+    d.table
+        .start_client(options.clone(), Reliability::Reliable, "O", now())
+        .unwrap();
+    let due = d.table.next_deadline().expect("Timer F");
+    tokio::time::sleep_until(due.into()).await;
+    let fired = d.table.poll_timers(now());
+    let freed = fired
+        .iter()
+        .filter(|(k, _)| matches!(k, TransactionKey::Server(_)))
+        .count();
+    assert_eq!(freed, EXPIRY_BATCH, "one batch of the lingering ones");
+    assert!(
+        fired.contains(&(options.into(), Action::Timeout(TimerKind::F))),
+        "Timer F waited behind the backlog: {fired:?}"
+    );
+    assert!(d.table.next_deadline().expect("the rest") <= now());
+}
