@@ -114,6 +114,7 @@
 mod client_invite;
 mod client_non_invite;
 mod key;
+mod machine;
 mod server_invite;
 mod server_non_invite;
 mod table;
@@ -125,9 +126,10 @@ mod tests;
 pub use client_invite::ClientInvite;
 pub use client_non_invite::ClientNonInvite;
 pub use key::{ClientKey, KeyError, ServerKey, TransactionKey, MAGIC_COOKIE};
+pub use machine::Transaction;
 pub use server_invite::ServerInvite;
 pub use server_non_invite::ServerNonInvite;
-pub use table::{Counts, TableError, Transaction, TransactionTable};
+pub use table::{Counts, TableError, TransactionTable};
 pub use timers::{Config, ConfigError, TimerKind};
 
 #[cfg(doc)]
