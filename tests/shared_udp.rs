@@ -68,32 +68,6 @@ fn requests_from_one_phone_socket_are_read_by_every_udp_worker() {
     );
 }
 
-/// Sends copies of the caller's last INVITE one at a time, each answered once: with the
-/// 100 until the worker holding the call has the 180, then with the 180 (§17.2.1).
-fn ringing_held(caller: &mut Ua) {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "copies of the INVITE never got the 180\n{}",
-            caller.dump()
-        );
-        caller.resend_last();
-        let answer = caller
-            .recv(WAIT)
-            .unwrap_or_else(|| panic!("no answer to a copy of the INVITE\n{}", caller.dump()));
-        match answer.status() {
-            Some(100) => continue,
-            Some(180) => return,
-            _ => panic!(
-                "a copy of the INVITE got {}\n{}",
-                answer.first_line(),
-                caller.dump()
-            ),
-        }
-    }
-}
-
 /// Bob (1002) registered and known to every worker; alice (1001) calling him, her INVITE
 /// challenged and sent again with credentials (the 407's ACK must reach the worker holding
 /// the challenge, or the 407 would come again).
@@ -112,8 +86,6 @@ fn retransmissions_and_the_cancel_of_a_call_reach_the_worker_that_holds_it() {
     let (mut alice, mut bob, inv) = alice_calls_bob(&server);
     let ringing = bob.ringing();
     alice.expect_status(180, "INVITE");
-    // The worker that read the 180 relayed it at once; the holder gets it a moment later.
-    ringing_held(&mut alice);
     // Each copy of the INVITE, whichever worker reads it, is answered by the transaction
     // with its last provisional response: never forwarded again, never answered anew. The
     // copies go four at a time: one at a time, the same idle worker would often read them
@@ -381,123 +353,4 @@ fn a_response_read_by_the_other_worker_is_handed_over_without_the_supervisor() {
     alice.cancel(&inv);
     bob.cancelled(&forwarded);
     alice.cancel_done(&inv);
-}
-
-/// The next response `ua` gets, 100 Trying left out.
-fn next_response(ua: &mut Ua) -> common::ua::Msg {
-    loop {
-        let m = ua
-            .recv(WAIT)
-            .unwrap_or_else(|| panic!("no response\n{}", ua.dump()));
-        if m.status() != Some(100) {
-            return m;
-        }
-    }
-}
-
-/// A 183 for the forwarded INVITE `req` whose caller Via says `received=127.0.0.1;rport=port`.
-fn steered_progress(req: &common::ua::Msg, port: u16) -> String {
-    let vias = req.values("Via");
-    let caller = vias.get(1).expect("the caller's Via");
-    let (kept, _) = caller
-        .split_once(";rport")
-        .expect("rport in the caller's Via");
-    let header = |name: &str| req.header(name).unwrap_or_default();
-    format!(
-        "SIP/2.0 183 Session Progress\r\nVia: {}\r\nVia: {kept};rport={port};received=127.0.0.1\r\n\
-         From: {}\r\nTo: {};tag=ttbob\r\nCall-ID: {}\r\nCSeq: {}\r\nContent-Length: 0\r\n\r\n",
-        vias[0],
-        header("From"),
-        header("To"),
-        header("Call-ID"),
-        header("CSeq"),
-    )
-}
-
-/// A 180 read by the worker that does not hold the call goes to the caller from there at
-/// once (the holder only keeps it), and only until the call is answered (RFC 3261 §16.7
-/// step 5). The holder is stopped while the callee's responses arrive, so only the other
-/// worker reads them. A 180 on the call's branch that does not come back the way the
-/// INVITE went (another caller address in its Via) is left to the holder.
-#[test]
-fn ringing_read_by_the_other_worker_is_relayed_at_once_until_the_answer() {
-    let server = Server::start(Setup::default());
-    let (mut alice, mut bob, inv) = alice_calls_bob(&server);
-    let forwarded = bob.expect_request("INVITE");
-    let top_via = forwarded.values("Via").into_iter().next().expect("a Via");
-    let branch = common::ua::header_param(&top_via, "branch").expect("a branch");
-    let holder = branch.split('.').nth(1).expect("worker in the branch");
-    let holder_pid = server.pid_of(holder);
-    let mut paused = Paused(Vec::new());
-
-    paused.pause(holder_pid);
-    // First a 183 whose caller Via was rewritten to send it elsewhere (a callee, or anyone
-    // who saw the INVITE): the other worker must not aim it there. It reads the datagrams
-    // in order, so a relay of this one would reach `elsewhere` before alice's 180.
-    let elsewhere = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    elsewhere.set_nonblocking(true).expect("nonblocking");
-    bob.send(&steered_progress(
-        &forwarded,
-        elsewhere.local_addr().expect("address").port(),
-    ));
-    bob.respond(&forwarded, 180, "Ringing", Some("ttbob"));
-    let ringing = next_response(&mut alice);
-    assert_eq!(
-        (ringing.status(), ringing.cseq()),
-        (Some(180), (inv.cseq, "INVITE".to_owned())),
-        "{}",
-        alice.dump()
-    );
-    assert!(stopped(holder_pid), "the holder ran meanwhile");
-    assert!(
-        !ringing.values("Via").iter().any(|v| v.contains(&branch)),
-        "our Via left in the relayed 180: {}",
-        ringing.text
-    );
-    let mut buf = [0u8; 2048];
-    assert!(
-        elsewhere.recv_from(&mut buf).is_err(),
-        "the 183 went where its rewritten Via said"
-    );
-    paused.resume(holder_pid);
-    // The holder sends that 183 to alice, where the INVITE came from.
-    let progress = next_response(&mut alice);
-    assert_eq!(progress.status(), Some(183), "{}", alice.dump());
-
-    // The holder got the 180 too: it keeps it for a copy of the INVITE (§17.2.1), and does
-    // not send it on its own: a 180 the holder sent again would be one answer too many,
-    // seen before the 200 below.
-    ringing_held(&mut alice);
-    bob.respond(&forwarded, 200, "OK", Some("ttbob"));
-    let ok = next_response(&mut alice);
-    assert_eq!(ok.status(), Some(200), "{}", alice.dump());
-
-    // Answered: a late 180 is not relayed, wherever it is read. The other worker reads it
-    // and then a copy of the 200; only the holder sends anything, once it runs again, and
-    // that is the 200 (2xx copies are always passed on).
-    paused.pause(holder_pid);
-    bob.respond(&forwarded, 180, "Ringing", Some("ttbob"));
-    bob.respond(&forwarded, 200, "OK", Some("ttbob"));
-    common::wait_for(
-        "the late 180 and the 200 read by the other worker",
-        WAIT,
-        || (udp_rx_queue(server.udp_addr().port())? == 0).then_some(()),
-    );
-    paused.resume(holder_pid);
-    let again = next_response(&mut alice);
-    assert_eq!(
-        (again.status(), again.cseq()),
-        (Some(200), (inv.cseq, "INVITE".to_owned())),
-        "a response after the answer other than the 200's copy\n{}",
-        alice.dump()
-    );
-    drop(paused);
-
-    // One more copy, for the caller to take as its answer and ACK.
-    bob.respond(&forwarded, 200, "OK", Some("ttbob"));
-    let mut dialog = alice.answered(&inv);
-    bob.expect_request("ACK");
-    alice.bye(&mut dialog);
-    bob.take_bye();
-    assert_eq!(alice.bye_done().status(), Some(200));
 }

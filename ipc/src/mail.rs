@@ -62,7 +62,6 @@ mod tests {
             peer: "[2001:db8::7]:5062".parse().unwrap(),
             connection: None,
             outbound: false,
-            relayed: false,
             bytes: vec![b'x'; len],
         }
     }

@@ -12,7 +12,7 @@ use sipcraft_config::{Config, Transport};
 use crate::state::{SnapshotPart, Update};
 
 /// Bumped on any incompatible change to the wire types.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// What a peer is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -231,9 +231,6 @@ pub struct SipHandoff {
     pub connection: Option<u64>,
     /// True when the message must be sent to `peer`; false when it was received from it.
     pub outbound: bool,
-    /// A provisional response the sender already relayed to the caller: the holder keeps it
-    /// (for retransmitted INVITEs) but does not send it again.
-    pub relayed: bool,
     pub bytes: Vec<u8>,
 }
 

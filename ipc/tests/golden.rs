@@ -15,19 +15,18 @@ fn hello_frame_is_pinned() {
     let hello = Envelope {
         id: 0,
         body: FromChild::Hello(Hello {
-            version: 4,
+            version: 3,
             role: Role::Worker,
             name: "udp-0".into(),
             pid: 300,
         }),
     };
     // 2: `Health` gained `handed_requests`. 3: `ChildStatus` gained `held_records`.
-    // 4: `SipHandoff` gained `relayed`.
-    assert_eq!(PROTOCOL_VERSION, 4);
-    // len=12 | id=0 | variant Hello=0 | version=4 | role Worker=1 | "udp-0" | pid=300 (varint ac 02)
+    assert_eq!(PROTOCOL_VERSION, 3);
+    // len=12 | id=0 | variant Hello=0 | version=3 | role Worker=1 | "udp-0" | pid=300 (varint ac 02)
     assert_eq!(
         frame(&hello),
-        [12, 0, 0, 0, 0, 0, 4, 1, 5, b'u', b'd', b'p', b'-', b'0', 0xac, 0x02]
+        [12, 0, 0, 0, 0, 0, 3, 1, 5, b'u', b'd', b'p', b'-', b'0', 0xac, 0x02]
     );
 }
 

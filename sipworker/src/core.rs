@@ -93,7 +93,7 @@ impl Core {
         let txns = TransactionTable::new(timers, config.limits.max_transactions as usize);
         Core {
             registrar: Registrar::new(secret, &config),
-            proxy: Proxy::new(&config, secret),
+            proxy: Proxy::new(&config),
             guard: Guard::new(&config.security),
             server_header: format!("sipcraft/{} ({name})", env!("CARGO_PKG_VERSION")),
             name,
@@ -199,10 +199,7 @@ impl Core {
             }];
         }
         tracing::trace!(from = from_worker, "handed-off message");
-        self.proxy.relayed_upstream = h.relayed;
-        let out = self.on_admitted(&h.bytes, target, true, now);
-        self.proxy.relayed_upstream = false;
-        out
+        self.on_admitted(&h.bytes, target, true, now)
     }
 
     /// Answers without a transaction (for requests that cannot start one).
@@ -235,7 +232,7 @@ impl Core {
         };
         if let Some(owner) = self.claimed_elsewhere(msg, &key, method, &from, handed) {
             self.counters.handed_requests += 1;
-            self.hand_over(owner, msg, &from, false);
+            self.hand_over(owner, msg, &from);
             return Vec::new();
         }
         let reliability = if from.is_reliable() {
@@ -367,9 +364,8 @@ impl Core {
         };
         if let Some(owner) = branch_owner(branch) {
             if owner != self.name {
-                let relayed = self.relay_early(msg, &from, owner);
-                self.hand_over(owner.to_owned(), msg, &from, relayed.is_some());
-                return relayed.into_iter().collect();
+                self.hand_over(owner.to_owned(), msg, &from);
+                return Vec::new();
             }
         }
         let (Ok(cseq), Some(status)) = (msg.cseq(), msg.status()) else {
@@ -505,11 +501,7 @@ impl Core {
 }
 
 fn server_key(msg: &Message<'_>, method: &str) -> Option<ServerKey> {
-    server_key_of(&msg.top_via().ok()?, method)
-}
-
-/// The key of the server transaction a request with top Via `via` starts.
-fn server_key_of(via: &sipcraft_sip::header::Via<'_>, method: &str) -> Option<ServerKey> {
+    let via = msg.top_via().ok()?;
     let branch = via.branch()?;
     match via.host {
         sipcraft_sip::Host::Domain(host) => ServerKey::from_parts(branch, host, via.port, method),

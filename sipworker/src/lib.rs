@@ -415,7 +415,6 @@ fn send(core: &Core, udp: Option<&std::net::UdpSocket>, msg: transport::Out) {
             peer: msg.target.peer,
             connection: msg.target.conn,
             outbound: true,
-            relayed: false,
             bytes: msg.bytes.to_vec(),
         };
         core.outbox.send(FromChild::Send {

@@ -7,9 +7,8 @@
 //! worker that receives a request another worker has claimed hands it over.
 //!
 //! The table is a fixed array of 64-bit words in a memfd that the supervisor creates and
-//! every UDP worker maps. A word packs a 31-bit tag of the key's hash, whether the holder
-//! has sent the transaction's final response, the owner and a 24-bit expiry; a key's
-//! bucket is the 8 words of one cache line. A claim is one compare-and-swap, so no
+//! every UDP worker maps. A word packs a tag of the key's hash, the owner and an expiry;
+//! a key's bucket is the 8 words of one cache line. A claim is one compare-and-swap, so no
 //! lock is held across processes, and a worker that dies mid-claim leaves nothing
 //! half-written. Claims also expire on their own, because a dead worker never releases its
 //! claims.
@@ -47,10 +46,6 @@ const HEADER: usize = 8;
 /// The header word the workers add the datagrams they read to ([`Claims::tally`]).
 const TALLY: usize = 7;
 const MAGIC: u64 = u64::from_le_bytes(*b"SIPCLAIM");
-/// The claim word's bit saying the holder sent the final response ([`Claims::answered`]).
-const ANSWERED: u64 = 1 << 32;
-/// Where a claim word's tag starts.
-const TAG_SHIFT: u32 = 33;
 /// Expiries are seconds on a 24-bit clock that wraps every 194 days; a claim is live while
 /// its expiry is less than half a turn ahead.
 const CLOCK_BITS: u32 = 24;
@@ -235,35 +230,12 @@ impl Claims {
 
     /// The worker holding `key`, if any.
     pub fn holder(&self, key: Key) -> Option<u8> {
-        self.holding(key).map(|(owner, _)| owner)
-    }
-
-    /// The worker holding `key`, if any, and whether it has marked the transaction
-    /// [`answered`](Claims::answered).
-    pub fn holding(&self, key: Key) -> Option<(u8, bool)> {
         let now = self.now();
         let tag = tag_of(key);
         self.bucket(key).find_map(|w| {
             let v = w.load(Ordering::Acquire);
-            (v != 0 && v >> TAG_SHIFT == tag && live(v, now))
-                .then(|| (owner_of(v), v & ANSWERED != 0))
+            (v != 0 && v >> 32 == tag && live(v, now)).then(|| owner_of(v))
         })
-    }
-
-    /// Marks `me`'s claim on `key` as answered: its final response is about to go out, so
-    /// another worker must no longer relay provisional responses for it (RFC 3261 §16.7
-    /// step 5). The mark stays until the claim goes.
-    pub fn answered(&self, key: Key, me: u8) {
-        let tag = tag_of(key);
-        for w in self.bucket(key) {
-            let mut v = w.load(Ordering::Acquire);
-            while v != 0 && v >> TAG_SHIFT == tag && owner_of(v) == me && v & ANSWERED == 0 {
-                match w.compare_exchange(v, v | ANSWERED, Ordering::AcqRel, Ordering::Acquire) {
-                    Ok(_) => return,
-                    Err(now) => v = now,
-                }
-            }
-        }
     }
 
     /// Gives up `me`'s claim on `key` (the transaction ended).
@@ -271,7 +243,7 @@ impl Claims {
         let tag = tag_of(key);
         for w in self.bucket(key) {
             let v = w.load(Ordering::Acquire);
-            if v != 0 && v >> TAG_SHIFT == tag && owner_of(v) == me {
+            if v != 0 && v >> 32 == tag && owner_of(v) == me {
                 let _ = w.compare_exchange(v, 0, Ordering::AcqRel, Ordering::Relaxed);
             }
         }
@@ -423,7 +395,7 @@ impl Claims {
     fn claim_at(&self, key: Key, me: u8, ttl_s: u32, now: u64) -> Claim {
         let tag = tag_of(key);
         let expiry = (now + u64::from(ttl_s)) & CLOCK_MASK;
-        let mine = (tag << TAG_SHIFT) | ((u64::from(me) + 1) << CLOCK_BITS) | expiry;
+        let mine = (tag << 32) | ((u64::from(me) + 1) << CLOCK_BITS) | expiry;
         // A lost race means another worker changed a word of the bucket: look again.
         for _ in 0..4 {
             let mut free = None;
@@ -439,15 +411,14 @@ impl Claims {
                     }
                 }
                 if v != 0 && live(v, now) {
-                    if v >> TAG_SHIFT == tag {
+                    if v >> 32 == tag {
                         let owner = owner_of(v);
                         if owner != me {
                             return Claim::Held(owner);
                         }
-                        // Ours already: renewed from now, answered or not (if another
-                        // worker changed the word meanwhile, the claim it found stands).
-                        let renewed = mine | (v & ANSWERED);
-                        let _ = w.compare_exchange(v, renewed, Ordering::AcqRel, Ordering::Relaxed);
+                        // Ours already: renewed from now (if another worker changed the
+                        // word meanwhile, the claim it found stands).
+                        let _ = w.compare_exchange(v, mine, Ordering::AcqRel, Ordering::Relaxed);
                         return Claim::Mine;
                     }
                 } else if free.is_none() {
@@ -507,7 +478,7 @@ impl Drop for Claims {
 }
 
 fn tag_of(key: Key) -> u64 {
-    key.0 >> TAG_SHIFT
+    key.0 >> 32
 }
 
 /// The counter tag: 24 bits of the hash that the bucket index does not use.

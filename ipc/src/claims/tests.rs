@@ -191,40 +191,6 @@ fn the_tally_sums_what_every_mapping_adds() {
 }
 
 #[test]
-fn the_answered_mark_is_the_holders_and_outlives_a_renewal() {
-    let (a, b) = table(64);
-    let key = a.key(&["192.0.2.1:5060", "z9hg4bk1"]);
-    let neighbour = a.key(&["192.0.2.1:5060", "z9hg4bk2"]);
-    assert_eq!(b.holding(key), None);
-    assert_eq!(a.claim(key, 2, 40), Claim::Mine);
-    assert_eq!(a.claim(neighbour, 2, 40), Claim::Mine);
-    assert_eq!(b.holding(key), Some((2, false)));
-    b.answered(key, 3);
-    assert_eq!(
-        b.holding(key),
-        Some((2, false)),
-        "only the holder marks its claim"
-    );
-    a.answered(key, 2);
-    assert_eq!(b.holding(key), Some((2, true)));
-    assert_eq!(b.holder(key), Some(2));
-    assert_eq!(
-        b.holding(neighbour),
-        Some((2, false)),
-        "one claim marked, not its bucket"
-    );
-    // A retransmission renews the claim; it stays answered.
-    assert_eq!(a.claim(key, 2, 40), Claim::Mine);
-    assert_eq!(b.holding(key), Some((2, true)));
-    assert_eq!(b.claim(key, 3, 40), Claim::Held(2));
-    // The transaction ends; a new claim on the key starts unanswered.
-    a.release(key, 2);
-    assert_eq!(b.holding(key), None);
-    assert_eq!(b.claim(key, 3, 40), Claim::Mine);
-    assert_eq!(a.holding(key), Some((3, false)));
-}
-
-#[test]
 fn the_table_cannot_be_resized() {
     let fd = create(64, 64, 64).expect("memfd");
     let file = File::from(fd.try_clone().expect("dup"));

@@ -5,8 +5,7 @@
 //! a CANCEL finds the claim and goes to the worker that holds the transaction, posted to its
 //! mailbox (`transport::mail`; over the bus when the mailbox is full).
 //! A request handed over is not checked again: the receiver takes it as it is, so a stale
-//! claim costs one hand-off and never loops. A ringing response read by a worker that does
-//! not hold the call is relayed from there before it is handed over (`relay_early`).
+//! claim costs one hand-off and never loops.
 //!
 //! Registrations are kept together too. Each worker has its own replica of the bindings,
 //! and a change reaches the others over the bus a little later; so a worker whose REGISTER
@@ -16,17 +15,13 @@
 //! with one process. A REGISTER for an AOR nobody marked (a refresh, minutes after the
 //! last) is answered where it lands.
 
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-
 use sipcraft_config::Transport;
 use sipcraft_ipc::wire::{Direct, FromChild, SipHandoff};
-use sipcraft_sip::rewrite::Rewriter;
 use sipcraft_sip::transaction::ServerKey;
-use sipcraft_sip::{Host, Message};
+use sipcraft_sip::Message;
 
 use super::Core;
-use crate::transport::{Out, Target};
+use crate::transport::Target;
 
 /// How long a claim lasts when its transaction's end is not seen (a transaction removed
 /// without its last timer, or a worker that died): a non-INVITE transaction lives 64×T1 at
@@ -105,69 +100,6 @@ impl Core {
         }
     }
 
-    /// A provisional response (101–199) to an INVITE, read here on a branch of worker
-    /// `owner`: relayed to the caller at once, as the owner would, when the owner holds the
-    /// INVITE's server transaction on this socket and has not sent its final response
-    /// (RFC 3261 §16.7 step 5). It saves the hand-over's wake-up from the ringing's path.
-    /// The owner still gets the response, marked relayed, and keeps it for retransmitted
-    /// INVITEs. The caller's address is read from its Via (received/rport were recorded in
-    /// it when the INVITE was forwarded, §18.2.2) and must be the one the branch's tag was
-    /// made for (`proxy::RelayKey`): the owner's own `fork.caller`. A forged response, or
-    /// a callee that rewrote the Via, is handed over as before and relayed from nowhere.
-    pub(super) fn relay_early(
-        &mut self,
-        msg: &Message<'_>,
-        from: &Target,
-        owner: &str,
-    ) -> Option<Out> {
-        if from.transport != Transport::Udp || from.conn.is_some() {
-            return None;
-        }
-        if !(101..=199).contains(&msg.status()?) || msg.cseq().ok()?.method.as_str() != "INVITE" {
-            return None;
-        }
-        let claims = self.claims.as_ref()?;
-        let owner_no: u8 = owner.strip_prefix("udp-")?.parse().ok()?;
-        let mut vias = msg.vias();
-        vias.next()?.ok()?;
-        let caller = vias.next()?.ok()?;
-        if caller.transport.is_reliable() {
-            return None;
-        }
-        let key = super::server_key_of(&caller, "INVITE")?;
-        if claims.holding(&key) != Some((owner_no, false)) {
-            return None;
-        }
-        let ip = match caller.received().unwrap_or(caller.host) {
-            Host::V4(a) => IpAddr::V4(a),
-            Host::V6(a) => IpAddr::V6(a),
-            Host::Domain(_) => return None,
-        };
-        let port = caller
-            .rport()
-            .flatten()
-            .unwrap_or_else(|| caller.port_or_default());
-        let caller_addr = SocketAddr::new(ip, port);
-        let branch = msg.top_via().ok()?.branch()?;
-        if !self.proxy.relay_key.verify(branch, caller_addr) {
-            return None;
-        }
-        let mut w = Rewriter::new(msg);
-        w.remove_top_via().ok()?;
-        Some(Out {
-            target: Target::udp(caller_addr),
-            bytes: Arc::from(w.finish()),
-        })
-    }
-
-    /// The final response of server transaction `key` is about to go out: no other worker
-    /// relays provisional responses for it from now on.
-    pub(crate) fn answered(&self, key: &ServerKey) {
-        if let Some(c) = &self.claims {
-            c.answered(key);
-        }
-    }
-
     /// The server transaction `key` ended: its claim goes.
     pub(super) fn unclaim(&mut self, key: &ServerKey) {
         if let Some(c) = &self.claims {
@@ -177,21 +109,13 @@ impl Core {
 
     /// Sends `msg`, received from `from`, to worker `to`, which holds its transaction:
     /// straight to its mailbox when it shares this worker's socket, else over the bus.
-    /// `relayed`: a provisional response this worker already relayed ([`Core::relay_early`]).
-    pub(super) fn hand_over(
-        &mut self,
-        to: String,
-        msg: &Message<'_>,
-        from: &Target,
-        relayed: bool,
-    ) {
+    pub(super) fn hand_over(&mut self, to: String, msg: &Message<'_>, from: &Target) {
         self.counters.handed_off += 1;
         let h = SipHandoff {
             transport: from.transport,
             peer: from.peer,
             connection: from.conn,
             outbound: false,
-            relayed,
             bytes: msg.as_bytes().to_vec(),
         };
         #[cfg(target_os = "linux")]
@@ -236,14 +160,6 @@ impl Claimer {
         self.table.holder(self.txn_key(key))
     }
 
-    fn holding(&self, key: &ServerKey) -> Option<(u8, bool)> {
-        self.table.holding(self.txn_key(key))
-    }
-
-    fn answered(&self, key: &ServerKey) {
-        self.table.answered(self.txn_key(key), self.me);
-    }
-
     /// Claims the transaction of a request that starts one (not an ACK or a CANCEL, which
     /// belong to the INVITE with the same branch; an ACK for a 2xx has a branch of its own
     /// and no claim, and is routed where it lands): the worker that already holds it, if
@@ -282,12 +198,6 @@ impl Claimer {
     fn holder(&self, _key: &ServerKey) -> Option<u8> {
         None
     }
-
-    fn holding(&self, _key: &ServerKey) -> Option<(u8, bool)> {
-        None
-    }
-
-    fn answered(&self, _key: &ServerKey) {}
 
     fn elsewhere(&self, _key: &ServerKey, _method: &str, _invite_ttl: u32) -> Option<u8> {
         None

@@ -165,21 +165,17 @@ impl Core {
         fork.record = record;
         self.proxy.forks.insert(key.clone(), fork);
         // The first group goes out from the message in hand; later ones from the stored copy.
-        let forwarded = self.next_group(key, Some((msg, from)), now);
-        let waits = self.proxy.forks.get(key).is_some_and(|f| !f.finished);
-        if method == "INVITE" && waits {
-            // Stop the caller's retransmissions at once (§16.2), only for a request that
-            // waits for an answer (one answered at once, 407, 404, 480, or 503 when no
-            // branch could start, needs no 100). It is sent before the forwarded INVITE:
-            // the other worker may relay the callee's 180 the moment it arrives
-            // (`Core::relay_early`), and that must not overtake it.
+        out.extend(self.next_group(key, Some((msg, from)), now));
+        if method == "INVITE" {
+            // Stop the caller's retransmissions at once (§16.2). After the forwarded INVITE,
+            // which is on the way to the answer, and only for a request that waits for one:
+            // a request answered at once (407, 404, 480) needs no 100.
             let trying = ResponseBuilder::new(msg, 100, "Trying").build();
             let o = self.reply_to(msg, from, trying);
             if let Ok(actions) = self.txns.respond(key, 100, o, now) {
                 out.extend(self.run(None, actions, now));
             }
         }
-        out.extend(forwarded);
         out
     }
 
@@ -252,14 +248,7 @@ impl Core {
             .map(|m| m.as_str())
             .unwrap_or_default()
             .to_owned();
-        let mut branch = self.proxy.new_branch(&self.name);
-        if method == "INVITE" {
-            // A caller over UDP may get this branch's ringing from the other worker.
-            let caller = self.proxy.forks.get(key).map(|f| &f.caller);
-            if let Some(c) = caller.filter(|c| !c.is_reliable() && c.conn.is_none()) {
-                branch = self.proxy.relay_key.sign(&branch, c.peer);
-            }
-        }
+        let branch = self.proxy.new_branch(&self.name);
         let target = hop.target.clone();
         let bytes = match self.rewrite(msg, received, &hop, &branch) {
             Ok(b) => b,

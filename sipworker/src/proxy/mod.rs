@@ -8,7 +8,6 @@
 mod dialog;
 mod fork;
 mod initial;
-mod relay;
 pub use respond::ack_for;
 mod respond;
 pub mod route;
@@ -25,7 +24,6 @@ use crate::registrar::aor_user;
 use crate::transport::Target;
 
 pub use fork::{branch_id, branch_owner, Branch, BranchState, Fork};
-pub use relay::RelayKey;
 pub use route::Local;
 
 /// Proxy state of one worker.
@@ -40,16 +38,10 @@ pub struct Proxy {
     /// When the forks are next swept for Timer C and cleanup: no earlier than the earliest
     /// deadline, at most `respond::SWEEP` after it.
     pub(crate) next_due: Option<Instant>,
-    /// The response being handled was already relayed to the caller by the worker that
-    /// read it (`Core::relay_early`): kept, not sent again.
-    pub(crate) relayed_upstream: bool,
-    /// Tags the branches of forwarded INVITEs with their caller's address.
-    pub relay_key: RelayKey,
 }
 
 impl Proxy {
-    /// `secret` is the instance secret every worker shares (see [`RelayKey`]).
-    pub fn new(config: &sipcraft_config::Config, secret: &[u8]) -> Self {
+    pub fn new(config: &sipcraft_config::Config) -> Self {
         Proxy {
             local: Local::new(config),
             forks: HashMap::default(),
@@ -58,8 +50,6 @@ impl Proxy {
             ring_timeout: Duration::from_secs(config.proxy.ring_timeout_s),
             records: 0,
             next_due: None,
-            relayed_upstream: false,
-            relay_key: RelayKey::new(secret),
         }
     }
 

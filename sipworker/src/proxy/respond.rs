@@ -73,10 +73,7 @@ impl Core {
                 }
                 if !fork.finished {
                     let caller = fork.caller.clone();
-                    let sent = self.send_to_caller(&key, status, relayed, caller, now);
-                    if !self.proxy.relayed_upstream {
-                        out.extend(sent);
-                    }
+                    out.extend(self.send_to_caller(&key, status, relayed, caller, now));
                 }
             }
             200..=299 => {
@@ -179,14 +176,12 @@ impl Core {
     /// No branch is left: the best final response goes to the caller (a 503 becomes 500,
     /// §16.7 step 6; no response at all becomes 408).
     pub(crate) fn finish_fork(&mut self, key: &ServerKey, now: Instant) -> Vec<Out> {
-        if self.proxy.forks.get(key).is_none_or(|f| f.finished) {
-            return Vec::new();
-        }
-        // Finished: no other worker relays ringing for it any more, answer or not.
-        self.answered(key);
         let Some(fork) = self.proxy.forks.get_mut(key) else {
             return Vec::new();
         };
+        if fork.finished {
+            return Vec::new();
+        }
         fork.finished = true;
         fork.timer_c = None;
         let caller = fork.caller.clone();
@@ -242,9 +237,6 @@ impl Core {
             target: caller,
             bytes: Arc::from(bytes),
         };
-        if status >= 200 {
-            self.answered(key);
-        }
         match self.txns.respond(key, status, o, now) {
             Ok(actions) => self.run(None, actions, now),
             Err(_) => Vec::new(),

@@ -115,7 +115,6 @@ mod tests {
             peer: "127.0.0.1:5070".parse().unwrap(),
             connection: None,
             outbound: false,
-            relayed: false,
             bytes: bytes.to_vec(),
         };
         // Posted before the mailbox's worker starts: for its predecessor.

@@ -277,7 +277,6 @@ fn call_records_are_kept_until_acknowledged_and_sent_again_to_the_next_dbagent()
         peer: "127.0.0.1:5060".parse().unwrap(),
         connection: None,
         outbound: true,
-        relayed: false,
         bytes: Vec::new(),
     });
     assert!(
