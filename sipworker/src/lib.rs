@@ -137,7 +137,8 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let mut buf = vec![0u8; 65_536];
     // One timer for the whole loop, re-armed only when the next deadline moves to another
     // TIMER_TICK slot: every transaction has deadlines of its own (thousands a second under
-    // load), and a wake-up per deadline costs more than the timers' work.
+    // load), and a wake-up per deadline costs more than the timers' work. A deadline already
+    // past (work left over for the next turn) is armed as it is.
     let epoch = Instant::now();
     let timer = tokio::time::sleep_until(tokio::time::Instant::from_std(epoch));
     tokio::pin!(timer);
