@@ -39,6 +39,16 @@ def limit(step):
     return "; ".join(parts) + (f"; failures: {kinds}" if kinds else "")
 
 
+def per_round(res, kind, metric):
+    """The p99 of `metric` in each captured run of `kind`, per server, in run order."""
+    out = {}
+    for step in res.get("steps", []):
+        lat = step.get("latency", {}).get(metric)
+        if step.get("kind") == kind and lat:
+            out.setdefault(step["server"], []).append(lat["p99"])
+    return out
+
+
 def goal_lines(res):
     """The goals (at least Kamailio's rates, p99 no worse, no more memory per registration,
     no failures and p99 within 20 % during the database hang), each met or not."""
@@ -213,6 +223,14 @@ def markdown(res):
       "180 (authorized INVITE in, 180 out to the caller) also contains the callee SIPp's "
       "answer (INVITE forwarded → callee's 180 in): the same program for both servers, "
       "slowed by whatever else wants its vCPU.")
+    for kind, metric in (("register", "REGISTER -> 200"), ("call", "INVITE -> 180")):
+        rounds = per_round(res, kind, metric)
+        if rounds:
+            w(f"- p99 {metric.replace('->', '→')} of each captured run, in the order they ran "
+              "(a server's first run comes right after the fill or the REGISTER search): "
+              + "; ".join(f"{'Kamailio' if n == 'kamailio' else n} "
+                          f"{' / '.join(fmt(v) for v in vals)} µs"
+                          for n, vals in rounds.items()) + ".")
     w("- **CPU** is utime + stime summed over every process of the server (sipcraft: "
       "supervisor, workers, dbagent; Kamailio: all its processes) from /proc, over the whole "
       "SIPp run, divided by the successful registrations or calls. The moderate-rate figure "
