@@ -227,7 +227,7 @@ def markdown(res):
         rounds = per_round(res, kind, metric)
         if rounds:
             w(f"- p99 {metric.replace('->', '→')} of each captured run, in the order they ran "
-              "(a server's first run comes right after the fill or the REGISTER search): "
+              "(the first runs come right after the memory fill or, for calls, the REGISTER search): "
               + "; ".join(f"{'Kamailio' if n == 'kamailio' else n} "
                           f"{' / '.join(fmt(v) for v in vals)} µs"
                           for n, vals in rounds.items()) + ".")
