@@ -7,7 +7,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::postgres::{dbagent_alarm, restart, setup_with, start_again, Postgres};
+use common::postgres::{
+    dbagent_alarm, restart, setup_with, start_again, wait_database_unreachable, Postgres,
+};
 use common::sip::Phone;
 use common::{wait_for, Server};
 
@@ -141,9 +143,7 @@ fn started_while_postgres_is_down_serves_the_cache_then_catches_up() {
     assert_eq!(status_of(&server, "3202", "b"), 200);
     assert_eq!(status_of(&server, "3203", "c"), 200);
     assert_ne!(status_of(&server, "3204", "d"), 200);
-    wait_for("database alarm", Duration::from_secs(10), || {
-        dbagent_alarm(&server).filter(|a| a.contains("database unreachable"))
-    });
+    wait_database_unreachable(&server, "database alarm");
 
     pg.start_again();
     let took = register_until(&server, "3204", "d", 200, Duration::from_secs(15));

@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::postgres::{
-    dbagent_alarm, insert_users, log_tail, restart, setup_with, start_again, users, wait_or_report,
-    Postgres, RegisterLoad,
+    dbagent_alarm, insert_users, log_tail, restart, setup_with, start_again, users,
+    wait_database_unreachable, wait_or_report, Postgres, RegisterLoad,
 };
 use common::sip::Phone;
 use common::{wait_for, Server, Setup};
@@ -185,9 +185,7 @@ fn journal_at_its_limit_raises_the_alarm_and_nothing_crashes() {
         (server.status()["extensions"] == u64::from(USERS)).then_some(())
     });
     pg.stop();
-    wait_for("database alarm", Duration::from_secs(10), || {
-        dbagent_alarm(&server).filter(|a| a.contains("database unreachable"))
-    });
+    wait_database_unreachable(&server, "database alarm");
 
     let mut load = RegisterLoad::spawn(&server, &list, 150);
     load.assert_all_ok(Duration::from_secs(60));
