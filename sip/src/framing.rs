@@ -32,6 +32,20 @@ pub enum Frame {
     },
 }
 
+/// Whether a datagram looks like a response rather than a request, from its first bytes
+/// alone (no parse): its start line, after any CRLFs before it (§7.5), begins with the SIP
+/// version, whose letters may be in any case (RFC 3261 §7, ABNF strings). For decisions
+/// that only steer work, such as how the UDP workers are woken; the parser decides the rest.
+pub fn looks_like_response(datagram: &[u8]) -> bool {
+    let start = datagram
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(datagram.len());
+    datagram
+        .get(start..start + 8)
+        .is_some_and(|v| v.eq_ignore_ascii_case(b"SIP/2.0 "))
+}
+
 /// Looks at the front of a stream buffer and says what it holds.
 ///
 /// Errors mean the stream cannot be resynchronised and should be closed: a header section
@@ -181,5 +195,17 @@ mod tests {
             frame(b"OPTIONS sip:a SIP/2.0\r\nbad\r\n\r\n", &l),
             Err(ParseError::HeaderLine)
         );
+    }
+
+    #[test]
+    fn responses_are_told_from_requests_by_their_first_bytes() {
+        assert!(looks_like_response(b"SIP/2.0 180 Ringing\r\n"));
+        assert!(looks_like_response(b"\r\n\r\nsip/2.0 200 OK\r\n"));
+        assert!(!looks_like_response(
+            b"INVITE sip:1002@pbx.test SIP/2.0\r\n"
+        ));
+        assert!(!looks_like_response(b"\r\n\r\n"));
+        assert!(!looks_like_response(b"SIP/2.0"));
+        assert!(!looks_like_response(b""));
     }
 }

@@ -35,7 +35,7 @@ pub mod uri;
 mod validate;
 
 pub use error::{HeaderError, ParseError, SyntaxError};
-pub use framing::{frame, Frame};
+pub use framing::{frame, looks_like_response, Frame};
 pub use host::Host;
 pub use lex::{unescape_quoted, unfold};
 pub use limits::Limits;

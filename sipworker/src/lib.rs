@@ -172,7 +172,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
                 Ok((n, peer)) => {
                     let now = Instant::now();
                     let out = core.on_message(&buf[..n], Target::udp(peer), now);
-                    let response = buf[..n].starts_with(b"SIP/2.0 ");
+                    let response = sipcraft_sip::looks_like_response(&buf[..n]);
                     failed = read_one(&mut wake, udp.as_ref(), now, response).err();
                     out
                 }
