@@ -186,30 +186,24 @@ impl Core {
         fork.timer_c = None;
         let caller = fork.caller.clone();
         let request = fork.request.clone();
-        let (status, bytes) = match fork.best.take() {
+        // The best response, or one of ours in its place.
+        let best = match fork.best.take() {
             // Ours (no branch could start: the transaction table is full): said as it is.
-            Some((s, b)) if b.is_empty() => {
-                let Ok(req) = parse(&request, &self.limits) else {
-                    return Vec::new();
-                };
-                (
-                    s,
-                    local_response(&req, s, "Service Unavailable", &self.server_header),
-                )
-            }
+            Some((s, b)) if b.is_empty() => Err((s, "Service Unavailable")),
             // A callee's 503 is not passed on as one (§16.7 step 6).
-            Some((503, _)) | None => {
+            Some((503, _)) => Err((500, "Server Internal Error")),
+            Some(best) => Ok(best),
+            None if fork.branches.is_empty() => Err((480, "Temporarily Unavailable")),
+            None => Err((500, "Server Internal Error")),
+        };
+        let (status, bytes) = match best {
+            Ok(best) => best,
+            Err((s, reason)) => {
                 let Ok(req) = parse(&request, &self.limits) else {
                     return Vec::new();
-                };
-                let (s, reason) = if fork.best.is_none() && fork.branches.is_empty() {
-                    (480, "Temporarily Unavailable")
-                } else {
-                    (500, "Server Internal Error")
                 };
                 (s, local_response(&req, s, reason, &self.server_header))
             }
-            Some(best) => best,
         };
         if let Some(mut rec) = fork.record.take() {
             rec.final_status = status;
