@@ -80,7 +80,6 @@ pub struct Agent {
     /// The last journal write failed (a full disk): logged once, and again on recovery.
     journal_failing: bool,
     refused_bindings: u64,
-    dropped_records: u64,
     ticks: u64,
     /// Call records the hub numbered: the highest handled (journaled, sent to the database,
     /// or disposed of by the policy), the highest the running fsync covers, the highest
@@ -172,7 +171,6 @@ impl Agent {
             journal_full: false,
             journal_failing: false,
             refused_bindings: 0,
-            dropped_records: 0,
             ticks: 0,
             bus_received: 0,
             bus_syncing: None,
@@ -311,11 +309,7 @@ impl Agent {
                 // Cannot happen with these types (postcard into a Vec); not the full-journal
                 // policy, but counted with what it drops.
                 tracing::error!(error = %chain(&e), "cannot encode a journal entry; dropped");
-                if is_binding {
-                    self.cache_book.refused = true;
-                } else {
-                    self.dropped_records += 1;
-                }
+                self.cache_book.refused |= is_binding;
                 return None;
             }
         };
@@ -354,19 +348,20 @@ impl Agent {
                     if self.db.is_some() {
                         self.reconcile_needed = true;
                     }
-                } else if let Some(db) = &self.db {
-                    // Queued for the database, which keeps its queue across sessions:
-                    // acknowledged once it has it. The hub keeps it until then (and hands it
-                    // to a successor), which bounds this queue to its 10,000.
-                    let _ = db.items.send(Item::Write(Box::new(entry)));
-                    return Some(Kept {
-                        seq,
-                        journaled: false,
-                    });
-                } else {
-                    self.dropped_records += 1;
+                    return None;
                 }
-                None
+                // A call record: queued for the database, which keeps its queue across
+                // sessions, and acknowledged once it has it. The hub keeps it until then (and
+                // hands it to a successor), which bounds this queue to its 10,000. (Without a
+                // database call records are only logged and never come here.)
+                let Some(db) = &self.db else {
+                    return None;
+                };
+                let _ = db.items.send(Item::Write(Box::new(entry)));
+                Some(Kept {
+                    seq,
+                    journaled: false,
+                })
             }
         }
     }

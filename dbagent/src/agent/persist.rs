@@ -31,9 +31,10 @@ impl Agent {
         let (bytes, max) = (self.journal.bytes(), self.journal.max_bytes());
         if self.journal_full {
             parts.push(format!(
-                "journal FULL ({bytes} of {max} bytes): {} call records dropped, {} registration \
-                 changes kept in the cache only (rewritten in full when the database returns)",
-                self.dropped_records, self.refused_bindings
+                "journal FULL ({bytes} of {max} bytes): call records go to the database only, \
+                 {} registration changes kept in the cache only (rewritten in full when the \
+                 database returns)",
+                self.refused_bindings
             ));
         } else if bytes * 100 >= max * JOURNAL_WARN_PERCENT {
             let percent = bytes * 100 / max / 10 * 10;
@@ -152,12 +153,10 @@ impl Agent {
         let roomy = self.journal.bytes() * 100 < self.journal.max_bytes() * JOURNAL_WARN_PERCENT;
         if self.journal_full && roomy {
             tracing::warn!(
-                dropped_call_records = self.dropped_records,
                 registration_changes_not_journaled = self.refused_bindings,
                 "journal has room again"
             );
             self.journal_full = false;
-            self.dropped_records = 0;
             self.refused_bindings = 0;
         }
     }
